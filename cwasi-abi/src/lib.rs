@@ -1,0 +1,115 @@
+//! The guest ABI of cwasi: the host import module `cwasi`.
+//!
+//! Shared by the host (`cwasi-comm`, the engines) and the guest SDK
+//! (`cwasi-guest`) so that both sides agree on every number. All pointers
+//! and lengths are `i32` offsets into the guest's linear memory; every
+//! function returns a [`Status`] code (0 = success, negative = error).
+//!
+//! Calling a peer (three steps, so that a guest can have several calls in
+//! flight and the reply is copied once, straight into guest memory):
+//!
+//! | import | signature | does |
+//! |---|---|---|
+//! | `call_start` | `(peer_ptr, peer_len, req_ptr, req_len, handle_out_ptr) -> status` | sends the request; writes a call handle (`u32`) |
+//! | `call_wait` | `(handle, reply_len_out_ptr) -> status` | waits for the reply; writes its length (`u32`) |
+//! | `call_read` | `(handle, buf_ptr, buf_len) -> status` | copies the reply (`buf_len` must be its length) and ends the call |
+//!
+//! Serving (one request at a time):
+//!
+//! | import | signature | does |
+//! |---|---|---|
+//! | `serve_next` | `(req_len_out_ptr) -> status` | waits for the next request; writes its length |
+//! | `serve_read` | `(buf_ptr, buf_len) -> status` | copies the request (`buf_len` must be its length) |
+//! | `serve_reply` | `(buf_ptr, buf_len) -> status` | sends the reply and finishes the request |
+//! | `serve_fail` | `(msg_ptr, msg_len) -> status` | finishes the request with an error the caller sees as [`Status::PeerFailed`] |
+
+#![no_std]
+
+/// The import module name.
+pub const MODULE: &str = "cwasi";
+
+pub const CALL_START: &str = "call_start";
+pub const CALL_WAIT: &str = "call_wait";
+pub const CALL_READ: &str = "call_read";
+pub const SERVE_NEXT: &str = "serve_next";
+pub const SERVE_READ: &str = "serve_read";
+pub const SERVE_REPLY: &str = "serve_reply";
+pub const SERVE_FAIL: &str = "serve_fail";
+
+/// Result codes of every `cwasi` import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Status {
+    Ok = 0,
+    /// A pointer/length pair does not lie inside the guest's memory.
+    BadPointer = -1,
+    /// The peer is not in this function's `cwasi.io/peers` allow-list.
+    Forbidden = -2,
+    /// No function of that name is reachable.
+    UnknownPeer = -3,
+    /// The peer went away (killed, crashed) before replying.
+    PeerGone = -4,
+    /// The payload exceeds what the transport carries.
+    TooLarge = -5,
+    /// No call with that handle is in flight (or its reply was already read).
+    BadHandle = -6,
+    /// The transport failed (I/O error, Redis unreachable, protocol violation).
+    Transport = -7,
+    /// `serve_*` in a container without `cwasi.io/serve: "true"`.
+    NotServing = -8,
+    /// The peer's handler failed (trap or `serve_fail`).
+    PeerFailed = -9,
+    /// A buffer length differs from the pending message's length.
+    LengthMismatch = -10,
+    /// `serve_read`/`serve_reply` without a current request.
+    NoRequest = -11,
+    /// The peer name is not valid UTF-8.
+    BadName = -12,
+    /// The peer did not answer in time.
+    Timeout = -13,
+}
+
+impl Status {
+    pub fn from_code(code: i32) -> Option<Status> {
+        use Status::*;
+        [
+            Ok, BadPointer, Forbidden, UnknownPeer, PeerGone, TooLarge, BadHandle, Transport,
+            NotServing, PeerFailed, LengthMismatch, NoRequest, BadName, Timeout,
+        ]
+        .into_iter()
+        .find(|s| *s as i32 == code)
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::BadPointer => "pointer or length outside guest memory",
+            Status::Forbidden => "peer not in this function's cwasi.io/peers allow-list",
+            Status::UnknownPeer => "no such function reachable",
+            Status::PeerGone => "peer went away before replying",
+            Status::TooLarge => "payload too large",
+            Status::BadHandle => "no call with that handle",
+            Status::Transport => "transport failure",
+            Status::NotServing => "this function does not serve (cwasi.io/serve)",
+            Status::PeerFailed => "the peer's handler failed",
+            Status::LengthMismatch => "buffer length differs from the message length",
+            Status::NoRequest => "no request is being served",
+            Status::BadName => "peer name is not valid UTF-8",
+            Status::Timeout => "the peer did not answer in time",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips() {
+        for code in -13..=0 {
+            let status = Status::from_code(code).expect("contiguous codes");
+            assert_eq!(status as i32, code);
+        }
+        assert_eq!(Status::from_code(1), None);
+    }
+}

@@ -1,0 +1,273 @@
+//! The `cwasi.io/*` annotations that configure one function.
+//!
+//! Kubernetes pod annotations reach the OCI spec through containerd's
+//! `pod_annotations = ["cwasi.io/*"]`; `ctr run --annotation` sets them directly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix shared by every annotation cwasi reads.
+pub const PREFIX: &str = "cwasi.io/";
+pub const FUNCTION: &str = "cwasi.io/function";
+pub const SERVE: &str = "cwasi.io/serve";
+pub const PEERS: &str = "cwasi.io/peers";
+pub const EMBED: &str = "cwasi.io/embed";
+pub const NODE: &str = "cwasi.io/node";
+pub const REDIS: &str = "cwasi.io/redis";
+pub const MODE: &str = "cwasi.io/mode";
+
+/// Annotation keys cwasi understands; any other `cwasi.io/` key is a typo.
+const KNOWN: [&str; 7] = [FUNCTION, SERVE, PEERS, EMBED, NODE, REDIS, MODE];
+
+/// A malformed `cwasi.io/*` annotation: the container refuses to start with it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AnnotationError {
+    #[error("unknown annotation {0:?} (known: {known})", known = KNOWN.join(", "))]
+    Unknown(String),
+    #[error("annotation {key}: {reason} (value {value:?})")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// A way to reach a peer; `cwasi.io/mode` can force one per peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Embedded,
+    Local,
+    Remote,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "embedded" => Ok(Mode::Embedded),
+            "local" => Ok(Mode::Local),
+            "remote" => Ok(Mode::Remote),
+            _ => Err(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Embedded => "embedded",
+            Mode::Local => "local",
+            Mode::Remote => "remote",
+        })
+    }
+}
+
+/// Which peers a function may call (`cwasi.io/peers`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PeerPolicy {
+    /// No annotation: the function calls nobody.
+    #[default]
+    None,
+    /// `*`: any function of the same namespace.
+    AnyInNamespace,
+    /// An explicit allow-list.
+    Only(Vec<String>),
+}
+
+impl PeerPolicy {
+    pub fn allows(&self, peer: &str) -> bool {
+        match self {
+            PeerPolicy::None => false,
+            PeerPolicy::AnyInNamespace => true,
+            PeerPolicy::Only(names) => names.iter().any(|n| n == peer),
+        }
+    }
+}
+
+/// One function's configuration, read from its container's annotations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionConfig {
+    pub name: String,
+    pub serve: bool,
+    pub peers: PeerPolicy,
+    /// Peers shipped in this image: name -> module path inside the rootfs.
+    pub embed: BTreeMap<String, PathBuf>,
+    pub node: String,
+    pub redis_url: Option<String>,
+    pub forced_modes: BTreeMap<String, Mode>,
+}
+
+impl FunctionConfig {
+    /// Reads the `cwasi.io/*` annotations; `default_name` and `default_node`
+    /// apply when `cwasi.io/function` / `cwasi.io/node` are absent.
+    pub fn from_annotations(
+        annotations: &HashMap<String, String>,
+        default_name: &str,
+        default_node: &str,
+    ) -> Result<Self, AnnotationError> {
+        if let Some(key) = annotations
+            .keys()
+            .find(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str()))
+        {
+            return Err(AnnotationError::Unknown(key.clone()));
+        }
+        let get = |key: &str| annotations.get(key).map(|v| v.trim());
+
+        let name = match get(FUNCTION) {
+            Some(name) => valid_name(FUNCTION, name)?.to_owned(),
+            None => default_name.to_owned(),
+        };
+        let serve = match get(SERVE) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(invalid(SERVE, other, "expected true or false")),
+        };
+        let peers = match get(PEERS) {
+            None | Some("") => PeerPolicy::None,
+            Some("*") => PeerPolicy::AnyInNamespace,
+            Some(list) => PeerPolicy::Only(
+                list_items(list)
+                    .map(|p| valid_name(PEERS, p).map(str::to_owned))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let embed = match get(EMBED) {
+            None => BTreeMap::new(),
+            Some(list) => key_values(EMBED, list)?
+                .into_iter()
+                .map(|(name, path)| {
+                    if !path.starts_with('/') {
+                        return Err(invalid(EMBED, path, "module path must be absolute in the rootfs"));
+                    }
+                    Ok((name.to_owned(), PathBuf::from(path)))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let node = match get(NODE) {
+            Some(node) => valid_name(NODE, node)?.to_owned(),
+            None => default_node.to_owned(),
+        };
+        let redis_url = match get(REDIS) {
+            None => None,
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Some(url.to_owned())
+            }
+            Some(url) => return Err(invalid(REDIS, url, "expected a redis:// or rediss:// URL")),
+        };
+        let forced_modes = match get(MODE) {
+            None => BTreeMap::new(),
+            Some(list) => key_values(MODE, list)?
+                .into_iter()
+                .map(|(peer, mode)| {
+                    let mode = mode
+                        .parse()
+                        .map_err(|()| invalid(MODE, mode, "mode must be embedded, local or remote"))?;
+                    Ok((peer.to_owned(), mode))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(FunctionConfig {
+            name,
+            serve,
+            peers,
+            embed,
+            node,
+            redis_url,
+            forced_modes,
+        })
+    }
+}
+
+fn invalid(key: &'static str, value: &str, reason: &'static str) -> AnnotationError {
+    AnnotationError::Invalid {
+        key,
+        value: value.to_owned(),
+        reason,
+    }
+}
+
+/// Function and node names end up in file names and Redis keys: keep them plain.
+fn valid_name<'a>(key: &'static str, name: &'a str) -> Result<&'a str, AnnotationError> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 253 || !name.chars().all(plain) || name.starts_with('.') {
+        return Err(invalid(key, name, "names use letters, digits, '-', '_' and '.'"));
+    }
+    Ok(name)
+}
+
+fn list_items(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn key_values<'a>(key: &'static str, list: &'a str) -> Result<Vec<(&'a str, &'a str)>, AnnotationError> {
+    list_items(list)
+        .map(|item| {
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| invalid(key, item, "expected name=value"))?;
+            Ok((valid_name(key, k.trim())?, v.trim()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<FunctionConfig, AnnotationError> {
+        let map = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        FunctionConfig::from_annotations(&map, "hello", "node-a")
+    }
+
+    #[test]
+    fn defaults_without_annotations() {
+        let cfg = parse(&[("io.kubernetes.cri.container-type", "container")]).unwrap();
+        assert_eq!(cfg.name, "hello");
+        assert_eq!(cfg.node, "node-a");
+        assert!(!cfg.serve);
+        assert_eq!(cfg.peers, PeerPolicy::None);
+        assert!(!cfg.peers.allows("anyone"));
+        assert!(cfg.embed.is_empty() && cfg.forced_modes.is_empty() && cfg.redis_url.is_none());
+    }
+
+    #[test]
+    fn reads_every_annotation() {
+        let cfg = parse(&[
+            (FUNCTION, "producer"),
+            (SERVE, "true"),
+            (PEERS, "sha256, resize"),
+            (EMBED, "sha256=/fn/sha256.wasm"),
+            (NODE, "edge-1"),
+            (REDIS, "redis://:pw@10.0.0.1:6379"),
+            (MODE, "sha256=local,resize=remote"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.name, "producer");
+        assert!(cfg.serve);
+        assert!(cfg.peers.allows("resize") && !cfg.peers.allows("other"));
+        assert_eq!(cfg.embed["sha256"], PathBuf::from("/fn/sha256.wasm"));
+        assert_eq!(cfg.node, "edge-1");
+        assert_eq!(cfg.redis_url.as_deref(), Some("redis://:pw@10.0.0.1:6379"));
+        assert_eq!(cfg.forced_modes["sha256"], Mode::Local);
+        assert_eq!(cfg.forced_modes["resize"], Mode::Remote);
+    }
+
+    #[test]
+    fn star_allows_any_peer() {
+        assert!(parse(&[(PEERS, "*")]).unwrap().peers.allows("x"));
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        assert!(matches!(parse(&[("cwasi.io/peer", "a")]), Err(AnnotationError::Unknown(_))));
+        assert!(parse(&[(SERVE, "yes")]).is_err());
+        assert!(parse(&[(FUNCTION, "../etc")]).is_err());
+        assert!(parse(&[(EMBED, "sha=relative.wasm")]).is_err());
+        assert!(parse(&[(EMBED, "noequals")]).is_err());
+        assert!(parse(&[(MODE, "a=teleport")]).is_err());
+        assert!(parse(&[(REDIS, "http://x")]).is_err());
+    }
+}

@@ -1,0 +1,48 @@
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything an engine needs to run one guest, already resolved to host paths.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GuestSpec {
+    /// The module file on the host (inside the container's rootfs).
+    pub module: PathBuf,
+    /// Exported function to call; `None` means the WASI command entry `_start`.
+    pub entry: Option<String>,
+    /// `argv` as the guest sees it, `argv[0]` included.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Host directories the guest may reach, the rootfs first (as `/`).
+    pub preopens: Vec<Preopen>,
+    /// Cap on linear memory in bytes (`linux.resources.memory.limit`).
+    pub memory_limit: Option<u64>,
+    /// Where compiled modules are kept; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A host directory visible to the guest under `guest_path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preopen {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub read_only: bool,
+}
+
+/// How a guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// Returned from its entry (0) or called `proc_exit(code)`.
+    Exited(i32),
+    /// Trapped; `memory_limit_hit` tells whether a denied memory growth preceded it.
+    Trapped { message: String, memory_limit_hit: bool },
+}
+
+impl GuestExit {
+    /// The container exit status that reports this ending to containerd.
+    pub fn status(&self) -> i32 {
+        match self {
+            GuestExit::Exited(code) => *code & 0xff,
+            GuestExit::Trapped { .. } => 1,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The guest side: the process in which one function's module runs.
+//!
+//! The shim starts this binary with [`SUBCOMMAND`] and hands it a
+//! [`GuestLaunch`] in the environment; stdio are the container's FIFOs, so
+//! whatever the guest (or a trap report) writes reaches `ctr` and `kubectl logs`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cwasi_comm::FunctionConfig;
+use cwasi_engine::{Engine, GuestExit, GuestSpec};
+use serde::{Deserialize, Serialize};
+
+pub const SUBCOMMAND: &str = "__cwasi-run-guest";
+const LAUNCH_ENV: &str = "CWASI_GUEST_LAUNCH";
+/// The shim's log FIFO: guest-process logs join the shim's in containerd's log.
+const LOG_PATH_ENV: &str = "CWASI_LOG_PATH";
+const LOG_FILTER_ENV: &str = "RUST_LOG";
+
+/// Everything the guest process needs, prepared by the shim.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GuestLaunch {
+    pub container_id: String,
+    pub function: FunctionConfig,
+    pub guest: GuestSpec,
+    pub log_path: Option<PathBuf>,
+}
+
+/// The environment of the guest process (it starts with an empty one).
+pub fn launch_env(launch: &GuestLaunch) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = vec![(
+        LAUNCH_ENV.to_owned(),
+        serde_json::to_string(launch).context("encoding the guest launch")?,
+    )];
+    if let Some(path) = &launch.log_path {
+        env.push((LOG_PATH_ENV.to_owned(), path.to_string_lossy().into_owned()));
+    }
+    if let Ok(filter) = std::env::var(LOG_FILTER_ENV) {
+        env.push((LOG_FILTER_ENV.to_owned(), filter));
+    }
+    Ok(env)
+}
+
+type SelectedEngine = cwasi_wasmtime::WasmtimeEngine;
+
+/// Runs the guest and returns the process exit status.
+pub fn main() -> i32 {
+    init_logging();
+    let launch = match std::env::var(LAUNCH_ENV)
+        .context("missing guest launch")
+        .and_then(|json| serde_json::from_str::<GuestLaunch>(&json).context("bad guest launch"))
+    {
+        Ok(launch) => launch,
+        Err(e) => {
+            eprintln!("cwasi: {e:#}");
+            return 1;
+        }
+    };
+    let _span = tracing::info_span!(
+        "guest",
+        container = %launch.container_id,
+        function = %launch.function.name
+    )
+    .entered();
+    let status = run(&launch.guest);
+    let _ = std::io::stdout().flush();
+    status
+}
+
+fn run(guest: &GuestSpec) -> i32 {
+    let result = SelectedEngine::new().and_then(|engine| engine.run(guest));
+    match result {
+        Ok(exit) => {
+            match &exit {
+                GuestExit::Exited(code) => tracing::info!(code, "guest exited"),
+                GuestExit::Trapped { message, memory_limit_hit } => {
+                    tracing::error!(memory_limit_hit, "guest trapped: {message}");
+                    eprintln!("cwasi: guest trapped: {message}");
+                }
+            }
+            exit.status()
+        }
+        Err(e) => {
+            tracing::error!("cannot run {}: {e:#}", guest.module.display());
+            eprintln!("cwasi: cannot run {}: {e:#}", guest.module.display());
+            1
+        }
+    }
+}
+
+fn init_logging() {
+    let Some(path) = std::env::var_os(LOG_PATH_ENV) else {
+        return;
+    };
+    // Read-write so that opening the FIFO never blocks waiting for a reader.
+    let Ok(log) = OpenOptions::new().read(true).write(true).open(&path) else {
+        return;
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_FILTER_ENV)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_target(false)
+        .with_writer(std::sync::Mutex::new(log))
+        .try_init();
+}

@@ -1,0 +1,116 @@
+//! [`CwasiInstance`]: runwasi's `Instance` trait, the container lifecycle.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use containerd_shimkit::sandbox::sync::WaitableCell;
+use containerd_shimkit::sandbox::{Error, Instance, InstanceConfig};
+use nix::sys::signal::Signal;
+
+use crate::bundle::{self, Workload};
+use crate::guest_process::{GuestProcess, GuestStdio};
+use crate::guest_runner::GuestLaunch;
+use crate::settings;
+
+/// One container managed by this shim.
+pub struct CwasiInstance {
+    id: String,
+    workload: Workload,
+    config: InstanceConfig,
+    rootfs: PathBuf,
+    exit: WaitableCell<(u32, DateTime<Utc>)>,
+    process: Mutex<Option<GuestProcess>>,
+}
+
+impl Instance for CwasiInstance {
+    async fn new(id: String, cfg: &InstanceConfig) -> Result<Self, Error> {
+        let workload = bundle::load(&cfg.bundle, settings::cache_dir())
+            .map_err(|e| Error::InvalidArgument(format!("container {id}: {e:#}")))?;
+        match &workload {
+            Workload::Function { guest, function } => tracing::info!(
+                container = %id,
+                function = %function.name,
+                node = %function.node,
+                module = %guest.module.display(),
+                "created function container"
+            ),
+            Workload::Sandbox => tracing::info!(container = %id, "created sandbox container"),
+        }
+        Ok(Self {
+            rootfs: cfg.bundle.join("rootfs"),
+            id,
+            workload,
+            config: cfg.clone(),
+            exit: WaitableCell::new(),
+            process: Mutex::new(None),
+        })
+    }
+
+    async fn start(&self) -> Result<u32, Error> {
+        let Workload::Function { guest, function } = &self.workload else {
+            // A sandbox has no process of its own; the shim stands in for it.
+            return Ok(std::process::id());
+        };
+        let launch = GuestLaunch {
+            container_id: self.id.clone(),
+            function: function.clone(),
+            guest: guest.clone(),
+            log_path: std::env::current_dir().ok().map(|dir| dir.join("log")),
+        };
+        let stdio = GuestStdio {
+            stdin: self.config.open_stdin().ok(),
+            stdout: self.config.open_stdout().ok(),
+            stderr: self.config.open_stderr().ok(),
+        };
+        let process = GuestProcess::spawn(&launch, stdio, self.exit.clone())
+            .map_err(|e| Error::Others(format!("container {}: {e:#}", self.id)))?;
+        let pid = process.pid();
+        *self.lock_process() = Some(process);
+        tracing::info!(container = %self.id, pid, "started guest");
+        Ok(pid)
+    }
+
+    async fn kill(&self, signal: u32) -> Result<(), Error> {
+        let signal = i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or_else(|| Error::InvalidArgument(format!("invalid signal {signal}")))?;
+        tracing::info!(container = %self.id, %signal, "kill");
+        match &*self.lock_process() {
+            Some(process) => process
+                .signal(signal)
+                .map_err(|e| Error::Others(format!("{e:#}"))),
+            None => {
+                // A sandbox (or a container never started) ends on a stopping signal.
+                if matches!(signal, Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT) {
+                    let _ = self.exit.set((128 + signal as u32, Utc::now()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn delete(&self) -> Result<(), Error> {
+        // The shim library mounted the rootfs at create; undo it so containerd
+        // can remove the snapshot. Not mounted (no rootfs mounts) is fine.
+        match nix::mount::umount2(&self.rootfs, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(Error::Others(format!(
+                "unmounting {}: {e}",
+                self.rootfs.display()
+            ))),
+        }
+    }
+
+    async fn wait(&self) -> (u32, DateTime<Utc>) {
+        *self.exit.wait().await
+    }
+}
+
+impl CwasiInstance {
+    fn lock_process(&self) -> std::sync::MutexGuard<'_, Option<GuestProcess>> {
+        // A poisoned lock only means another call panicked; the data is a pid.
+        self.process.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,13 @@
+//! Test rig for cwasi: a private containerd driven through `ctr`, and the
+//! OCI images of the guest functions in `test-functions/`.
+//!
+//! Everything a [`Containerd`] creates lives under one temporary directory
+//! (root, state, sockets, logs) and is torn down when it is dropped: tasks,
+//! shims, mounts and the daemon itself.
+
+mod containerd;
+mod images;
+mod mounts;
+
+pub use containerd::{Containerd, CtrOutput, RUNTIME};
+pub use images::{TestImage, test_image, workspace_root};

@@ -1,0 +1,195 @@
+use anyhow::Context as _;
+use wasmtime::error::Context as _;
+use cwasi_engine::{Engine, GuestExit, GuestSpec};
+use wasmtime::{Config, Linker, Store, Val};
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::limits::GuestLimiter;
+use crate::module_loader::{self, ModuleSource};
+
+/// Runs WASI preview-1 guests on wasmtime.
+pub struct WasmtimeEngine {
+    engine: wasmtime::Engine,
+    compat: String,
+}
+
+struct GuestState {
+    wasi: WasiP1Ctx,
+    limiter: GuestLimiter,
+}
+
+impl WasmtimeEngine {
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = wasmtime::Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
+        let compat = module_loader::compat_tag(&engine);
+        Ok(Self { engine, compat })
+    }
+
+    fn wasi_context(guest: &GuestSpec) -> anyhow::Result<WasiP1Ctx> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&guest.args)
+            .envs(&guest.env)
+            .inherit_stdio()
+            // The guest owns this process: blocking its one thread is what it asked for.
+            .allow_blocking_current_thread(true);
+        for preopen in &guest.preopens {
+            let perms = if preopen.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            wasi.preopened_dir(&preopen.host_path, &preopen.guest_path, perms)
+                .map_err(anyhow::Error::from)
+                .with_context(|| {
+                    format!(
+                        "preopening {} as {}",
+                        preopen.host_path.display(),
+                        preopen.guest_path
+                    )
+                })?;
+        }
+        Ok(wasi.build_p1())
+    }
+}
+
+impl Engine for WasmtimeEngine {
+    fn name(&self) -> &'static str {
+        "wasmtime"
+    }
+
+    fn run(&self, guest: &GuestSpec) -> anyhow::Result<GuestExit> {
+        let (module, source) = module_loader::load(
+            &self.engine,
+            &self.compat,
+            &guest.module,
+            guest.cache_dir.as_deref(),
+        )?;
+        tracing::info!(
+            module = %guest.module.display(),
+            cache = if source == ModuleSource::Cache { "hit" } else { "miss" },
+            "module ready"
+        );
+
+        let state = GuestState {
+            wasi: Self::wasi_context(guest)?,
+            limiter: GuestLimiter::new(guest.memory_limit),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let mut linker = Linker::new(&self.engine);
+        p1::add_to_linker_sync(&mut linker, |state: &mut GuestState| &mut state.wasi)?;
+
+        let outcome = linker
+            .instantiate(&mut store, &module)
+            .and_then(|instance| call_entry(&mut store, instance, guest.entry.as_deref()));
+        Ok(match outcome {
+            Ok(code) => GuestExit::Exited(code),
+            Err(e) => match e.downcast_ref::<I32Exit>() {
+                Some(exit) => GuestExit::Exited(exit.0),
+                None => trapped(e, &store.data().limiter),
+            },
+        })
+    }
+}
+
+/// Calls `_start`, or the named export (after `_initialize` for reactors).
+/// An export returning an `i32` gives the exit status.
+fn call_entry(
+    store: &mut Store<GuestState>,
+    instance: wasmtime::Instance,
+    entry: Option<&str>,
+) -> wasmtime::Result<i32> {
+    let name = entry.unwrap_or("_start");
+    if entry.is_some()
+        && let Some(init) = instance.get_func(&mut *store, "_initialize")
+    {
+        init.call(&mut *store, &[], &mut [])
+            .context("calling _initialize")?;
+    }
+    let func = instance
+        .get_func(&mut *store, name)
+        .ok_or_else(|| wasmtime::format_err!("the module exports no function {name:?}"))?;
+    let ty = func.ty(&*store);
+    if ty.params().len() != 0 || ty.results().len() > 1 {
+        wasmtime::bail!("entry {name:?} must take no parameters and return nothing or an i32");
+    }
+    let mut results = vec![Val::I32(0); ty.results().len()];
+    func.call(&mut *store, &[], &mut results)?;
+    Ok(results.first().and_then(Val::i32).unwrap_or(0))
+}
+
+fn trapped(error: wasmtime::Error, limiter: &GuestLimiter) -> GuestExit {
+    let message = match (limiter.denied_growth, limiter.limit()) {
+        (Some(wanted), Some(limit)) => format!(
+            "guest exceeded its memory limit: it asked for {wanted} bytes of linear memory, \
+             the limit is {limit} bytes (linux.resources.memory.limit)\ncaused by: {error:?}"
+        ),
+        _ => format!("{error:?}"),
+    };
+    GuestExit::Trapped {
+        message,
+        memory_limit_hit: limiter.denied_growth.is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_wat(wat: &str, memory_limit: Option<u64>) -> GuestExit {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("m.wasm");
+        std::fs::write(&module, wat::parse_str(wat).unwrap()).unwrap();
+        let spec = GuestSpec {
+            module,
+            args: vec!["m.wasm".into()],
+            memory_limit,
+            cache_dir: Some(dir.path().join("cache")),
+            ..Default::default()
+        };
+        WasmtimeEngine::new().unwrap().run(&spec).unwrap()
+    }
+
+    #[test]
+    fn proc_exit_code_is_the_exit() {
+        let exit = run_wat(
+            r#"(module
+                (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                (memory (export "memory") 1)
+                (func (export "_start") (call $exit (i32.const 7))))"#,
+            None,
+        );
+        assert_eq!(exit, GuestExit::Exited(7));
+    }
+
+    #[test]
+    fn trap_is_reported_with_its_message() {
+        let exit = run_wat(r#"(module (func (export "_start") unreachable))"#, None);
+        let GuestExit::Trapped { message, memory_limit_hit } = exit else {
+            panic!("expected a trap, got {exit:?}")
+        };
+        assert!(message.contains("unreachable"), "{message}");
+        assert!(!memory_limit_hit);
+    }
+
+    #[test]
+    fn memory_limit_denies_growth_and_names_the_limit() {
+        let exit = run_wat(
+            r#"(module (memory 1)
+                (func (export "_start")
+                  (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))))"#,
+            Some(2 * 65536),
+        );
+        let GuestExit::Trapped { message, memory_limit_hit } = exit else {
+            panic!("expected a trap, got {exit:?}")
+        };
+        assert!(memory_limit_hit);
+        assert!(message.contains("memory limit"), "{message}");
+        assert!(message.contains("131072"), "{message}");
+    }
+}
