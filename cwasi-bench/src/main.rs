@@ -1,7 +1,10 @@
-//! `cwasi-bench start [--runs N]`: median start-to-exit time of the hello
-//! function through the cwasi shim, compiling every time (empty cache) and
-//! loading the compiled module from the cache.
+//! cwasi benchmarks, through a private containerd and real guests:
+//!
+//! - `cwasi-bench start [--runs N]`: median start-to-exit time of hello,
+//!   compiling every time (empty cache) and loading from the cache;
+//! - `cwasi-bench local [--quick]`: local mode latency and throughput beside memcpy.
 
+mod local_mode;
 mod start_time;
 
 use anyhow::{Context, bail};
@@ -19,8 +22,14 @@ fn run() -> anyhow::Result<()> {
         Some(i) => args.get(i + 1).context("--runs needs a number")?.parse()?,
         None => 20,
     };
+    let quick = args.iter().any(|a| a == "--quick");
     match args.first().map(String::as_str) {
-        Some("start") | None => start_time::run(runs),
-        Some(other) => bail!("unknown benchmark {other:?} (known: start)"),
+        Some("start") => start_time::run(runs),
+        Some("local") => local_mode::run(quick),
+        None | Some("all") => {
+            start_time::run(runs)?;
+            local_mode::run(quick)
+        }
+        Some(other) => bail!("unknown benchmark {other:?} (known: start, local, all)"),
     }
 }

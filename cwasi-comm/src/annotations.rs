@@ -35,7 +35,7 @@ pub enum AnnotationError {
 }
 
 /// A way to reach a peer; `cwasi.io/mode` can force one per peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Embedded,
@@ -96,6 +96,9 @@ pub struct FunctionConfig {
     /// Peers shipped in this image: name -> module path inside the rootfs.
     pub embed: BTreeMap<String, PathBuf>,
     pub node: String,
+    /// Functions only see peers of their own namespace: the Kubernetes
+    /// namespace of the pod, else the containerd namespace. Set by the shim.
+    pub namespace: String,
     pub redis_url: Option<String>,
     pub forced_modes: BTreeMap<String, Mode>,
 }
@@ -175,6 +178,7 @@ impl FunctionConfig {
             peers,
             embed,
             node,
+            namespace: "default".to_owned(),
             redis_url,
             forced_modes,
         })

@@ -1,10 +1,37 @@
 //! `cwasi-comm` owns everything about one function talking to another.
 //!
+//! ```text
+//! guest import (engine) ──> GuestHost ──> Router ──> Channel ──> peer's FunctionServer ──> handler
+//!                                          │  embedded: peer instantiated in the caller's engine
+//!                                          │  local:    shared memory + futex wake-ups (this node)
+//!                                          └  remote:   Redis (another node)
+//! ```
+//!
 //! A function's identity and its rights to call peers come from the pod's
-//! `cwasi.io/*` annotations ([`FunctionConfig`]). The router, the channels of
-//! the three modes (embedded, local, remote) and the wire format build on it.
-//! Nothing in this crate knows about WebAssembly: engines hand it bytes.
+//! `cwasi.io/*` annotations ([`FunctionConfig`]). [`Router`] resolves where a
+//! peer runs (the [`NodeRegistry`] tells which functions serve on this node)
+//! and picks a [`Channel`]. [`FunctionServer`] is the serving side: it
+//! registers the function and hands requests to the guest's handler.
+//! [`GuestHost`] implements the guest ABI (`cwasi-abi`) on plain byte slices,
+//! so engines only bounds-check guest pointers and move bytes. Nothing in this
+//! crate knows about WebAssembly.
 
 pub mod annotations;
+mod channel;
+mod error;
+mod guest_host;
+pub mod local;
+pub mod registry;
+mod router;
+mod server;
 
 pub use annotations::{AnnotationError, FunctionConfig, Mode, PeerPolicy};
+pub use channel::{Channel, PendingReply};
+pub use error::CallError;
+pub use guest_host::GuestHost;
+pub use registry::{NodeRegistry, Registration};
+pub use router::Router;
+pub use server::{FunctionServer, IncomingRequest};
+
+/// The largest payload cwasi carries (guest lengths are 32-bit).
+pub const MAX_PAYLOAD: u64 = u32::MAX as u64;

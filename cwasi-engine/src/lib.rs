@@ -9,6 +9,7 @@ mod cache;
 mod spec;
 
 pub use cache::{CachedArtifact, ModuleCache};
+pub use cwasi_comm::GuestHost;
 pub use spec::{GuestExit, GuestSpec, Preopen};
 
 /// A WebAssembly engine that runs WASI preview-1 guests.
@@ -16,10 +17,11 @@ pub trait Engine {
     /// Short name used in logs and cache paths (`wasmtime`, `wasmedge`).
     fn name(&self) -> &'static str;
 
-    /// Runs the guest to completion on the calling thread.
+    /// Runs the guest to completion on the calling thread. `host` serves the
+    /// guest's `cwasi` imports (calling peers, serving requests).
     ///
     /// An `Err` means the guest could not be started (unreadable or invalid
     /// module, missing export); everything the guest itself does, traps
     /// included, is a [`GuestExit`].
-    fn run(&self, guest: &GuestSpec) -> anyhow::Result<GuestExit>;
+    fn run(&self, guest: &GuestSpec, host: GuestHost) -> anyhow::Result<GuestExit>;
 }

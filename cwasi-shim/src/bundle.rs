@@ -12,6 +12,7 @@ use oci_spec::runtime::{Mount, Spec};
 /// CRI marks a pod's sandbox ("pause") container with this annotation.
 const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+const CRI_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 
 /// What a container asks the shim to do.
 #[derive(Debug)]
@@ -26,7 +27,9 @@ pub enum Workload {
 }
 
 /// Reads `<bundle>/config.json` and resolves the module inside the rootfs.
-pub fn load(bundle: &Path, cache_dir: PathBuf) -> anyhow::Result<Workload> {
+/// Functions of a pod live in its Kubernetes namespace, others in their
+/// containerd namespace.
+pub fn load(bundle: &Path, containerd_namespace: &str, cache_dir: PathBuf) -> anyhow::Result<Workload> {
     let config = bundle.join("config.json");
     let spec = Spec::load(&config).with_context(|| format!("reading {}", config.display()))?;
     let annotations = spec.annotations().clone().unwrap_or_default();
@@ -60,7 +63,11 @@ pub fn load(bundle: &Path, cache_dir: PathBuf) -> anyhow::Result<Workload> {
         .cloned()
         .or_else(|| module.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "function".to_owned());
-    let function = FunctionConfig::from_annotations(&annotations, &default_name, &host_name())?;
+    let mut function = FunctionConfig::from_annotations(&annotations, &default_name, &host_name())?;
+    function.namespace = annotations
+        .get(CRI_SANDBOX_NAMESPACE)
+        .cloned()
+        .unwrap_or_else(|| containerd_namespace.to_owned());
 
     let mut preopens = vec![Preopen {
         host_path: rootfs.clone(),

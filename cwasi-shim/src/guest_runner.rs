@@ -9,7 +9,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cwasi_comm::FunctionConfig;
+use std::sync::Arc;
+
+use cwasi_comm::{FunctionConfig, FunctionServer, GuestHost, NodeRegistry, Router};
 use cwasi_engine::{Engine, GuestExit, GuestSpec};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +27,8 @@ pub struct GuestLaunch {
     pub container_id: String,
     pub function: FunctionConfig,
     pub guest: GuestSpec,
+    /// Root of the node registry.
+    pub run_dir: PathBuf,
     pub log_path: Option<PathBuf>,
 }
 
@@ -64,13 +68,35 @@ pub fn main() -> i32 {
         function = %launch.function.name
     )
     .entered();
-    let status = run(&launch.guest);
+    let status = match guest_host(&launch) {
+        Ok(host) => run(&launch.guest, host),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("cwasi: {e:#}");
+            1
+        }
+    };
     let _ = std::io::stdout().flush();
     status
 }
 
-fn run(guest: &GuestSpec) -> i32 {
-    let result = SelectedEngine::new().and_then(|engine| engine.run(guest));
+/// Connects the guest to its peers: the router for its calls and, for a
+/// serving function, its registration on this node.
+fn guest_host(launch: &GuestLaunch) -> anyhow::Result<GuestHost> {
+    let function = &launch.function;
+    let registry = NodeRegistry::new(&launch.run_dir, &function.node, &function.namespace);
+    let server = if function.serve {
+        Some(FunctionServer::start(function, &registry).with_context(|| {
+            format!("registering {} on node {} in {}", function.name, function.node, launch.run_dir.display())
+        })?)
+    } else {
+        None
+    };
+    Ok(GuestHost::new(Arc::new(Router::new(function.clone(), registry)), server))
+}
+
+fn run(guest: &GuestSpec, host: GuestHost) -> i32 {
+    let result = SelectedEngine::new().and_then(|engine| engine.run(guest, host));
     match result {
         Ok(exit) => {
             match &exit {

@@ -25,7 +25,7 @@ pub struct CwasiInstance {
 
 impl Instance for CwasiInstance {
     async fn new(id: String, cfg: &InstanceConfig) -> Result<Self, Error> {
-        let workload = bundle::load(&cfg.bundle, settings::cache_dir())
+        let workload = bundle::load(&cfg.bundle, &cfg.namespace, settings::cache_dir())
             .map_err(|e| Error::InvalidArgument(format!("container {id}: {e:#}")))?;
         match &workload {
             Workload::Function { guest, function } => tracing::info!(
@@ -56,6 +56,7 @@ impl Instance for CwasiInstance {
             container_id: self.id.clone(),
             function: function.clone(),
             guest: guest.clone(),
+            run_dir: settings::run_dir(),
             log_path: std::env::current_dir().ok().map(|dir| dir.join("log")),
         };
         let stdio = GuestStdio {

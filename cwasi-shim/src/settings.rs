@@ -12,3 +12,13 @@ pub fn cache_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR))
 }
+
+/// Overrides the root of the node registry (sockets of serving functions).
+pub const RUN_DIR_ENV: &str = "CWASI_RUN_DIR";
+
+pub fn run_dir() -> PathBuf {
+    std::env::var_os(RUN_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(cwasi_comm::registry::DEFAULT_RUN_DIR))
+}

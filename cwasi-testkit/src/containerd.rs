@@ -76,6 +76,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .env("PATH", path)
             // Each test rig compiles modules into its own cache.
             .env("CWASI_CACHE_DIR", dir.path().join("cache"))
+            .env("CWASI_RUN_DIR", dir.path().join("run"))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -153,6 +154,56 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         args.push(id);
         args.extend_from_slice(command);
         args
+    }
+
+    /// Starts `image` detached (`ctr run -d`): for functions that serve.
+    pub fn start_detached(&self, id: &str, image: &TestImage, flags: &[&str], command: &[&str]) -> anyhow::Result<()> {
+        let mut flags = flags.to_vec();
+        flags.push("-d");
+        self.run(id, image, &flags, command)?.ok().map(drop)
+    }
+
+    /// Starts `image` as the serving function `name` (container id `name`)
+    /// and waits until it listens. `flags` add annotations and the like.
+    pub fn serve(&self, image: &TestImage, name: &str, flags: &[&str]) -> anyhow::Result<()> {
+        let function = format!("cwasi.io/function={name}");
+        let mut all = vec!["--annotation", "cwasi.io/serve=true", "--annotation", &function];
+        all.extend_from_slice(flags);
+        self.start_detached(name, image, &all, &[])?;
+        self.wait_for_log(&["serving", &format!("function={name}")], Duration::from_secs(30))
+    }
+
+    /// Waits until containerd's log has a line containing every one of `needles`.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().lines().any(|line| needles.iter().all(|n| line.contains(n))) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("no log line with {needles:?} within {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sockets of the registered instances of `function` (any node, any namespace).
+    pub fn registered_sockets(&self, function: &str) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut dirs = vec![self.dir.path().join("run")];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "sock")
+                    && path.parent().and_then(Path::file_name).is_some_and(|n| n == function)
+                {
+                    found.push(path);
+                }
+            }
+        }
+        found
     }
 
     fn shim_pids(&self) -> Vec<Pid> {

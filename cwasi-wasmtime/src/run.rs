@@ -1,6 +1,6 @@
 use anyhow::Context as _;
 use wasmtime::error::Context as _;
-use cwasi_engine::{Engine, GuestExit, GuestSpec};
+use cwasi_engine::{Engine, GuestExit, GuestHost, GuestSpec};
 use wasmtime::{Config, Linker, Store, Val};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -14,9 +14,10 @@ pub struct WasmtimeEngine {
     compat: String,
 }
 
-struct GuestState {
+pub(crate) struct GuestState {
     wasi: WasiP1Ctx,
     limiter: GuestLimiter,
+    pub(crate) host: GuestHost,
 }
 
 impl WasmtimeEngine {
@@ -62,7 +63,7 @@ impl Engine for WasmtimeEngine {
         "wasmtime"
     }
 
-    fn run(&self, guest: &GuestSpec) -> anyhow::Result<GuestExit> {
+    fn run(&self, guest: &GuestSpec, host: GuestHost) -> anyhow::Result<GuestExit> {
         let (module, source) = module_loader::load(
             &self.engine,
             &self.compat,
@@ -78,11 +79,13 @@ impl Engine for WasmtimeEngine {
         let state = GuestState {
             wasi: Self::wasi_context(guest)?,
             limiter: GuestLimiter::new(guest.memory_limit),
+            host,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         let mut linker = Linker::new(&self.engine);
         p1::add_to_linker_sync(&mut linker, |state: &mut GuestState| &mut state.wasi)?;
+        crate::host_api::add_to_linker(&mut linker)?;
 
         let outcome = linker
             .instantiate(&mut store, &module)
@@ -141,6 +144,12 @@ fn trapped(error: wasmtime::Error, limiter: &GuestLimiter) -> GuestExit {
 mod tests {
     use super::*;
 
+    fn test_host() -> GuestHost {
+        let config = cwasi_comm::FunctionConfig::from_annotations(&Default::default(), "t", "node").unwrap();
+        let registry = cwasi_comm::NodeRegistry::new(std::path::Path::new("/nonexistent"), "node", "ns");
+        GuestHost::new(std::sync::Arc::new(cwasi_comm::Router::new(config, registry)), None)
+    }
+
     fn run_wat(wat: &str, memory_limit: Option<u64>) -> GuestExit {
         let dir = tempfile::tempdir().unwrap();
         let module = dir.path().join("m.wasm");
@@ -152,7 +161,7 @@ mod tests {
             cache_dir: Some(dir.path().join("cache")),
             ..Default::default()
         };
-        WasmtimeEngine::new().unwrap().run(&spec).unwrap()
+        WasmtimeEngine::new().unwrap().run(&spec, test_host()).unwrap()
     }
 
     #[test]

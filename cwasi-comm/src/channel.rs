@@ -1,0 +1,20 @@
+use crate::{CallError, Mode};
+
+/// One way of reaching one peer. The router picks a channel per call.
+pub trait Channel: Send + Sync {
+    fn mode(&self) -> Mode;
+
+    /// Sends `request` (read straight from the caller's memory) and returns
+    /// the call in flight.
+    fn send(&self, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError>;
+}
+
+/// A call whose request was sent.
+pub trait PendingReply: Send {
+    /// Waits for the reply and returns its length.
+    fn wait(&mut self) -> Result<usize, CallError>;
+
+    /// Copies the reply into `out` (exactly the length `wait` returned) and
+    /// ends the call.
+    fn read_into(self: Box<Self>, out: &mut [u8]) -> Result<(), CallError>;
+}

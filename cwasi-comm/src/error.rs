@@ -1,0 +1,42 @@
+use cwasi_abi::Status;
+
+/// Why a call (or serving a request) failed; each maps to a guest [`Status`].
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("function {caller:?} may not call {peer:?} (not in cwasi.io/peers)")]
+    Forbidden { caller: String, peer: String },
+    #[error("no function {0:?} is reachable")]
+    UnknownPeer(String),
+    /// A registered peer could not be connected to (it may have just died).
+    #[error("cannot reach {0}")]
+    Unreachable(String),
+    #[error("peer {0:?} went away before replying")]
+    PeerGone(String),
+    #[error("payload of {0} bytes is larger than cwasi carries")]
+    TooLarge(u64),
+    #[error("the peer's handler failed: {0}")]
+    PeerFailed(String),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("transport: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CallError {
+    pub fn status(&self) -> Status {
+        match self {
+            CallError::Forbidden { .. } => Status::Forbidden,
+            CallError::UnknownPeer(_) | CallError::Unreachable(_) => Status::UnknownPeer,
+            CallError::PeerGone(_) => Status::PeerGone,
+            CallError::TooLarge(_) => Status::TooLarge,
+            CallError::PeerFailed(_) => Status::PeerFailed,
+            CallError::Protocol(_) | CallError::Io(_) => Status::Transport,
+        }
+    }
+}
+
+impl From<nix::errno::Errno> for CallError {
+    fn from(errno: nix::errno::Errno) -> Self {
+        CallError::Io(errno.into())
+    }
+}

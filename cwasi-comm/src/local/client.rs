@@ -1,0 +1,151 @@
+//! The calling side of local mode: a pool of connections to one serving
+//! function instance on this node.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::handshake;
+use super::listener::{MAX_FAILURE_MESSAGE, STATUS_HANDLER_FAILED, hung_up};
+use super::ring::MessageHeader;
+use super::segment::{Doorbell, Segment};
+use crate::{CallError, Channel, MAX_PAYLOAD, Mode, PendingReply};
+
+/// Slot geometry of a connection's rings: 4 slots of 1 MiB per direction, so
+/// a large payload streams with copies on both sides overlapping.
+const SLOT_BYTES: usize = 1 << 20;
+const SLOT_COUNT: usize = 4;
+
+/// Calls one serving instance through shared memory.
+pub struct LocalChannel {
+    peer: String,
+    caller: String,
+    socket_path: PathBuf,
+    idle: Arc<Mutex<Vec<Connection>>>,
+}
+
+struct Connection {
+    socket: OwnedFd,
+    segment: Segment,
+    doorbell: Doorbell,
+}
+
+impl Connection {
+    fn open(path: &Path, caller: &str) -> std::io::Result<Self> {
+        let socket = handshake::connect_to(path)?;
+        let (segment, segment_fd) = Segment::create(SLOT_BYTES, SLOT_COUNT)?;
+        handshake::send_hello(&socket, caller, &segment_fd)?;
+        let doorbell = Doorbell::open(handshake::recv_welcome(&socket)?)?;
+        handshake::set_timeouts(&socket, None)?;
+        Ok(Self { socket, segment, doorbell })
+    }
+
+    fn check_alive(&self, peer: &str) -> Result<(), CallError> {
+        if hung_up(&self.socket) {
+            return Err(CallError::PeerGone(peer.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+impl LocalChannel {
+    pub fn new(peer: &str, caller: &str, socket_path: PathBuf) -> Self {
+        Self {
+            peer: peer.to_owned(),
+            caller: caller.to_owned(),
+            socket_path,
+            idle: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    fn connection(&self) -> Result<Connection, CallError> {
+        if let Some(connection) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(connection);
+        }
+        Connection::open(&self.socket_path, &self.caller).map_err(|e| {
+            CallError::Unreachable(format!("{} at {}: {e}", self.peer, self.socket_path.display()))
+        })
+    }
+}
+
+impl Channel for LocalChannel {
+    fn mode(&self) -> Mode {
+        Mode::Local
+    }
+
+    fn send(&self, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
+        let connection = self.connection()?;
+        connection.segment.request().send(
+            request,
+            0,
+            &mut || connection.check_alive(&self.peer),
+            || connection.doorbell.counter().bump(),
+        )?;
+        Ok(Box::new(LocalPending {
+            connection: Some(connection),
+            idle: self.idle.clone(),
+            peer: self.peer.clone(),
+            header: None,
+        }))
+    }
+}
+
+struct LocalPending {
+    connection: Option<Connection>,
+    idle: Arc<Mutex<Vec<Connection>>>,
+    peer: String,
+    header: Option<MessageHeader>,
+}
+
+impl LocalPending {
+    fn release(&mut self) {
+        // Only a connection whose call completed cleanly is reused; any other
+        // is dropped, which closes the socket and tells the server.
+        if let Some(connection) = self.connection.take() {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(connection);
+        }
+    }
+}
+
+impl PendingReply for LocalPending {
+    fn wait(&mut self) -> Result<usize, CallError> {
+        if let Some(header) = self.header {
+            return Ok(header.len as usize);
+        }
+        let connection = self.connection.as_ref().ok_or_else(|| CallError::Protocol("call already finished".into()))?;
+        let ring = connection.segment.reply();
+        let header = ring.wait_message(&mut || connection.check_alive(&self.peer))?;
+        if header.status == STATUS_HANDLER_FAILED {
+            if header.len > MAX_FAILURE_MESSAGE as u64 {
+                return Err(CallError::Protocol("oversized failure message".into()));
+            }
+            let mut message = vec![0u8; header.len as usize];
+            ring.recv_into(&mut message, &mut || connection.check_alive(&self.peer))?;
+            self.release();
+            return Err(CallError::PeerFailed(String::from_utf8_lossy(&message).into_owned()));
+        }
+        if header.status != 0 || header.len > MAX_PAYLOAD {
+            return Err(CallError::Protocol(format!("bad reply header {header:?}")));
+        }
+        self.header = Some(header);
+        Ok(header.len as usize)
+    }
+
+    fn read_into(mut self: Box<Self>, out: &mut [u8]) -> Result<(), CallError> {
+        let len = self.wait()?;
+        if out.len() != len {
+            return Err(CallError::Protocol(format!("reply is {len} bytes, buffer {}", out.len())));
+        }
+        let connection = self.connection.as_ref().ok_or_else(|| CallError::Protocol("call already finished".into()))?;
+        connection
+            .segment
+            .reply()
+            .recv_into(out, &mut || connection.check_alive(&self.peer))?;
+        self.release();
+        Ok(())
+    }
+}

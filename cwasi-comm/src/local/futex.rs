@@ -1,0 +1,149 @@
+//! Futex wait/wake on counters that live in memory shared between processes.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A 32-bit counter that another process can wait on, with its waiter count.
+#[repr(C, align(64))]
+pub(crate) struct SharedCounter {
+    pub(crate) value: AtomicU32,
+    waiters: AtomicU32,
+}
+
+impl SharedCounter {
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
+        Self { value: AtomicU32::new(0), waiters: AtomicU32::new(0) }
+    }
+}
+
+/// How long a waiter spins before it sleeps: long enough to catch a peer
+/// answering a small call on the other core, short enough not to burn a core.
+const SPIN: Duration = Duration::from_micros(60);
+
+impl SharedCounter {
+    /// Stores `value` and wakes sleeping waiters, if any (no syscall otherwise).
+    pub(crate) fn publish(&self, value: u32) {
+        self.value.store(value, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            wake_all(&self.value);
+        }
+    }
+
+    /// Adds one and wakes waiters.
+    pub(crate) fn bump(&self) {
+        self.value.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            wake_all(&self.value);
+        }
+    }
+
+    /// Waits until `ready(value)`; between sleeps of at most `tick` it calls
+    /// `check`, whose error ends the wait (peer gone, shutdown).
+    pub(crate) fn wait_until<E>(
+        &self,
+        ready: impl Fn(u32) -> bool,
+        tick: Duration,
+        mut check: impl FnMut() -> Result<(), E>,
+    ) -> Result<u32, E> {
+        let spin_until = Instant::now() + SPIN;
+        let mut spins = 0u32;
+        loop {
+            let v = self.value.load(Ordering::Acquire);
+            if ready(v) {
+                return Ok(v);
+            }
+            spins += 1;
+            if spins % 64 == 0 && Instant::now() > spin_until {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            let v = self.value.load(Ordering::SeqCst);
+            if !ready(v) {
+                wait(&self.value, v, tick);
+            }
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            let v = self.value.load(Ordering::Acquire);
+            if ready(v) {
+                return Ok(v);
+            }
+            check()?;
+        }
+    }
+}
+
+fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a live, aligned AtomicU32 for the whole call and the
+    // kernel only reads it; `timeout` outlives the call. Not FUTEX_PRIVATE:
+    // the word lives in memory shared with another process. Spurious or
+    // interrupted returns are fine, the caller re-checks the value.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &timeout as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+fn wake_all(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned AtomicU32; FUTEX_WAKE does not access
+    // memory beyond looking up waiters on that address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn waiter_sees_publish_from_another_thread() {
+        let counter = Arc::new(SharedCounter::new());
+        let publisher = {
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                counter.publish(5);
+            })
+        };
+        let seen = counter
+            .wait_until(|v| v == 5, Duration::from_secs(5), || Ok::<(), ()>(()))
+            .unwrap();
+        assert_eq!(seen, 5);
+        publisher.join().unwrap();
+    }
+
+    #[test]
+    fn check_error_ends_the_wait() {
+        let counter = SharedCounter::new();
+        let mut ticks = 0;
+        let result = counter.wait_until(|v| v == 1, Duration::from_millis(1), || {
+            ticks += 1;
+            if ticks == 3 { Err("gone") } else { Ok(()) }
+        });
+        assert_eq!(result, Err("gone"));
+    }
+}

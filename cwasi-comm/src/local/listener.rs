@@ -1,0 +1,295 @@
+//! The serving side of local mode: accepts callers, watches their sockets,
+//! and hands their requests to the guest thread one at a time.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{
+    AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, accept4, bind, listen, recv, socket,
+};
+
+use super::handshake;
+use super::ring::{LIVENESS_TICK, MessageHeader};
+use super::segment::{Doorbell, Segment};
+use crate::{CallError, MAX_PAYLOAD};
+
+/// Status a reply carries when the handler failed; its payload is the message.
+pub(crate) const STATUS_HANDLER_FAILED: u32 = 1;
+/// Longest failure message carried back to a caller.
+pub(crate) const MAX_FAILURE_MESSAGE: usize = 4096;
+
+/// Listens on a Unix socket for callers on this node.
+pub struct LocalListener {
+    shared: Arc<Shared>,
+    poller: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    function: String,
+    doorbell: Doorbell,
+    doorbell_fd: OwnedFd,
+    connections: Mutex<Vec<Arc<Connection>>>,
+    next_scan: AtomicUsize,
+    stop: AtomicBool,
+}
+
+struct Connection {
+    caller: String,
+    socket: OwnedFd,
+    segment: Segment,
+    /// Set when the caller hung up or broke the protocol.
+    gone: AtomicBool,
+    /// Set while the guest works on this connection's request.
+    busy: AtomicBool,
+}
+
+impl Connection {
+    fn check_alive(&self) -> Result<(), CallError> {
+        if self.gone.load(Ordering::Acquire) || hung_up(&self.socket) {
+            self.gone.store(true, Ordering::Release);
+            return Err(CallError::PeerGone(self.caller.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// True when the peer closed its end or sent anything (both end a connection:
+/// after the handshake nothing may travel on the socket).
+pub(crate) fn hung_up(socket: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+/// A request taken by the guest; reply (or fail) to finish it.
+pub struct LocalRequest {
+    connection: Arc<Connection>,
+    header: MessageHeader,
+}
+
+impl LocalRequest {
+    pub fn len(&self) -> u64 {
+        self.header.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.header.len == 0
+    }
+
+    pub fn caller(&self) -> &str {
+        &self.connection.caller
+    }
+
+    /// Copies the request into `out` (exactly `len()` bytes).
+    pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
+        let connection = &self.connection;
+        let result = connection.segment.request().recv_into(out, &mut || connection.check_alive());
+        self.mark_broken_on_error(result)
+    }
+
+    pub fn reply(self, reply: &[u8]) -> Result<(), CallError> {
+        self.send(reply, 0)
+    }
+
+    /// Finishes the request with an error the caller receives as `PeerFailed`.
+    pub fn fail(self, message: &str) -> Result<(), CallError> {
+        let message = &message.as_bytes()[..message.len().min(MAX_FAILURE_MESSAGE)];
+        self.send(message, STATUS_HANDLER_FAILED)
+    }
+
+    fn send(self, data: &[u8], status: u32) -> Result<(), CallError> {
+        let connection = &self.connection;
+        let result = connection
+            .segment
+            .reply()
+            .send(data, status, &mut || connection.check_alive(), || {});
+        let result = self.mark_broken_on_error(result);
+        connection.busy.store(false, Ordering::Release);
+        result
+    }
+
+    fn mark_broken_on_error(&self, result: Result<(), CallError>) -> Result<(), CallError> {
+        if result.is_err() {
+            self.connection.gone.store(true, Ordering::Release);
+        }
+        result
+    }
+}
+
+impl LocalListener {
+    /// Binds `path` (replacing a stale socket file) and starts accepting.
+    pub fn bind(path: &Path, function: &str) -> io::Result<Self> {
+        let socket = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        let _ = std::fs::remove_file(path);
+        bind(socket.as_raw_fd(), &UnixAddr::new(path)?)?;
+        listen(&socket, Backlog::new(128)?)?;
+        let (doorbell, doorbell_fd) = Doorbell::create()?;
+        let shared = Arc::new(Shared {
+            function: function.to_owned(),
+            doorbell,
+            doorbell_fd,
+            connections: Mutex::new(Vec::new()),
+            next_scan: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let poller = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("cwasi-local-accept".into())
+                .spawn(move || shared.poll_loop(socket))?
+        };
+        Ok(Self { shared, poller: Some(poller) })
+    }
+
+    /// Waits up to `timeout` for a request from any caller.
+    pub fn next_request(&self, timeout: Duration) -> Option<LocalRequest> {
+        let doorbell = self.shared.doorbell.counter();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let seen = doorbell.value.load(Ordering::SeqCst);
+            if let Some(request) = self.shared.take_request() {
+                return Some(request);
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let _ = doorbell.wait_until(|v| v != seen, (deadline - now).min(LIVENESS_TICK * 5), || Err(()));
+        }
+    }
+
+    /// How many callers are connected (for logs and tests).
+    pub fn connections(&self) -> usize {
+        self.shared.lock_connections().len()
+    }
+}
+
+impl Drop for LocalListener {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Connection>>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Finds a connection with a request waiting, fairly (round robin).
+    fn take_request(&self) -> Option<LocalRequest> {
+        let connections = self.lock_connections();
+        let count = connections.len();
+        let start = self.next_scan.fetch_add(1, Ordering::Relaxed);
+        for i in 0..count {
+            let connection = &connections[(start + i) % count];
+            if connection.gone.load(Ordering::Acquire)
+                || connection.busy.load(Ordering::Acquire)
+                || !connection.segment.request().has_message()
+            {
+                continue;
+            }
+            let header = match connection.segment.request().wait_message(&mut || Ok(())) {
+                Ok(header) if header.len <= MAX_PAYLOAD => header,
+                _ => {
+                    tracing::warn!(caller = %connection.caller, "dropping a caller that sent an oversized request header");
+                    connection.gone.store(true, Ordering::Release);
+                    continue;
+                }
+            };
+            connection.busy.store(true, Ordering::Release);
+            return Some(LocalRequest { connection: connection.clone(), header });
+        }
+        None
+    }
+
+    fn poll_loop(self: Arc<Self>, listener: OwnedFd) {
+        while !self.stop.load(Ordering::Acquire) {
+            let connections: Vec<Arc<Connection>> = self.lock_connections().clone();
+            let mut fds = Vec::with_capacity(connections.len() + 1);
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            fds.extend(connections.iter().map(|c| PollFd::new(c.socket.as_fd(), PollFlags::POLLIN)));
+            if poll(&mut fds, PollTimeout::from(100u16)).is_err() {
+                continue;
+            }
+            let ready: Vec<bool> = fds.iter().map(|fd| fd.revents().is_some_and(|r| !r.is_empty())).collect();
+            drop(fds);
+            if ready[0] {
+                self.accept_all(&listener);
+            }
+            let mut changed = false;
+            for (connection, ready) in connections.iter().zip(&ready[1..]) {
+                if *ready || connection.gone.load(Ordering::Acquire) {
+                    let mut byte = [0u8; 1];
+                    if let Ok(n) = recv(connection.socket.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT)
+                        && n > 0
+                    {
+                        tracing::warn!(function = %self.function, caller = %connection.caller, "dropping a caller that wrote to its socket after the handshake");
+                    }
+                    connection.gone.store(true, Ordering::Release);
+                    changed = true;
+                }
+            }
+            if changed {
+                self.lock_connections().retain(|c| !(c.gone.load(Ordering::Acquire) && !c.busy.load(Ordering::Acquire)));
+                self.doorbell.counter().bump();
+            }
+        }
+    }
+
+    fn accept_all(self: &Arc<Self>, listener: &OwnedFd) {
+        loop {
+            let fd = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(e) => {
+                    tracing::warn!(function = %self.function, error = %e, "accept failed");
+                    return;
+                }
+            };
+            // A slow or hostile caller must not hold up the others.
+            let shared = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("cwasi-local-handshake".into())
+                .spawn(move || match shared.handshake(fd) {
+                    Ok(connection) => {
+                        tracing::debug!(function = %shared.function, caller = %connection.caller, "caller connected");
+                        shared.lock_connections().push(Arc::new(connection));
+                        shared.doorbell.counter().bump();
+                    }
+                    Err(e) => tracing::warn!(function = %shared.function, error = %e, "dropping a connection that failed the handshake"),
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a handshake thread");
+            }
+        }
+    }
+
+    fn handshake(&self, socket: OwnedFd) -> io::Result<Connection> {
+        handshake::set_timeouts(&socket, Some(handshake::HANDSHAKE_TIMEOUT))?;
+        let (caller, segment_fd) = handshake::recv_hello(&socket)?;
+        let segment = Segment::open(segment_fd)?;
+        handshake::send_welcome(&socket, &self.doorbell_fd)?;
+        Ok(Connection {
+            caller,
+            socket,
+            segment,
+            gone: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+        })
+    }
+}
+

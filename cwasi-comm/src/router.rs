@@ -1,0 +1,98 @@
+//! The router: resolves where a peer runs and picks the channel for a call.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::local::LocalChannel;
+use crate::{CallError, Channel, FunctionConfig, MAX_PAYLOAD, Mode, NodeRegistry, PendingReply};
+
+/// Routes one function's calls to its peers.
+///
+/// Mode choice: embedded if the peer ships in this image; else local if a
+/// live instance is registered on this node in the same namespace; else
+/// remote. `cwasi.io/mode` can force a mode per peer. A local peer that
+/// cannot be reached is looked up again (it may have been replaced).
+pub struct Router {
+    me: FunctionConfig,
+    registry: NodeRegistry,
+    local: Mutex<HashMap<String, Arc<LocalChannel>>>,
+    announced: Mutex<HashSet<(String, Mode)>>,
+}
+
+impl Router {
+    pub fn new(me: FunctionConfig, registry: NodeRegistry) -> Self {
+        Self {
+            me,
+            registry,
+            local: Mutex::new(HashMap::new()),
+            announced: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn function(&self) -> &FunctionConfig {
+        &self.me
+    }
+
+    /// Sends `request` to `peer` and returns the call in flight.
+    pub fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
+        if !self.me.peers.allows(peer) {
+            return Err(CallError::Forbidden { caller: self.me.name.clone(), peer: peer.to_owned() });
+        }
+        if request.len() as u64 > MAX_PAYLOAD {
+            return Err(CallError::TooLarge(request.len() as u64));
+        }
+        let forced = self.me.forced_modes.get(peer).copied();
+        if matches!(forced, None | Some(Mode::Local)) {
+            // Two tries: the cached instance, then a fresh lookup.
+            for _ in 0..2 {
+                let Some(channel) = self.local_channel(peer) else { break };
+                match channel.send(request) {
+                    Ok(pending) => {
+                        self.announce(peer, Mode::Local, channel.socket_path());
+                        return Ok(pending);
+                    }
+                    Err(CallError::Unreachable(reason)) => {
+                        tracing::info!(peer = %peer, %reason, "local peer unreachable; looking it up again");
+                        self.forget_local(peer);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(CallError::UnknownPeer(format!(
+            "{peer} (no instance serves it on node {} in namespace {}{})",
+            self.me.node,
+            self.me.namespace,
+            forced.map(|m| format!("; mode forced to {m}")).unwrap_or_default()
+        )))
+    }
+
+    fn local_channel(&self, peer: &str) -> Option<Arc<LocalChannel>> {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = local.get(peer) {
+            return Some(channel.clone());
+        }
+        let socket = self.registry.lookup(peer).into_iter().next()?;
+        let channel = Arc::new(LocalChannel::new(peer, &self.me.name, socket));
+        local.insert(peer.to_owned(), channel.clone());
+        Some(channel)
+    }
+
+    fn forget_local(&self, peer: &str) {
+        self.local.lock().unwrap_or_else(|e| e.into_inner()).remove(peer);
+    }
+
+    /// Logs the first call to each peer in each mode (later ones at debug).
+    fn announce(&self, peer: &str, mode: Mode, target: &std::path::Path) {
+        let first = self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((peer.to_owned(), mode));
+        if first {
+            tracing::info!(peer = %peer, mode = %mode, target = %target.display(), "calling peer");
+        } else {
+            tracing::debug!(peer = %peer, mode = %mode, "calling peer");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Guest SDK of cwasi, for functions compiled to `wasm32-wasip1`.
+//!
+//! ```no_run
+//! // Call another function by name with a binary payload:
+//! let digest = cwasi_guest::call("sha256", b"hello")?;
+//!
+//! // Or serve calls (the container needs `cwasi.io/serve: "true"`):
+//! cwasi_guest::serve(|request| request.to_vec());
+//! # Ok::<(), cwasi_guest::Error>(())
+//! ```
+//!
+//! The host picks the transport (same engine, shared memory on this node, or
+//! Redis across nodes); the guest code is the same for all of them.
+
+use std::fmt;
+
+pub use cwasi_abi::Status;
+
+mod sys {
+    #[link(wasm_import_module = "cwasi")]
+    unsafe extern "C" {
+        pub fn call_start(peer: *const u8, peer_len: usize, req: *const u8, req_len: usize, handle: *mut u32) -> i32;
+        pub fn call_wait(handle: u32, reply_len: *mut u32) -> i32;
+        pub fn call_read(handle: u32, buf: *mut u8, buf_len: usize) -> i32;
+        pub fn serve_next(req_len: *mut u32) -> i32;
+        pub fn serve_read(buf: *mut u8, buf_len: usize) -> i32;
+        pub fn serve_reply(buf: *const u8, buf_len: usize) -> i32;
+        pub fn serve_fail(msg: *const u8, msg_len: usize) -> i32;
+    }
+}
+
+/// Why a call failed, as the host reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Error(pub Status);
+
+impl Error {
+    pub fn status(self) -> Status {
+        self.0
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.0, self.0.description())
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn check(code: i32) -> Result<(), Error> {
+    match Status::from_code(code) {
+        Some(Status::Ok) => Ok(()),
+        Some(status) => Err(Error(status)),
+        None => Err(Error(Status::Transport)),
+    }
+}
+
+/// A call whose request was sent; [`Call::finish`] waits for the reply.
+#[must_use = "a call's reply is only received by finish()"]
+pub struct Call {
+    handle: u32,
+}
+
+impl Call {
+    /// Sends `request` to `peer` without waiting for the reply.
+    pub fn start(peer: &str, request: &[u8]) -> Result<Call, Error> {
+        let mut handle = 0u32;
+        // SAFETY: both slices are valid for their lengths and `handle` is a
+        // valid u32 the host writes; the host bounds-checks everything.
+        check(unsafe { sys::call_start(peer.as_ptr(), peer.len(), request.as_ptr(), request.len(), &mut handle) })?;
+        Ok(Call { handle })
+    }
+
+    /// Waits for the reply and returns it.
+    pub fn finish(self) -> Result<Vec<u8>, Error> {
+        let mut len = 0u32;
+        // SAFETY: `len` is a valid u32 for the host to write.
+        check(unsafe { sys::call_wait(self.handle, &mut len) })?;
+        let mut reply = Vec::with_capacity(len as usize);
+        // SAFETY: the buffer has capacity for `len` bytes; the host writes
+        // exactly `len` bytes or fails.
+        check(unsafe { sys::call_read(self.handle, reply.as_mut_ptr(), len as usize) })?;
+        // SAFETY: call_read succeeded, so the first `len` bytes are initialised.
+        unsafe { reply.set_len(len as usize) };
+        Ok(reply)
+    }
+}
+
+/// Calls `peer` with `request` and returns its reply.
+pub fn call(peer: &str, request: &[u8]) -> Result<Vec<u8>, Error> {
+    Call::start(peer, request)?.finish()
+}
+
+/// Calls several peers at once (fan-out) and collects their replies in order.
+pub fn call_all(calls: &[(&str, &[u8])]) -> Vec<Result<Vec<u8>, Error>> {
+    let started: Vec<_> = calls.iter().map(|(peer, request)| Call::start(peer, request)).collect();
+    started.into_iter().map(|call| call.and_then(Call::finish)).collect()
+}
+
+/// One request being served.
+pub struct Request {
+    len: u32,
+}
+
+impl Request {
+    /// Waits for the next request.
+    pub fn next() -> Result<Request, Error> {
+        let mut len = 0u32;
+        // SAFETY: `len` is a valid u32 for the host to write.
+        check(unsafe { sys::serve_next(&mut len) })?;
+        Ok(Request { len })
+    }
+
+    pub fn read(&self) -> Result<Vec<u8>, Error> {
+        let mut body = Vec::with_capacity(self.len as usize);
+        // SAFETY: capacity for `len` bytes; the host writes exactly that or fails.
+        check(unsafe { sys::serve_read(body.as_mut_ptr(), self.len as usize) })?;
+        // SAFETY: serve_read succeeded, so `len` bytes are initialised.
+        unsafe { body.set_len(self.len as usize) };
+        Ok(body)
+    }
+
+    pub fn reply(self, reply: &[u8]) -> Result<(), Error> {
+        // SAFETY: `reply` is valid for its length.
+        check(unsafe { sys::serve_reply(reply.as_ptr(), reply.len()) })
+    }
+
+    /// Ends the request with an error the caller sees as [`Status::PeerFailed`].
+    pub fn fail(self, message: &str) -> Result<(), Error> {
+        // SAFETY: `message` is valid for its length.
+        check(unsafe { sys::serve_fail(message.as_ptr(), message.len()) })
+    }
+}
+
+/// Serves requests forever with `handler`; returns only if serving fails
+/// (for example when the container is not annotated `cwasi.io/serve`).
+pub fn serve(mut handler: impl FnMut(&[u8]) -> Vec<u8>) -> Error {
+    serve_fallible(|request| Ok::<_, String>(handler(request)))
+}
+
+/// Like [`serve`], but the handler may fail; its message reaches the caller.
+pub fn serve_fallible<E: fmt::Display>(mut handler: impl FnMut(&[u8]) -> Result<Vec<u8>, E>) -> Error {
+    loop {
+        let request = match Request::next() {
+            Ok(request) => request,
+            Err(e) => return e,
+        };
+        let body = match request.read() {
+            Ok(body) => body,
+            // The caller went away mid-request: serve the next one.
+            Err(_) => continue,
+        };
+        // A failed reply means the caller is gone; the next request may be fine.
+        let _ = match handler(&body) {
+            Ok(reply) => request.reply(&reply),
+            Err(e) => request.fail(&e.to_string()),
+        };
+    }
+}
