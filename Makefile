@@ -24,7 +24,7 @@ demo: build test-functions
 	target/release/cwasi-demo
 
 bench: build test-functions
-	target/release/cwasi-bench start --runs 20
+	target/release/cwasi-bench all --runs 20
 
 install: build
 	install -D -m 0755 $(SHIM) $(DESTDIR)$(PREFIX)/bin/containerd-shim-cwasi-v1

@@ -17,28 +17,50 @@ pub struct CallTimings {
     pub p99_ns: u64,
 }
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
-    let shim = workspace_root().join("target/release/containerd-shim-cwasi-v1");
-    anyhow::ensure!(shim.exists(), "{} is missing: run `make build` first", shim.display());
-    let containerd = Containerd::start(&shim, &[])?;
-    let echo = test_image("echo-server")?;
-    let sink = test_image("sink-server")?;
-    let caller = test_image("bench-caller")?;
-    for image in [&echo, &sink, &caller] {
-        containerd.import(image)?;
-    }
-    containerd.serve(&echo, "echo", &[])?;
-    containerd.serve(&sink, "sink", &[])?;
+/// A private containerd with an echo and a sink function serving.
+struct LocalRig {
+    containerd: Containerd,
+    caller: cwasi_testkit::TestImage,
+}
 
+impl LocalRig {
+    fn start(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let shim = workspace_root().join("target/release/containerd-shim-cwasi-v1");
+        anyhow::ensure!(shim.exists(), "{} is missing: run `make build` first", shim.display());
+        let containerd = Containerd::start(&shim, env)?;
+        let echo = test_image("echo-server")?;
+        let sink = test_image("sink-server")?;
+        let caller = test_image("bench-caller")?;
+        for image in [&echo, &sink, &caller] {
+            containerd.import(image)?;
+        }
+        containerd.serve(&echo, "echo", &[])?;
+        containerd.serve(&sink, "sink", &[])?;
+        Ok(Self { containerd, caller })
+    }
+}
+
+pub fn run(quick: bool) -> anyhow::Result<()> {
     let (small_n, large_n) = if quick { (200, 3) } else { (5000, 15) };
     let large = 100 * MIB;
-    let round_trip = bench_call(&containerd, &caller, "echo", 1024, small_n)?;
-    let one_way = bench_call(&containerd, &caller, "sink", large, large_n)?;
+    let rig = LocalRig::start(&[])?;
+    let round_trip = bench_call(&rig.containerd, &rig.caller, "echo", 1024, small_n)?;
+    let one_way = bench_call(&rig.containerd, &rig.caller, "sink", large, large_n)?;
+    drop(rig);
+    // The same small call when waiters sleep on the futex at once (no spin).
+    let no_spin = LocalRig::start(&[(cwasi_comm::local::SPIN_ENV, "0")])?;
+    let round_trip_no_spin = bench_call(&no_spin.containerd, &no_spin.caller, "echo", 1024, small_n)?;
+    drop(no_spin);
     let memcpy_ns = memcpy_median_ns(large, if quick { 3 } else { 15 });
 
     let gbps = |ns: u64| large as f64 / ns as f64;
     println!("local mode (two containers on this node, shared memory), in one run:");
-    println!("  1 KiB round trip     median {:>9.1} µs   p99 {:>9.1} µs", us(round_trip.median_ns), us(round_trip.p99_ns));
+    println!("  1 KiB round trip     median {:>9.1} µs   p99 {:>9.1} µs   (spin 60 µs, then futex)", us(round_trip.median_ns), us(round_trip.p99_ns));
+    println!(
+        "  1 KiB round trip     median {:>9.1} µs   p99 {:>9.1} µs   (futex only, CWASI_SPIN_US=0)",
+        us(round_trip_no_spin.median_ns),
+        us(round_trip_no_spin.p99_ns)
+    );
     println!(
         "  100 MiB one-way      median {:>9.2} ms   {:>6.2} GB/s   {:>5.1} % of memcpy",
         ms(one_way.median_ns),

@@ -41,8 +41,10 @@ pub fn launch_env(launch: &GuestLaunch) -> anyhow::Result<Vec<(String, String)>>
     if let Some(path) = &launch.log_path {
         env.push((LOG_PATH_ENV.to_owned(), path.to_string_lossy().into_owned()));
     }
-    if let Ok(filter) = std::env::var(LOG_FILTER_ENV) {
-        env.push((LOG_FILTER_ENV.to_owned(), filter));
+    for passed in [LOG_FILTER_ENV, cwasi_comm::local::SPIN_ENV] {
+        if let Ok(value) = std::env::var(passed) {
+            env.push((passed.to_owned(), value));
+        }
     }
     Ok(env)
 }

@@ -19,7 +19,19 @@ impl SharedCounter {
 
 /// How long a waiter spins before it sleeps: long enough to catch a peer
 /// answering a small call on the other core, short enough not to burn a core.
-const SPIN: Duration = Duration::from_micros(60);
+/// `CWASI_SPIN_US` overrides it (0 = sleep at once), for measurements.
+const DEFAULT_SPIN: Duration = Duration::from_micros(60);
+pub const SPIN_ENV: &str = "CWASI_SPIN_US";
+
+fn spin_budget() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        std::env::var(SPIN_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(DEFAULT_SPIN, Duration::from_micros)
+    })
+}
 
 impl SharedCounter {
     /// Stores `value` and wakes sleeping waiters, if any (no syscall otherwise).
@@ -46,7 +58,7 @@ impl SharedCounter {
         tick: Duration,
         mut check: impl FnMut() -> Result<(), E>,
     ) -> Result<u32, E> {
-        let spin_until = Instant::now() + SPIN;
+        let spin_until = Instant::now() + spin_budget();
         let mut spins = 0u32;
         loop {
             let v = self.value.load(Ordering::Acquire);

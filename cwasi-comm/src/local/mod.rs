@@ -17,4 +17,5 @@ mod ring;
 mod segment;
 
 pub use client::LocalChannel;
+pub use futex::SPIN_ENV;
 pub use listener::{LocalListener, LocalRequest};
