@@ -20,7 +20,7 @@
 //! |---|---|---|
 //! | `serve_next` | `(req_len_out_ptr) -> status` | waits for the next request; writes its length |
 //! | `serve_read` | `(buf_ptr, buf_len) -> status` | copies the request (`buf_len` must be its length) |
-//! | `serve_reply` | `(buf_ptr, buf_len) -> status` | sends the reply and finishes the request |
+//! | `serve_reply` | `(buf_ptr, buf_len) -> status` | sends the reply and finishes the request; the host may read `buf` until the next `serve_next` returns, so keep it unchanged until then |
 //! | `serve_fail` | `(msg_ptr, msg_len) -> status` | finishes the request with an error the caller sees as [`Status::PeerFailed`] |
 
 #![no_std]

@@ -44,12 +44,12 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let (small_n, large_n) = if quick { (200, 3) } else { (5000, 15) };
     let large = 100 * MIB;
     let rig = LocalRig::start(&[])?;
-    let round_trip = bench_call(&rig.containerd, &rig.caller, "echo", 1024, small_n)?;
-    let one_way = bench_call(&rig.containerd, &rig.caller, "sink", large, large_n)?;
+    let round_trip = bench_call(&rig.containerd, &rig.caller, "echo", 1024, small_n, &[])?;
+    let one_way = bench_call(&rig.containerd, &rig.caller, "sink", large, large_n, &[])?;
     drop(rig);
     // The same small call when waiters sleep on the futex at once (no spin).
     let no_spin = LocalRig::start(&[(cwasi_comm::local::SPIN_ENV, "0")])?;
-    let round_trip_no_spin = bench_call(&no_spin.containerd, &no_spin.caller, "echo", 1024, small_n)?;
+    let round_trip_no_spin = bench_call(&no_spin.containerd, &no_spin.caller, "echo", 1024, small_n, &[])?;
     drop(no_spin);
     let memcpy_ns = memcpy_median_ns(large, if quick { 3 } else { 15 });
 
@@ -72,18 +72,22 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
 }
 
 /// Runs `bench-caller` against `peer` and parses its timings.
+/// `flags` go to `ctr run` (e.g. `cwasi.io/embed` annotations).
 pub fn bench_call(
     containerd: &Containerd,
     caller: &cwasi_testkit::TestImage,
     peer: &str,
     size: usize,
     iterations: usize,
+    flags: &[&str],
 ) -> anyhow::Result<CallTimings> {
     let id = format!("bench-{peer}-{size}");
     let peers = format!("cwasi.io/peers={peer}");
     let (size_arg, n_arg) = (size.to_string(), iterations.to_string());
+    let mut all_flags = vec!["--rm", "--annotation", &peers];
+    all_flags.extend_from_slice(flags);
     let out = containerd
-        .run(&id, caller, &["--rm", "--annotation", &peers], &["/bench-caller.wasm", peer, &size_arg, &n_arg])?
+        .run(&id, caller, &all_flags, &["/bench-caller.wasm", peer, &size_arg, &n_arg])?
         .ok()
         .with_context(|| format!("benchmark {id}"))?;
     let line = out.stdout.lines().find(|l| l.starts_with("bench ")).context("no timings printed")?;

@@ -2,8 +2,10 @@
 //!
 //! - `cwasi-bench start [--runs N]`: median start-to-exit time of hello,
 //!   compiling every time (empty cache) and loading from the cache;
-//! - `cwasi-bench local [--quick]`: local mode latency and throughput beside memcpy.
+//! - `cwasi-bench local [--quick]`: local mode latency and throughput beside memcpy;
+//! - `cwasi-bench embedded [--quick]`: the same for embedded mode.
 
+mod embedded_mode;
 mod local_mode;
 mod start_time;
 
@@ -26,10 +28,12 @@ fn run() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("start") => start_time::run(runs),
         Some("local") => local_mode::run(quick),
+        Some("embedded") => embedded_mode::run(quick),
         None | Some("all") => {
             start_time::run(runs)?;
-            local_mode::run(quick)
+            local_mode::run(quick)?;
+            embedded_mode::run(quick)
         }
-        Some(other) => bail!("unknown benchmark {other:?} (known: start, local, all)"),
+        Some(other) => bail!("unknown benchmark {other:?} (known: start, local, embedded, all)"),
     }
 }

@@ -18,3 +18,12 @@ pub trait PendingReply: Send {
     /// ends the call.
     fn read_into(self: Box<Self>, out: &mut [u8]) -> Result<(), CallError>;
 }
+
+/// Peers shipped in the caller's image (`cwasi.io/embed`), run by the
+/// caller's engine. The engine implements this; the router only picks it.
+pub trait EmbeddedPeers: Send + Sync {
+    /// Runs `peer`'s handler on `request` (read straight from the caller's
+    /// memory) and returns the call, whose reply is read straight from the
+    /// peer's memory.
+    fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError>;
+}

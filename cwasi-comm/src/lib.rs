@@ -26,7 +26,7 @@ mod router;
 mod server;
 
 pub use annotations::{AnnotationError, FunctionConfig, Mode, PeerPolicy};
-pub use channel::{Channel, PendingReply};
+pub use channel::{Channel, EmbeddedPeers, PendingReply};
 pub use error::CallError;
 pub use guest_host::GuestHost;
 pub use registry::{NodeRegistry, Registration};

@@ -1,10 +1,11 @@
 //! The router: resolves where a peer runs and picks the channel for a call.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::local::LocalChannel;
-use crate::{CallError, Channel, FunctionConfig, MAX_PAYLOAD, Mode, NodeRegistry, PendingReply};
+use crate::{CallError, Channel, EmbeddedPeers, FunctionConfig, MAX_PAYLOAD, Mode, NodeRegistry, PendingReply};
 
 /// Routes one function's calls to its peers.
 ///
@@ -16,6 +17,7 @@ pub struct Router {
     me: FunctionConfig,
     registry: NodeRegistry,
     local: Mutex<HashMap<String, Arc<LocalChannel>>>,
+    embedded: OnceLock<Arc<dyn EmbeddedPeers>>,
     announced: Mutex<HashSet<(String, Mode)>>,
 }
 
@@ -25,12 +27,20 @@ impl Router {
             me,
             registry,
             local: Mutex::new(HashMap::new()),
+            embedded: OnceLock::new(),
             announced: Mutex::new(HashSet::new()),
         }
     }
 
     pub fn function(&self) -> &FunctionConfig {
         &self.me
+    }
+
+    /// The engine hands over the peers it runs in-process (once, at start).
+    pub fn attach_embedded(&self, peers: Arc<dyn EmbeddedPeers>) {
+        if self.embedded.set(peers).is_err() {
+            tracing::warn!("embedded peers attached twice; keeping the first");
+        }
     }
 
     /// Sends `request` to `peer` and returns the call in flight.
@@ -42,6 +52,17 @@ impl Router {
             return Err(CallError::TooLarge(request.len() as u64));
         }
         let forced = self.me.forced_modes.get(peer).copied();
+        if matches!(forced, None | Some(Mode::Embedded))
+            && let Some(module) = self.me.embed.get(peer)
+        {
+            let embedded = self
+                .embedded
+                .get()
+                .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (the engine runs no embedded peers)")))?;
+            let pending = embedded.call(peer, request)?;
+            self.announce(peer, Mode::Embedded, module);
+            return Ok(pending);
+        }
         if matches!(forced, None | Some(Mode::Local)) {
             // Two tries: the cached instance, then a fresh lookup.
             for _ in 0..2 {
@@ -83,7 +104,7 @@ impl Router {
     }
 
     /// Logs the first call to each peer in each mode (later ones at debug).
-    fn announce(&self, peer: &str, mode: Mode, target: &std::path::Path) {
+    fn announce(&self, peer: &str, mode: Mode, target: &Path) {
         let first = self
             .announced
             .lock()

@@ -10,7 +10,7 @@ mod spec;
 
 pub use cache::{CachedArtifact, ModuleCache};
 pub use cwasi_comm::GuestHost;
-pub use spec::{GuestExit, GuestSpec, Preopen};
+pub use spec::{EmbeddedModule, GuestExit, GuestSpec, Preopen};
 
 /// A WebAssembly engine that runs WASI preview-1 guests.
 pub trait Engine {

@@ -18,6 +18,15 @@ pub struct GuestSpec {
     pub memory_limit: Option<u64>,
     /// Where compiled modules are kept; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// Peers shipped in the image (`cwasi.io/embed`): name and module on the host.
+    pub embedded: Vec<EmbeddedModule>,
+}
+
+/// A peer's module that the engine runs in-process for calls to `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbeddedModule {
+    pub name: String,
+    pub module: PathBuf,
 }
 
 /// A host directory visible to the guest under `guest_path`.

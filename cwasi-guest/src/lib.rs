@@ -140,11 +140,15 @@ pub fn serve(mut handler: impl FnMut(&[u8]) -> Vec<u8>) -> Error {
 
 /// Like [`serve`], but the handler may fail; its message reaches the caller.
 pub fn serve_fallible<E: fmt::Display>(mut handler: impl FnMut(&[u8]) -> Result<Vec<u8>, E>) -> Error {
+    // The host may read a reply until the next request arrives (an embedded
+    // caller copies it straight out of this memory), so it lives until then.
+    let mut last_reply: Vec<u8> = Vec::new();
     loop {
         let request = match Request::next() {
             Ok(request) => request,
             Err(e) => return e,
         };
+        drop(std::mem::take(&mut last_reply));
         let body = match request.read() {
             Ok(body) => body,
             // The caller went away mid-request: serve the next one.
@@ -152,7 +156,10 @@ pub fn serve_fallible<E: fmt::Display>(mut handler: impl FnMut(&[u8]) -> Result<
         };
         // A failed reply means the caller is gone; the next request may be fine.
         let _ = match handler(&body) {
-            Ok(reply) => request.reply(&reply),
+            Ok(reply) => {
+                last_reply = reply;
+                request.reply(&last_reply)
+            }
             Err(e) => request.fail(&e.to_string()),
         };
     }

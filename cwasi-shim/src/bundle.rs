@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, bail};
 use cwasi_comm::FunctionConfig;
-use cwasi_engine::{GuestSpec, Preopen};
+use cwasi_engine::{EmbeddedModule, GuestSpec, Preopen};
 use oci_spec::runtime::{Mount, Spec};
 
 /// CRI marks a pod's sandbox ("pause") container with this annotation.
@@ -100,6 +100,17 @@ pub fn load(bundle: &Path, containerd_namespace: &str, cache_dir: PathBuf) -> an
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
 
+    let embedded = function
+        .embed
+        .iter()
+        .map(|(name, path)| {
+            let module = resolve_in_rootfs(&rootfs, Path::new("/"), &path.to_string_lossy())
+                .with_context(|| format!("embedded peer {name} (cwasi.io/embed)"))?;
+            anyhow::ensure!(is_wasm(&module)?, "embedded peer {name}: {} is not a WebAssembly module", path.display());
+            Ok(EmbeddedModule { name: name.clone(), module })
+        })
+        .collect::<anyhow::Result<_>>()?;
+
     let mut guest_args = args.clone();
     guest_args[0] = module_arg.to_owned();
     Ok(Workload::Function {
@@ -111,6 +122,7 @@ pub fn load(bundle: &Path, containerd_namespace: &str, cache_dir: PathBuf) -> an
             preopens,
             memory_limit,
             cache_dir: Some(cache_dir),
+            embedded,
         },
         function,
     })

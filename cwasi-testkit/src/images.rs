@@ -22,27 +22,41 @@ pub fn workspace_root() -> PathBuf {
 
 /// Builds `test-functions/` once per process and returns the image of `function`.
 pub fn test_image(function: &str) -> anyhow::Result<TestImage> {
+    test_image_with_peers(function, &[])
+}
+
+/// The image of `function` that also ships the modules of `peers`, each at
+/// `/<peer>.wasm` (for `cwasi.io/embed`). Named `<function>-with-<peers>`.
+pub fn test_image_with_peers(function: &str, peers: &[&str]) -> anyhow::Result<TestImage> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let wasm_dir = BUILT
         .get_or_init(|| build_test_functions().map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let module_file = wasm_dir.join(format!("{function}.wasm"));
+    let read_module = |name: &str| {
+        std::fs::read(wasm_dir.join(format!("{name}.wasm"))).with_context(|| format!("no test function {name}"))
+    };
+    let image_name = match peers {
+        [] => function.to_owned(),
+        _ => format!("{function}-with-{}", peers.join("-")),
+    };
+    let reference = format!("docker.io/cwasi/{image_name}:test");
     let module = format!("/{function}.wasm");
-    let mut spec = ImageSpec::new(format!("docker.io/cwasi/{function}:test"))
-        .file(&module, std::fs::read(&module_file).with_context(|| format!("no test function {function}"))?)
-        .entrypoint([module.clone()]);
+    let mut spec = ImageSpec::new(reference.clone()).file(&module, read_module(function)?).entrypoint([module.clone()]);
+    for peer in peers {
+        spec = spec.file(format!("/{peer}.wasm"), read_module(peer)?);
+    }
     if function == "read-file" {
         spec = spec.file("/data/greeting.txt", b"greetings from inside the image\n".to_vec());
     }
     let images = workspace_root().join("target/cwasi-images");
     std::fs::create_dir_all(&images)?;
-    let tar = images.join(format!("{function}.tar"));
+    let tar = images.join(format!("{image_name}.tar"));
     // Tests run in parallel: write aside, then rename into place.
-    let tmp = images.join(format!(".{function}.{}.tar", std::process::id()));
+    let tmp = images.join(format!(".{image_name}.{}.tar", std::process::id()));
     spec.write_tar(&tmp)?;
     std::fs::rename(&tmp, &tar)?;
-    Ok(TestImage { reference: format!("docker.io/cwasi/{function}:test"), tar, module })
+    Ok(TestImage { reference, tar, module })
 }
 
 /// `cargo build --release --target wasm32-wasip1` of `test-functions/`.

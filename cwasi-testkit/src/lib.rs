@@ -10,4 +10,4 @@ mod images;
 mod mounts;
 
 pub use containerd::{Containerd, CtrOutput, RUNTIME};
-pub use images::{TestImage, test_image, workspace_root};
+pub use images::{TestImage, test_image, test_image_with_peers, workspace_root};

@@ -5,6 +5,9 @@
 //! context from the [`cwasi_engine::GuestSpec`], caps linear memory and calls
 //! the entry point. It moves bytes and nothing else: no transport code here.
 
+mod embedded;
+mod embedded_host;
+mod guest_memory;
 mod host_api;
 mod limits;
 mod module_loader;

@@ -76,6 +76,17 @@ impl Engine for WasmtimeEngine {
             "module ready"
         );
 
+        if !guest.embedded.is_empty() {
+            let embedded = crate::embedded::WasmtimeEmbedded::new(
+                &self.engine,
+                &self.compat,
+                &guest.embedded,
+                guest.cache_dir.as_deref(),
+                guest.memory_limit,
+            )?;
+            host.router().attach_embedded(std::sync::Arc::new(embedded));
+        }
+
         let state = GuestState {
             wasi: Self::wasi_context(guest)?,
             limiter: GuestLimiter::new(guest.memory_limit),

@@ -1,24 +1,31 @@
-//! `caller PEER TEXT`: calls PEER with TEXT and prints the reply, or the error
-//! (exit status 3 forbidden, 4 peer gone, 5 unknown peer, 6 peer failed, 2 other).
+//! `caller PEER TEXT...`: calls PEER with each TEXT in turn and prints each
+//! reply or error. It goes on after an error; the exit status tells the
+//! first error (3 forbidden, 4 peer gone, 5 unknown peer, 6 peer failed, 2 other).
 use cwasi_guest::Status;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(peer), Some(text)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: caller PEER TEXT");
+    let Some((peer, texts)) = args.split_first().filter(|(_, t)| !t.is_empty()) else {
+        eprintln!("usage: caller PEER TEXT...");
         std::process::exit(2);
     };
-    match cwasi_guest::call(peer, text.as_bytes()) {
-        Ok(reply) => println!("reply: {}", String::from_utf8_lossy(&reply)),
-        Err(e) => {
-            println!("error: {e}");
-            std::process::exit(match e.status() {
-                Status::Forbidden => 3,
-                Status::PeerGone => 4,
-                Status::UnknownPeer => 5,
-                Status::PeerFailed => 6,
-                _ => 2,
-            });
+    let mut status = 0;
+    for text in texts {
+        match cwasi_guest::call(peer, text.as_bytes()) {
+            Ok(reply) => println!("reply: {}", String::from_utf8_lossy(&reply)),
+            Err(e) => {
+                println!("error: {e}");
+                if status == 0 {
+                    status = match e.status() {
+                        Status::Forbidden => 3,
+                        Status::PeerGone => 4,
+                        Status::UnknownPeer => 5,
+                        Status::PeerFailed => 6,
+                        _ => 2,
+                    };
+                }
+            }
         }
     }
+    std::process::exit(status);
 }

@@ -1,5 +1,6 @@
 //! Serves calls: echoes each request. A request `sleep:<ms>` first sleeps
-//! that long; `fail:<message>` fails with that message.
+//! that long; `fail:<message>` fails with that message; `panic:<message>`
+//! panics (a trap).
 use std::time::Duration;
 
 fn main() {
@@ -7,6 +8,9 @@ fn main() {
         if let Some(ms) = request.strip_prefix(b"sleep:") {
             let ms = std::str::from_utf8(ms).ok().and_then(|m| m.parse().ok()).unwrap_or(0);
             std::thread::sleep(Duration::from_millis(ms));
+        }
+        if let Some(message) = request.strip_prefix(b"panic:") {
+            panic!("{}", String::from_utf8_lossy(message));
         }
         if let Some(message) = request.strip_prefix(b"fail:") {
             return Err(String::from_utf8_lossy(message).into_owned());

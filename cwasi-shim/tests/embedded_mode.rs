@@ -1,0 +1,110 @@
+//! Peers shipped in the caller's image, run inside the caller's engine,
+//! under a real containerd.
+
+use std::io::{BufRead, BufReader};
+
+use cwasi_testkit::{Containerd, TestImage, test_image_with_peers};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
+
+fn containerd_with(image: TestImage) -> (Containerd, TestImage) {
+    let containerd = Containerd::start(SHIM.as_ref(), &[]).expect("private containerd starts");
+    containerd.import(&image).expect("image imports");
+    (containerd, image)
+}
+
+#[test]
+fn producer_gets_every_digest_right_from_an_embedded_sha256_peer() {
+    let (ctd, image) = containerd_with(test_image_with_peers("producer", &["sha256-server"]).unwrap());
+    let sizes = ["0", "1", "4096", "1048576", "67108864", "268435456"];
+    let mut command = vec!["/producer.wasm", "sha256"];
+    command.extend(sizes);
+    let out = ctd
+        .run(
+            "producer-embedded",
+            &image,
+            &["--rm", "--annotation", "cwasi.io/embed=sha256=/sha256-server.wasm", "--annotation", "cwasi.io/peers=sha256"],
+            &command,
+        )
+        .unwrap()
+        .ok()
+        .unwrap();
+    for size in sizes {
+        assert!(out.stdout.contains(&format!("ok size={size} sha256=")), "{size}: {out:?}");
+    }
+    assert!(
+        ctd.log().lines().any(|l| l.contains("calling peer") && l.contains("peer=sha256") && l.contains("mode=embedded")),
+        "no mode=embedded in the log:\n{}",
+        ctd.log()
+    );
+}
+
+#[test]
+fn a_trapping_peer_is_an_error_and_the_next_call_succeeds() {
+    let (ctd, image) = containerd_with(test_image_with_peers("caller", &["echo-server"]).unwrap());
+    let out = ctd
+        .run(
+            "caller-embedded",
+            &image,
+            &["--rm", "--annotation", "cwasi.io/embed=echo=/echo-server.wasm", "--annotation", "cwasi.io/peers=echo"],
+            &["/caller.wasm", "echo", "before", "panic:boom", "after", "fail:nope", "again"],
+        )
+        .unwrap();
+    // The first error (the trap) sets the exit status; every call is answered.
+    assert_eq!(out.code, Some(6), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{out:?}");
+    assert_eq!(lines[0], "reply: before");
+    assert!(lines[1].starts_with("error: PeerFailed"), "{out:?}");
+    assert_eq!(lines[2], "reply: after");
+    assert!(lines[3].starts_with("error: PeerFailed"), "{out:?}");
+    assert_eq!(lines[4], "reply: again");
+    assert!(out.stderr.contains("boom"), "the peer's panic message reaches the container's stderr: {out:?}");
+    assert!(ctd.log().contains("trapped"), "{}", ctd.log());
+}
+
+#[test]
+fn ten_thousand_small_calls_leave_resident_memory_flat() {
+    let (ctd, image) = containerd_with(test_image_with_peers("call-loop", &["echo-server"]).unwrap());
+    let mut run = ctd
+        .ctr_command(&Containerd::run_args(
+            "loop-embedded",
+            &image,
+            &["--rm", "--annotation", "cwasi.io/embed=echo=/echo-server.wasm", "--annotation", "cwasi.io/peers=echo"],
+            // One warm-up round, then 10 000 calls in four rounds.
+            &["/call-loop.wasm", "echo", "1024", "2500", "5"],
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rss_after_round = Vec::new();
+    for line in BufReader::new(run.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        assert!(line.starts_with("round "), "{line}");
+        rss_after_round.push(resident_kib(task_pid(&ctd, "loop-embedded")));
+    }
+    assert!(run.wait().unwrap().success());
+    assert_eq!(rss_after_round.len(), 5, "{rss_after_round:?}");
+    let (warm, last) = (rss_after_round[0] as f64, rss_after_round[4] as f64);
+    assert!(last <= warm * 1.05, "resident memory grew from {warm} KiB to {last} KiB: {rss_after_round:?}");
+}
+
+/// The pid `ctr task ls` shows for `id` (the guest process).
+fn task_pid(ctd: &Containerd, id: &str) -> u32 {
+    let tasks = ctd.ctr(&["task", "ls"]).unwrap().ok().unwrap();
+    tasks
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no task {id}: {tasks:?}"))
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
