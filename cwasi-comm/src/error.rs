@@ -16,6 +16,10 @@ pub enum CallError {
     TooLarge(u64),
     #[error("the peer's handler failed: {0}")]
     PeerFailed(String),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("transport: {0}")]
@@ -30,7 +34,8 @@ impl CallError {
             CallError::PeerGone(_) => Status::PeerGone,
             CallError::TooLarge(_) => Status::TooLarge,
             CallError::PeerFailed(_) => Status::PeerFailed,
-            CallError::Protocol(_) | CallError::Io(_) => Status::Transport,
+            CallError::Timeout(_) => Status::Timeout,
+            CallError::Protocol(_) | CallError::Io(_) | CallError::Redis(_) => Status::Transport,
         }
     }
 }

@@ -22,6 +22,7 @@ mod error;
 mod guest_host;
 pub mod local;
 pub mod registry;
+pub mod remote;
 mod router;
 mod server;
 

@@ -1,10 +1,10 @@
 //! The router: resolves where a peer runs and picks the channel for a call.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::local::LocalChannel;
+use crate::remote::{RedisLink, RemoteChannel};
 use crate::{CallError, Channel, EmbeddedPeers, FunctionConfig, MAX_PAYLOAD, Mode, NodeRegistry, PendingReply};
 
 /// Routes one function's calls to its peers.
@@ -18,6 +18,8 @@ pub struct Router {
     registry: NodeRegistry,
     local: Mutex<HashMap<String, Arc<LocalChannel>>>,
     embedded: OnceLock<Arc<dyn EmbeddedPeers>>,
+    remote: Mutex<HashMap<String, Arc<RemoteChannel>>>,
+    redis: OnceLock<Result<Arc<Mutex<RedisLink>>, String>>,
     announced: Mutex<HashSet<(String, Mode)>>,
 }
 
@@ -28,6 +30,8 @@ impl Router {
             registry,
             local: Mutex::new(HashMap::new()),
             embedded: OnceLock::new(),
+            remote: Mutex::new(HashMap::new()),
+            redis: OnceLock::new(),
             announced: Mutex::new(HashSet::new()),
         }
     }
@@ -60,7 +64,7 @@ impl Router {
                 .get()
                 .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (the engine runs no embedded peers)")))?;
             let pending = embedded.call(peer, request)?;
-            self.announce(peer, Mode::Embedded, module);
+            self.announce(peer, Mode::Embedded, || module.display().to_string());
             return Ok(pending);
         }
         if matches!(forced, None | Some(Mode::Local)) {
@@ -69,7 +73,7 @@ impl Router {
                 let Some(channel) = self.local_channel(peer) else { break };
                 match channel.send(request) {
                     Ok(pending) => {
-                        self.announce(peer, Mode::Local, channel.socket_path());
+                        self.announce(peer, Mode::Local, || channel.socket_path().display().to_string());
                         return Ok(pending);
                     }
                     Err(CallError::Unreachable(reason)) => {
@@ -80,12 +84,42 @@ impl Router {
                 }
             }
         }
+        if matches!(forced, None | Some(Mode::Remote))
+            && let Some(link) = self.redis_link()?
+        {
+            let channel = self.remote_channel(peer, &link)?;
+            let pending = channel.send(request)?;
+            self.announce(peer, Mode::Remote, || lock_link(&link).url().to_owned());
+            return Ok(pending);
+        }
         Err(CallError::UnknownPeer(format!(
-            "{peer} (no instance serves it on node {} in namespace {}{})",
+            "{peer} (no instance serves it on node {} in namespace {}; mode forced to {})",
             self.me.node,
             self.me.namespace,
-            forced.map(|m| format!("; mode forced to {m}")).unwrap_or_default()
+            forced.map(|m| m.to_string()).unwrap_or_default()
         )))
+    }
+
+    /// The shared Redis link, or `None` when remote mode is off (no URL).
+    fn redis_link(&self) -> Result<Option<Arc<Mutex<RedisLink>>>, CallError> {
+        let Some(url) = self.me.redis_url.as_deref() else {
+            return Ok(None);
+        };
+        self.redis
+            .get_or_init(|| RedisLink::new(url).map(|l| Arc::new(Mutex::new(l))).map_err(|e| e.to_string()))
+            .clone()
+            .map(Some)
+            .map_err(CallError::Redis)
+    }
+
+    fn remote_channel(&self, peer: &str, link: &Arc<Mutex<RedisLink>>) -> Result<Arc<RemoteChannel>, CallError> {
+        let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = remote.get(peer) {
+            return Ok(channel.clone());
+        }
+        let channel = Arc::new(RemoteChannel::open(peer, &self.me.name, &self.me.namespace, link.clone())?);
+        remote.insert(peer.to_owned(), channel.clone());
+        Ok(channel)
     }
 
     fn local_channel(&self, peer: &str) -> Option<Arc<LocalChannel>> {
@@ -104,16 +138,21 @@ impl Router {
     }
 
     /// Logs the first call to each peer in each mode (later ones at debug).
-    fn announce(&self, peer: &str, mode: Mode, target: &Path) {
+    /// `target` says where the call goes (socket, module, Redis URL without password).
+    fn announce(&self, peer: &str, mode: Mode, target: impl FnOnce() -> String) {
         let first = self
             .announced
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((peer.to_owned(), mode));
         if first {
-            tracing::info!(peer = %peer, mode = %mode, target = %target.display(), "calling peer");
+            tracing::info!(peer = %peer, mode = %mode, target = %target(), "calling peer");
         } else {
             tracing::debug!(peer = %peer, mode = %mode, "calling peer");
         }
     }
+}
+
+fn lock_link(link: &Mutex<RedisLink>) -> std::sync::MutexGuard<'_, RedisLink> {
+    link.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -9,6 +9,13 @@ use cwasi_comm::FunctionConfig;
 use cwasi_engine::{EmbeddedModule, GuestSpec, Preopen};
 use oci_spec::runtime::{Mount, Spec};
 
+/// What the shim's environment configures for every container.
+#[derive(Debug, Clone)]
+pub struct ShimSettings {
+    pub cache_dir: PathBuf,
+    pub redis_url: Option<String>,
+}
+
 /// CRI marks a pod's sandbox ("pause") container with this annotation.
 const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
@@ -29,7 +36,7 @@ pub enum Workload {
 /// Reads `<bundle>/config.json` and resolves the module inside the rootfs.
 /// Functions of a pod live in its Kubernetes namespace, others in their
 /// containerd namespace.
-pub fn load(bundle: &Path, containerd_namespace: &str, cache_dir: PathBuf) -> anyhow::Result<Workload> {
+pub fn load(bundle: &Path, containerd_namespace: &str, settings: &ShimSettings) -> anyhow::Result<Workload> {
     let config = bundle.join("config.json");
     let spec = Spec::load(&config).with_context(|| format!("reading {}", config.display()))?;
     let annotations = spec.annotations().clone().unwrap_or_default();
@@ -68,6 +75,9 @@ pub fn load(bundle: &Path, containerd_namespace: &str, cache_dir: PathBuf) -> an
         .get(CRI_SANDBOX_NAMESPACE)
         .cloned()
         .unwrap_or_else(|| containerd_namespace.to_owned());
+    if function.redis_url.is_none() {
+        function.redis_url = settings.redis_url.clone();
+    }
 
     let mut preopens = vec![Preopen {
         host_path: rootfs.clone(),
@@ -121,7 +131,7 @@ pub fn load(bundle: &Path, containerd_namespace: &str, cache_dir: PathBuf) -> an
             env,
             preopens,
             memory_limit,
-            cache_dir: Some(cache_dir),
+            cache_dir: Some(settings.cache_dir.clone()),
             embedded,
         },
         function,

@@ -41,7 +41,7 @@ pub fn launch_env(launch: &GuestLaunch) -> anyhow::Result<Vec<(String, String)>>
     if let Some(path) = &launch.log_path {
         env.push((LOG_PATH_ENV.to_owned(), path.to_string_lossy().into_owned()));
     }
-    for passed in [LOG_FILTER_ENV, cwasi_comm::local::SPIN_ENV] {
+    for passed in [LOG_FILTER_ENV, cwasi_comm::local::SPIN_ENV, cwasi_comm::remote::RETRY_ENV] {
         if let Ok(value) = std::env::var(passed) {
             env.push((passed.to_owned(), value));
         }
@@ -88,7 +88,7 @@ fn guest_host(launch: &GuestLaunch) -> anyhow::Result<GuestHost> {
     let function = &launch.function;
     let registry = NodeRegistry::new(&launch.run_dir, &function.node, &function.namespace);
     let server = if function.serve {
-        Some(FunctionServer::start(function, &registry).with_context(|| {
+        Some(FunctionServer::start(function, &registry, function.redis_url.as_deref()).with_context(|| {
             format!("registering {} on node {} in {}", function.name, function.node, launch.run_dir.display())
         })?)
     } else {

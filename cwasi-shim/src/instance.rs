@@ -25,7 +25,11 @@ pub struct CwasiInstance {
 
 impl Instance for CwasiInstance {
     async fn new(id: String, cfg: &InstanceConfig) -> Result<Self, Error> {
-        let workload = bundle::load(&cfg.bundle, &cfg.namespace, settings::cache_dir())
+        let workload = bundle::load(
+            &cfg.bundle,
+            &cfg.namespace,
+            &bundle::ShimSettings { cache_dir: settings::cache_dir(), redis_url: settings::redis_url() },
+        )
             .map_err(|e| Error::InvalidArgument(format!("container {id}: {e:#}")))?;
         match &workload {
             Workload::Function { guest, function } => tracing::info!(

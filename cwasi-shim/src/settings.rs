@@ -22,3 +22,15 @@ pub fn run_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(cwasi_comm::registry::DEFAULT_RUN_DIR))
 }
+
+/// The Redis URL of remote mode when a function has no `cwasi.io/redis`
+/// annotation; `none` turns remote mode off on this node.
+pub const REDIS_URL_ENV: &str = "CWASI_REDIS_URL";
+
+pub fn redis_url() -> Option<String> {
+    match std::env::var(REDIS_URL_ENV) {
+        Ok(url) if url == "none" => None,
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => Some(cwasi_comm::remote::DEFAULT_REDIS_URL.to_owned()),
+    }
+}

@@ -77,6 +77,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             // Each test rig compiles modules into its own cache.
             .env("CWASI_CACHE_DIR", dir.path().join("cache"))
             .env("CWASI_RUN_DIR", dir.path().join("run"))
+            // No remote mode unless a test names a Redis (env or cwasi.io/redis).
+            .env("CWASI_REDIS_URL", "none")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

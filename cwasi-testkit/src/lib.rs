@@ -8,6 +8,8 @@
 mod containerd;
 mod images;
 mod mounts;
+mod redis_server;
 
 pub use containerd::{Containerd, CtrOutput, RUNTIME};
+pub use redis_server::RedisServer;
 pub use images::{TestImage, test_image, test_image_with_peers, workspace_root};

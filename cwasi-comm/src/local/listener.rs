@@ -15,7 +15,7 @@ use nix::sys::socket::{
 };
 
 use super::handshake;
-use super::ring::{LIVENESS_TICK, MessageHeader};
+use super::ring::MessageHeader;
 use super::segment::{Doorbell, Segment};
 use crate::{CallError, MAX_PAYLOAD};
 
@@ -151,21 +151,27 @@ impl LocalListener {
         Ok(Self { shared, poller: Some(poller) })
     }
 
-    /// Waits up to `timeout` for a request from any caller.
-    pub fn next_request(&self, timeout: Duration) -> Option<LocalRequest> {
-        let doorbell = self.shared.doorbell.counter();
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let seen = doorbell.value.load(Ordering::SeqCst);
-            if let Some(request) = self.shared.take_request() {
-                return Some(request);
-            }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            let _ = doorbell.wait_until(|v| v != seen, (deadline - now).min(LIVENESS_TICK * 5), || Err(()));
-        }
+    /// A request waiting from any caller, without blocking.
+    pub fn take_request(&self) -> Option<LocalRequest> {
+        self.shared.take_request()
+    }
+
+    /// A counter that changes whenever something may be waiting: a new
+    /// request, a caller coming or going, or [`LocalListener::notifier`].
+    pub fn activity(&self) -> u32 {
+        self.shared.doorbell.counter().value.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the activity counter moves past `seen`, or `timeout`.
+    pub fn wait_for_activity(&self, seen: u32, timeout: Duration) {
+        let _ = self.shared.doorbell.counter().wait_until(|v| v != seen, timeout, || Err(()));
+    }
+
+    /// Wakes a guest thread waiting in [`LocalListener::wait_for_activity`]
+    /// (other request sources use it).
+    pub fn notifier(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || shared.doorbell.counter().bump())
     }
 
     /// How many callers are connected (for logs and tests).

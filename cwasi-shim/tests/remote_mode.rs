@@ -1,0 +1,184 @@
+//! Functions on different nodes calling each other through a real Redis:
+//! two private containerd instances play two nodes.
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use cwasi_testkit::{Containerd, RedisServer, TestImage, test_image};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
+
+/// A node: a containerd whose functions carry `cwasi.io/node` and `cwasi.io/redis`.
+struct Node {
+    containerd: Containerd,
+    annotations: Vec<String>,
+}
+
+impl Node {
+    fn start(name: &str, redis_url: &str, images: &[&TestImage]) -> Node {
+        let containerd = Containerd::start(SHIM.as_ref(), &[]).expect("private containerd starts");
+        for image in images {
+            containerd.import(image).expect("image imports");
+        }
+        let annotations = vec![format!("cwasi.io/node={name}"), format!("cwasi.io/redis={redis_url}")];
+        Node { containerd, annotations }
+    }
+
+    fn flags<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut flags = Vec::new();
+        for annotation in &self.annotations {
+            flags.extend(["--annotation", annotation.as_str()]);
+        }
+        flags.extend_from_slice(extra);
+        flags
+    }
+
+    fn serve(&self, image: &TestImage, name: &str) {
+        self.containerd.serve(image, name, &self.flags(&[])).unwrap();
+        self.containerd
+            .wait_for_log(&["remote serving ready", &format!("function={name}")], Duration::from_secs(20))
+            .unwrap();
+    }
+}
+
+#[test]
+fn producer_on_node_a_gets_every_digest_right_from_sha256_on_node_b() {
+    let redis = RedisServer::start().unwrap();
+    let (server, producer) = (test_image("sha256-server").unwrap(), test_image("producer").unwrap());
+    let node_b = Node::start("node-b", &redis.url(), &[&server]);
+    node_b.serve(&server, "sha256");
+    let node_a = Node::start("node-a", &redis.url(), &[&producer]);
+    let sizes = ["0", "1", "4096", "1048576", "67108864", "268435456"];
+    let mut command = vec!["/producer.wasm", "sha256"];
+    command.extend(sizes);
+    let out = node_a
+        .containerd
+        .run("producer-remote", &producer, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=sha256"]), &command)
+        .unwrap()
+        .ok()
+        .unwrap();
+    for size in sizes {
+        assert!(out.stdout.contains(&format!("ok size={size} sha256=")), "{size}: {out:?}");
+    }
+    let log = node_a.containerd.log();
+    assert!(
+        log.lines().any(|l| l.contains("calling peer") && l.contains("peer=sha256") && l.contains("mode=remote")),
+        "no mode=remote in node A's log:\n{log}"
+    );
+    // The password-free URL is what the log shows.
+    assert!(log.contains(&redis.url()), "{log}");
+}
+
+#[test]
+fn a_redis_restart_in_the_middle_of_1000_calls_loses_nothing_and_handles_nothing_twice() {
+    let mut redis = RedisServer::start().unwrap();
+    let (server, caller) = (test_image("counter-server").unwrap(), test_image("call-sequence").unwrap());
+    let node_b = Node::start("node-b", &redis.url(), &[&server]);
+    node_b.serve(&server, "counter");
+    let node_a = Node::start("node-a", &redis.url(), &[&caller]);
+    let mut run = node_a
+        .containerd
+        .ctr_command(&Containerd::run_args(
+            "sequence-1",
+            &caller,
+            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=counter"]),
+            &["/call-sequence.wasm", "counter", "1000"],
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut restarted = false;
+    let mut last_line = String::new();
+    for line in BufReader::new(run.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line == "progress 300" && !restarted {
+            redis.restart().unwrap();
+            restarted = true;
+        }
+        last_line = line;
+    }
+    let status = run.wait().unwrap();
+    assert!(restarted, "the sequence never reached 300 calls: {last_line}");
+    assert!(status.success(), "{status:?}: {last_line}");
+    assert_eq!(last_line, "sequence ok: 1000 calls");
+}
+
+#[test]
+fn requests_queued_while_the_server_restarts_are_answered_after_it() {
+    let redis = RedisServer::start().unwrap();
+    let (server, caller) = (test_image("echo-server").unwrap(), test_image("call-sequence").unwrap());
+    let node_b = Node::start("node-b", &redis.url(), &[&server]);
+    node_b.serve(&server, "echo");
+    let node_a = Node::start("node-a", &redis.url(), &[&caller]);
+    let mut run = node_a
+        .containerd
+        .ctr_command(&Containerd::run_args(
+            "sequence-2",
+            &caller,
+            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]),
+            &["/call-sequence.wasm", "echo", "400", "echo"],
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("the caller stopped early").unwrap();
+        if line == "progress 100" {
+            break;
+        }
+    }
+    // Kill the server mid-stream; calls queue in Redis while it is away.
+    let ctd = &node_b.containerd;
+    ctd.ctr(&["task", "kill", "--signal", "SIGKILL", "echo"]).unwrap().ok().unwrap();
+    let stopped = Instant::now();
+    while ctd.ctr(&["task", "delete", "echo"]).unwrap().code != Some(0) {
+        assert!(stopped.elapsed() < Duration::from_secs(10), "the killed server never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ctd.ctr(&["container", "delete", "echo"]).unwrap().ok().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    node_b.serve(&server, "echo");
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(run.wait().unwrap().success(), "{rest:?}");
+    assert_eq!(rest.last().map(String::as_str), Some("sequence ok: 400 calls"), "{rest:?}");
+}
+
+#[test]
+fn redis_down_is_a_typed_error_and_serving_recovers_when_it_returns() {
+    let mut redis = RedisServer::start().unwrap();
+    let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
+    let node_b = Node::start("node-b", &redis.url(), &[&server]);
+    node_b.serve(&server, "echo");
+    let node_a = Node::start("node-a", &redis.url(), &[&caller]);
+    let call = |id: &str| {
+        node_a
+            .containerd
+            .run(id, &caller, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo,nobody"]), &["/caller.wasm", "echo", "hello"])
+            .unwrap()
+    };
+    assert!(call("call-up").ok().unwrap().stdout.contains("reply: hello"));
+    let unknown = node_a
+        .containerd
+        .run("call-nobody", &caller, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=nobody"]), &["/caller.wasm", "nobody", "x"])
+        .unwrap();
+    assert_eq!(unknown.code, Some(5), "{unknown:?}");
+
+    redis.stop();
+    let down = call("call-down");
+    assert_eq!(down.code, Some(2), "{down:?}");
+    assert!(down.stdout.contains("Transport"), "{down:?}");
+    assert!(node_a.containerd.log().contains("unreachable"), "{}", node_a.containerd.log());
+
+    redis.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = call("call-again");
+        if out.code == Some(0) {
+            assert!(out.stdout.contains("reply: hello"), "{out:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {out:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
