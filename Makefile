@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 SHIM    := target/release/containerd-shim-cwasi-v1
 
-.PHONY: all build test-functions test demo bench install uninstall clean
+.PHONY: all build test-functions test demo bench bench-quick runwasi-reference install uninstall clean
 
 all: build
 
@@ -23,8 +23,18 @@ test:
 demo: build test-functions
 	target/release/cwasi-demo
 
-bench: build test-functions
+# The full matrix, start times against stock runwasi; writes target/bench/report.{md,csv,svg}.
+bench: build test-functions runwasi-reference
 	target/release/cwasi-bench all --runs 20
+
+# A small subset that CI runs to keep the harness working (timings never gate CI).
+bench-quick: build test-functions
+	target/release/cwasi-bench matrix --quick
+
+# Bench-only reference shim (crates.io containerd-shim-wasm + wasmtime), in
+# cwasi's target directory so both share one wasmtime build.
+runwasi-reference:
+	$(CARGO) build --release --manifest-path bench/runwasi-reference/Cargo.toml --target-dir target
 
 install: build
 	install -D -m 0755 $(SHIM) $(DESTDIR)$(PREFIX)/bin/containerd-shim-cwasi-v1

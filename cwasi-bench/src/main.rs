@@ -1,12 +1,18 @@
-//! cwasi benchmarks, through a private containerd and real guests:
+//! cwasi benchmarks, through private containerd instances and real guests.
 //!
-//! - `cwasi-bench start [--runs N]`: median start-to-exit time of hello,
-//!   compiling every time (empty cache) and loading from the cache;
-//! - `cwasi-bench local [--quick]`: local mode latency and throughput beside memcpy;
-//! - `cwasi-bench embedded [--quick]`: the same for embedded mode.
+//! - `cwasi-bench matrix [--quick]`: every mode (embedded, local, remote,
+//!   redis-baseline) × payload × shape (sequential, fan-out 4), beside
+//!   memcpy and a raw Redis SET+GET measured in the same run; writes
+//!   `target/bench/report.{md,csv,svg}` and prints the table.
+//! - `cwasi-bench start [--runs N]`: container start time of hello through
+//!   cwasi (compiling, cached) and through a stock runwasi shim when built.
+//! - `cwasi-bench all`: both, into one report.
 
-mod embedded_mode;
-mod local_mode;
+mod baseline;
+mod machine;
+mod matrix;
+mod report;
+mod rig;
 mod start_time;
 
 use anyhow::{Context, bail};
@@ -25,15 +31,19 @@ fn run() -> anyhow::Result<()> {
         None => 20,
     };
     let quick = args.iter().any(|a| a == "--quick");
+    let mut report = report::Report::new(machine::describe(), quick);
     match args.first().map(String::as_str) {
-        Some("start") => start_time::run(runs),
-        Some("local") => local_mode::run(quick),
-        Some("embedded") => embedded_mode::run(quick),
+        Some("matrix") => report.matrix = Some(matrix::run(quick)?),
+        Some("start") => report.start = Some(start_time::run(runs)?),
         None | Some("all") => {
-            start_time::run(runs)?;
-            local_mode::run(quick)?;
-            embedded_mode::run(quick)
+            report.start = Some(start_time::run(runs)?);
+            report.matrix = Some(matrix::run(quick)?);
         }
-        Some(other) => bail!("unknown benchmark {other:?} (known: start, local, embedded, all)"),
+        Some(other) => bail!("unknown benchmark {other:?} (known: matrix, start, all)"),
     }
+    let dir = cwasi_testkit::workspace_root().join("target/bench");
+    report.write(&dir)?;
+    print!("{}", report.markdown());
+    eprintln!("wrote {}/report.md, report.csv{}", dir.display(), if report.matrix.is_some() { ", report.svg" } else { "" });
+    Ok(())
 }

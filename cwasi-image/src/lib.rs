@@ -18,7 +18,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use oci_spec::image::{
     Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest, ImageConfigurationBuilder,
-    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, RootFsBuilder, Sha256Digest,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder, Sha256Digest,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -34,6 +34,8 @@ pub struct ImageSpec {
     entrypoint: Vec<String>,
     env: Vec<String>,
     labels: HashMap<String, String>,
+    /// (os, architecture) the image is published for; `wasip1/wasm` first.
+    platforms: Vec<(String, String)>,
 }
 
 impl ImageSpec {
@@ -45,7 +47,16 @@ impl ImageSpec {
             entrypoint: Vec::new(),
             env: Vec::new(),
             labels: HashMap::new(),
+            platforms: vec![("wasip1".to_owned(), "wasm".to_owned())],
         }
+    }
+
+    /// Also publishes the image for `os/architecture` (same layer): the CRI
+    /// plugin of containerd 1.6/1.7 unpacks images for the node's platform
+    /// only, so images for Kubernetes need e.g. `linux/amd64` too.
+    pub fn also_for_platform(mut self, os: &str, architecture: &str) -> Self {
+        self.platforms.push((os.to_owned(), architecture.to_owned()));
+        self
     }
 
     /// Adds a file at an absolute path of the image.
@@ -81,10 +92,74 @@ impl ImageSpec {
     fn write_to(&self, out: impl Write) -> anyhow::Result<()> {
         let layer = self.layer_tar()?;
         let layer_digest = sha256(&layer);
+        let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
+        let mut manifests = Vec::new();
+        for (os, architecture) in &self.platforms {
+            let (manifest_desc, config_json, manifest_json) = self.manifest_for(os, architecture, &layer, &layer_digest)?;
+            blobs.push((sha256(&config_json), config_json));
+            blobs.push((manifest_desc.digest().clone(), manifest_json));
+            manifests.push(manifest_desc);
+        }
+        blobs.push((layer_digest, layer));
 
+        let tag = self.name.rsplit_once(':').map_or("latest", |(_, tag)| tag);
+        let name_annotations = HashMap::from([
+            (IMAGE_NAME_ANNOTATION.to_owned(), self.name.clone()),
+            (REF_NAME_ANNOTATION.to_owned(), tag.to_owned()),
+        ]);
+        // One platform: the manifest is the image. Several: a nested index
+        // lists them, and the image is that index.
+        let image_desc = if let [single] = manifests.as_slice() {
+            let mut desc = single.clone();
+            desc.set_platform(None);
+            desc.set_annotations(Some(name_annotations));
+            desc
+        } else {
+            let nested = ImageIndexBuilder::default()
+                .schema_version(2u32)
+                .media_type(MediaType::ImageIndex)
+                .manifests(manifests)
+                .build()?;
+            let nested_json = nested.to_string()?.into_bytes();
+            let desc = DescriptorBuilder::default()
+                .media_type(MediaType::ImageIndex)
+                .size(nested_json.len() as u64)
+                .digest(sha256(&nested_json))
+                .annotations(name_annotations)
+                .build()?;
+            blobs.push((desc.digest().clone(), nested_json));
+            desc
+        };
+        let index = ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageIndex)
+            .manifests(vec![image_desc])
+            .build()?;
+
+        let mut archive = tar::Builder::new(out);
+        append(&mut archive, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        append(&mut archive, "index.json", index.to_string()?.as_bytes())?;
+        append_dir(&mut archive, "blobs/")?;
+        append_dir(&mut archive, "blobs/sha256/")?;
+        for (digest, blob) in &blobs {
+            append(&mut archive, &format!("blobs/sha256/{}", digest.digest()), blob)?;
+        }
+        archive.finish().context("finishing the image tarball")?;
+        Ok(())
+    }
+
+    /// The image config and manifest for one platform; returns the
+    /// manifest's descriptor (with its platform) and both blobs.
+    fn manifest_for(
+        &self,
+        os: &str,
+        architecture: &str,
+        layer: &[u8],
+        layer_digest: &Digest,
+    ) -> anyhow::Result<(Descriptor, Vec<u8>, Vec<u8>)> {
         let config = ImageConfigurationBuilder::default()
-            .architecture(Arch::Wasm)
-            .os(Os::Other("wasip1".to_owned()))
+            .architecture(Arch::from(architecture))
+            .os(Os::from(os))
             .rootfs(
                 RootFsBuilder::default()
                     .typ("layers")
@@ -101,7 +176,6 @@ impl ImageSpec {
             .build()?;
         let config_json = config.to_string()?.into_bytes();
         let config_desc = Descriptor::new(MediaType::ImageConfig, config_json.len() as u64, sha256(&config_json));
-
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
@@ -109,37 +183,14 @@ impl ImageSpec {
             .layers(vec![Descriptor::new(MediaType::ImageLayer, layer.len() as u64, layer_digest.clone())])
             .build()?;
         let manifest_json = manifest.to_string()?.into_bytes();
-
-        let tag = self.name.rsplit_once(':').map_or("latest", |(_, tag)| tag);
-        let manifest_desc = DescriptorBuilder::default()
+        let platform = PlatformBuilder::default().os(Os::from(os)).architecture(Arch::from(architecture)).build()?;
+        let desc = DescriptorBuilder::default()
             .media_type(MediaType::ImageManifest)
             .size(manifest_json.len() as u64)
             .digest(sha256(&manifest_json))
-            .annotations(HashMap::from([
-                (IMAGE_NAME_ANNOTATION.to_owned(), self.name.clone()),
-                (REF_NAME_ANNOTATION.to_owned(), tag.to_owned()),
-            ]))
+            .platform(platform)
             .build()?;
-        let index = ImageIndexBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageIndex)
-            .manifests(vec![manifest_desc])
-            .build()?;
-
-        let mut archive = tar::Builder::new(out);
-        append(&mut archive, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        append(&mut archive, "index.json", index.to_string()?.as_bytes())?;
-        append_dir(&mut archive, "blobs/")?;
-        append_dir(&mut archive, "blobs/sha256/")?;
-        for (digest, blob) in [
-            (&layer_digest, &layer),
-            (&sha256(&config_json), &config_json),
-            (&sha256(&manifest_json), &manifest_json),
-        ] {
-            append(&mut archive, &format!("blobs/sha256/{}", digest.digest()), blob)?;
-        }
-        archive.finish().context("finishing the image tarball")?;
-        Ok(())
+        Ok((desc, config_json, manifest_json))
     }
 
     /// The single filesystem layer: the files, with their parent directories.
@@ -233,6 +284,41 @@ mod tests {
         assert_eq!(config["os"], "wasip1");
         assert_eq!(config["architecture"], "wasm");
         assert_eq!(config["config"]["Entrypoint"][0], "/app/t.wasm");
+    }
+
+    #[test]
+    fn several_platforms_make_a_nested_index_of_one_manifest_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("img.tar");
+        ImageSpec::new("docker.io/cwasi/t:v1")
+            .file("/t.wasm", b"\0asm\x01\0\0\0".to_vec())
+            .also_for_platform("linux", "amd64")
+            .write_tar(&out)
+            .unwrap();
+        let mut blobs = HashMap::new();
+        let mut archive = tar::Archive::new(File::open(&out).unwrap());
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            blobs.insert(entry.path().unwrap().display().to_string(), data);
+        }
+        let blob = |digest: &serde_json::Value| -> serde_json::Value {
+            let name = format!("blobs/sha256/{}", digest.as_str().unwrap().trim_start_matches("sha256:"));
+            serde_json::from_slice(&blobs[&name]).unwrap()
+        };
+        let index: serde_json::Value = serde_json::from_slice(&blobs["index.json"]).unwrap();
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+        let nested = blob(&index["manifests"][0]["digest"]);
+        let platforms: Vec<String> = nested["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap()))
+            .collect();
+        assert_eq!(platforms, ["wasip1/wasm", "linux/amd64"]);
+        let linux = blob(&nested["manifests"][1]["digest"]);
+        assert_eq!(blob(&linux["config"]["digest"])["os"], "linux");
     }
 
     #[test]

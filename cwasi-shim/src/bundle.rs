@@ -102,13 +102,24 @@ pub fn load(bundle: &Path, containerd_namespace: &str, settings: &ShimSettings) 
         .and_then(|limit| u64::try_from(limit).ok())
         .filter(|limit| *limit > 0);
 
-    let env = process
+    let mut env: Vec<(String, String)> = process
         .env()
         .iter()
         .flatten()
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+    // A function may want to know who it is (logs, replies); the image's
+    // own settings win.
+    for (key, value) in [
+        ("CWASI_FUNCTION", &function.name),
+        ("CWASI_NODE", &function.node),
+        ("CWASI_NAMESPACE", &function.namespace),
+    ] {
+        if !env.iter().any(|(k, _)| k == key) {
+            env.push((key.to_owned(), value.clone()));
+        }
+    }
 
     let embedded = function
         .embed

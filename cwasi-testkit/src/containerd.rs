@@ -44,11 +44,46 @@ impl Containerd {
     /// Starts containerd with `shim` (the `containerd-shim-cwasi-v1` binary)
     /// on its `PATH`; `env` is added to the daemon's (and so the shims') environment.
     pub fn start(shim: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_with_shims(&[("containerd-shim-cwasi-v1", shim)], env)
+    }
+
+    /// Like [`Containerd::start`] with several shims: (binary name on the
+    /// daemon's PATH, path of the binary).
+    pub fn start_with_shims(shims: &[(&str, &Path)], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::launch(shims, env, r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#, "")
+    }
+
+    /// containerd with its CRI plugin, as a Kubernetes node runs it:
+    /// `runtime_config` is appended to the config (it registers runtimes,
+    /// e.g. `deploy/containerd/cwasi-runtime-1.6.toml`), `sandbox_image` must
+    /// be imported into the `k8s.io` namespace before pods start; no CNI
+    /// network is configured (pods use the host network).
+    pub fn start_cri(shim: &Path, sandbox_image: &str, runtime_config: &str) -> anyhow::Result<Self> {
+        let cri = format!(
+            r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "/nonexistent/cwasi-test-cni"
+  # What `containerd config default` has: runc stays the default runtime.
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+{runtime_config}"#
+        );
+        Self::launch(&[("containerd-shim-cwasi-v1", shim)], &[], "", &cri)
+    }
+
+    /// `top_level` keys go before the first table, `tables` at the end.
+    fn launch(shims: &[(&str, &Path)], env: &[(&str, &str)], top_level: &str, tables: &str) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("cwasi-ctd-").tempdir()?;
         let bin = dir.path().join("bin");
         fs::create_dir_all(&bin)?;
-        std::os::unix::fs::symlink(shim, bin.join("containerd-shim-cwasi-v1"))
-            .context("linking the shim into the daemon's PATH")?;
+        for (name, shim) in shims {
+            std::os::unix::fs::symlink(shim, bin.join(name)).context("linking a shim into the daemon's PATH")?;
+        }
         let socket = dir.path().join("containerd.sock");
         let config = dir.path().join("config.toml");
         fs::write(
@@ -57,11 +92,13 @@ impl Containerd {
                 r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{top_level}
 [grpc]
   address = "{socket}"
 [ttrpc]
   address = "{socket}.ttrpc"
+
+{tables}
 "#,
                 root = dir.path().join("root").display(),
                 state = dir.path().join("state").display(),
@@ -90,6 +127,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         Ok(containerd)
     }
 
+    /// The daemon's gRPC socket (for CRI clients).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -115,7 +157,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Runs `ctr` against this containerd, in the test namespace.
     pub fn ctr(&self, args: &[&str]) -> anyhow::Result<CtrOutput> {
-        self.ctr_command(args)
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// Runs `ctr` in `namespace` (`k8s.io` is the CRI plugin's).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> anyhow::Result<CtrOutput> {
+        self.ctr_command_in(namespace, args)
             .output()
             .context("running ctr")
             .map(|out| CtrOutput {
@@ -127,18 +174,26 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// A `ctr` command ready to be spawned (for commands that run in the background).
     pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_command_in(NAMESPACE, args)
+    }
+
+    fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut command = Command::new("ctr");
         command
             .arg("--address")
             .arg(&self.socket)
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", namespace])
             .args(args)
             .stdin(Stdio::null());
         command
     }
 
     pub fn import(&self, image: &TestImage) -> anyhow::Result<()> {
-        self.ctr(&["images", "import", "--all-platforms", &image.tar.to_string_lossy()])?
+        self.import_in(NAMESPACE, image)
+    }
+
+    pub fn import_in(&self, namespace: &str, image: &TestImage) -> anyhow::Result<()> {
+        self.ctr_in(namespace, &["images", "import", "--all-platforms", &image.tar.to_string_lossy()])?
             .ok()
             .map(drop)
     }
@@ -150,7 +205,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     pub fn run_args<'a>(id: &'a str, image: &'a TestImage, flags: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
-        let mut args = vec!["run", "--runtime", RUNTIME, "--platform", "wasip1/wasm"];
+        Self::run_args_with(RUNTIME, id, image, flags, command)
+    }
+
+    /// `ctr run` arguments for another runtime type (e.g. a reference shim).
+    pub fn run_args_with<'a>(
+        runtime: &'a str,
+        id: &'a str,
+        image: &'a TestImage,
+        flags: &[&'a str],
+        command: &[&'a str],
+    ) -> Vec<&'a str> {
+        let mut args = vec!["run", "--runtime", runtime, "--platform", "wasip1/wasm"];
         args.extend_from_slice(flags);
         args.push(&image.reference);
         args.push(id);
@@ -208,8 +274,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         found
     }
 
-    fn shim_pids(&self) -> Vec<Pid> {
-        let needle = self.socket.to_string_lossy().into_owned();
+    /// Processes started for this containerd (shims, their helpers), found
+    /// by our directory in their command line.
+    fn leftover_pids(&self) -> Vec<Pid> {
+        let needle = self.dir.path().to_string_lossy().into_owned();
         let Ok(procs) = fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -228,21 +296,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Shims outlive containerd by design: find them by our socket in their
-        // command line. Their guest processes die with them (PDEATHSIG).
-        for pid in self.shim_pids() {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        let daemon = Pid::from_raw(self.daemon.id() as i32);
-        let _ = kill(daemon, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.daemon.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = self.daemon.kill();
-                let _ = self.daemon.wait();
+        // The daemon first, so it starts no cleanup shims while we work.
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        // Shims outlive containerd by design, and a shim's helper processes
+        // (its zygote, `shim delete` runs) can outlive the shim: sweep until
+        // none is left. Guest processes die with their shim (PDEATHSIG).
+        for _ in 0..20 {
+            let pids = self.leftover_pids();
+            if pids.is_empty() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            for pid in pids {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(25));
         }
         unmount_below(self.dir.path());
     }

@@ -12,4 +12,4 @@ mod redis_server;
 
 pub use containerd::{Containerd, CtrOutput, RUNTIME};
 pub use redis_server::RedisServer;
-pub use images::{TestImage, test_image, test_image_with_peers, workspace_root};
+pub use images::{TestImage, pause_image, test_image, test_image_for_kubernetes, test_image_with_peers, workspace_root};

@@ -7,18 +7,25 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 /// A private `redis-server` (Debian package) on a free loopback port, with
-/// its data in a temporary directory; appendonly so a restart loses nothing.
+/// its data in a temporary directory.
 pub struct RedisServer {
     dir: tempfile::TempDir,
     port: u16,
+    durable: bool,
     process: Option<Child>,
 }
 
 impl RedisServer {
+    /// A durable server (append-only file, fsync on every write): a restart loses nothing.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    /// `durable: false` is a plain in-memory Redis, as benchmarks want.
+    pub fn start_with(durable: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("cwasi-redis-").tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut server = Self { dir, port, process: None };
+        let mut server = Self { dir, port, durable, process: None };
         server.launch()?;
         Ok(server)
     }
@@ -36,7 +43,12 @@ impl RedisServer {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("redis.log"))?;
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args(if self.durable {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
+            .args(["--save", ""])
             .args(["--protected-mode", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())

@@ -13,8 +13,8 @@ use crate::{CallError, Channel, MAX_PAYLOAD, Mode, PendingReply};
 
 /// Slot geometry of a connection's rings: 4 slots of 1 MiB per direction, so
 /// a large payload streams with copies on both sides overlapping.
-const SLOT_BYTES: usize = 1 << 20;
-const SLOT_COUNT: usize = 4;
+const SLOT_BYTES: usize = 256 << 10;
+const SLOT_COUNT: usize = 8;
 
 /// Calls one serving instance through shared memory.
 pub struct LocalChannel {

@@ -66,8 +66,13 @@ impl SharedCounter {
                 return Ok(v);
             }
             spins += 1;
-            if spins % 64 == 0 && Instant::now() > spin_until {
-                break;
+            if spins % 64 == 0 {
+                if Instant::now() > spin_until {
+                    break;
+                }
+                // More runnable processes than cores (a fan-out to several
+                // functions): let the one we wait for have this core.
+                std::thread::yield_now();
             }
             std::hint::spin_loop();
         }

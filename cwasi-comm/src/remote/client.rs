@@ -59,17 +59,24 @@ impl Channel for RemoteChannel {
         let reply_key = keys::reply_list(&self.namespace, &id);
         // Retried over reconnects; a request added twice has one id and is handled once.
         lock(&self.link).run("XADD", |c| {
-            redis::cmd("XADD")
-                .arg(&self.stream)
-                .arg("*")
-                .arg("id")
-                .arg(&id)
-                .arg("reply")
-                .arg(&reply_key)
-                .arg("caller")
-                .arg(&self.caller)
-                .arg("body")
+            let mut entry = redis::cmd("XADD");
+            entry.arg(&self.stream).arg("*").arg("id").arg(&id).arg("reply").arg(&reply_key).arg("caller").arg(&self.caller);
+            if request.len() <= keys::INLINE_BODY_MAX {
+                entry.arg("body").arg(request);
+                return entry.query::<Value>(c);
+            }
+            // Body first, then the entry that names it, in one transaction.
+            let body_key = keys::request_body(&self.namespace, &id);
+            entry.arg("bodykey").arg(&body_key);
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&body_key)
                 .arg(request)
+                .arg("EX")
+                .arg(keys::KEEP_SECONDS)
+                .ignore()
+                .add_command(entry)
                 .query::<Value>(c)
         })?;
         Ok(Box::new(RemotePending { link: self.link.clone(), peer: self.peer.clone(), reply_key, reply: None }))

@@ -25,7 +25,8 @@ pub struct RedisLink {
 
 impl RedisLink {
     pub fn new(url: &str) -> Result<Self, CallError> {
-        let client = redis::Client::open(url)
+        let client = connection_info(url)
+            .and_then(redis::Client::open)
             .map_err(|e| CallError::Redis(format!("bad Redis URL {}: {e}", redact(url))))?;
         let retry_for = std::env::var(RETRY_ENV)
             .ok()
@@ -72,6 +73,15 @@ impl RedisLink {
         }
         Ok(self.connection.as_mut().expect("just connected"))
     }
+}
+
+/// The URL's connection settings, with Nagle's algorithm off: requests are
+/// small writes that must not wait for an ACK.
+pub fn connection_info(url: &str) -> RedisResult<redis::ConnectionInfo> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    Ok(info.set_tcp_settings(tcp))
 }
 
 fn transient(e: &RedisError) -> bool {

@@ -16,9 +16,12 @@ use crate::CallError;
 
 /// A request delivered to a dead server is claimed by another after this long.
 const CLAIM_IDLE: Duration = Duration::from_secs(5);
+/// How often a server looks for such requests (and its own, after a reconnect).
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Answers, marks done and acknowledges atomically; a request already done
-/// (delivered twice) is only acknowledged.
+/// Answers, marks done and acknowledges atomically (and drops a body kept
+/// beside the entry); a request already done (delivered twice) is only
+/// acknowledged.
 const ANSWER_SCRIPT: &str = r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then
   redis.call('RPUSH', KEYS[2], ARGV[3])
@@ -26,6 +29,9 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then
 end
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
+if ARGV[5] == '1' then
+  redis.call('DEL', KEYS[4])
+end
 return 1
 ";
 
@@ -43,6 +49,8 @@ pub struct RemoteRequest {
     caller: String,
     reply_key: String,
     body: Vec<u8>,
+    /// The key a large body was kept in, dropped with the answer.
+    body_key: Option<String>,
     function: String,
     namespace: String,
     stream: String,
@@ -92,10 +100,12 @@ impl RemoteRequest {
                 .key(&done)
                 .key(&self.reply_key)
                 .key(&self.stream)
+                .key(self.body_key.as_deref().unwrap_or(&self.stream))
                 .arg(GROUP)
                 .arg(&self.stream_entry)
                 .arg(&element)
                 .arg(KEEP_SECONDS)
+                .arg(if self.body_key.is_some() { "1" } else { "0" })
                 .invoke::<i64>(c)
         })?;
         Ok(())
@@ -170,9 +180,14 @@ struct Entry {
 impl Source {
     fn run(mut self) {
         let mut ready = false;
+        let mut last_recovery: Option<std::time::Instant> = None;
         let mut warned = false;
         while !self.stop.load(Ordering::Acquire) {
-            match self.next_entry(&mut ready) {
+            let recover = last_recovery.is_none_or(|at| at.elapsed() > RECOVERY_INTERVAL) || !ready;
+            if recover {
+                last_recovery = Some(std::time::Instant::now());
+            }
+            match self.next_entry(&mut ready, recover) {
                 Ok(Some(entry)) => {
                     warned = false;
                     self.hand_over(entry);
@@ -190,15 +205,29 @@ impl Source {
         }
     }
 
-    /// Our own pending entries first (after a reconnect), then entries a
-    /// dead server left unacknowledged, then new ones (blocking up to 1 s).
-    fn next_entry(&mut self, ready: &mut bool) -> Result<Option<Entry>, CallError> {
+    /// When `recover`ing (at start, after Redis trouble, and once a second):
+    /// our own pending entries, then entries a dead server left
+    /// unacknowledged. Then new ones, blocking up to 1 s.
+    fn next_entry(&mut self, ready: &mut bool, recover: bool) -> Result<Option<Entry>, CallError> {
         let (stream, consumer) = (self.stream.clone(), self.consumer.clone());
         if !*ready {
             self.link.run("XGROUP CREATE", |c| create_group(c, &stream))?;
             tracing::info!(function = %self.function, redis = %self.link.url(), "remote serving ready");
             *ready = true;
         }
+        if recover && let Some(entry) = self.recover_entry(&stream, &consumer)? {
+            return Ok(Some(entry));
+        }
+        // An error here (NOGROUP when Redis lost its data, say) makes `run`
+        // create the group again before the next read.
+        let new: Value = self.link.run("XREADGROUP >", |c| {
+            redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg(&consumer).arg("COUNT").arg(1)
+                .arg("BLOCK").arg(1000).arg("STREAMS").arg(&stream).arg(">").query(c)
+        })?;
+        Ok(first_read_entry(&new))
+    }
+
+    fn recover_entry(&mut self, stream: &str, consumer: &str) -> Result<Option<Entry>, CallError> {
         let own: Value = self.link.run("XREADGROUP 0", |c| {
             redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg(&consumer).arg("COUNT").arg(1)
                 .arg("STREAMS").arg(&stream).arg("0").query(c)
@@ -210,17 +239,11 @@ impl Source {
             redis::cmd("XAUTOCLAIM").arg(&stream).arg(GROUP).arg(&consumer)
                 .arg(CLAIM_IDLE.as_millis() as u64).arg("0-0").arg("COUNT").arg(1).query(c)
         })?;
-        if let Some(entry) = first_claimed_entry(&claimed) {
+        let claimed = first_claimed_entry(&claimed);
+        if let Some(entry) = &claimed {
             tracing::info!(function = %self.function, entry = %entry.stream_id, "claimed a request left by a server that stopped");
-            return Ok(Some(entry));
         }
-        // An error here (NOGROUP when Redis lost its data, say) makes `run`
-        // create the group again before the next read.
-        let new: Value = self.link.run("XREADGROUP >", |c| {
-            redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg(&consumer).arg("COUNT").arg(1)
-                .arg("BLOCK").arg(1000).arg("STREAMS").arg(&stream).arg(">").query(c)
-        })?;
-        Ok(first_read_entry(&new))
+        Ok(claimed)
     }
 
     /// Gives `entry` to the guest and waits until it is finished.
@@ -242,14 +265,28 @@ impl Source {
             // Redis went away again: the entry stays pending and comes back.
             Err(_) => return,
         }
-        let (finished, finished_rx) = mpsc::channel();
         let mut fields = entry.fields;
+        let body_key = fields.get("bodykey").map(|k| String::from_utf8_lossy(k).into_owned());
+        let body = match &body_key {
+            None => fields.remove("body").unwrap_or_default(),
+            Some(key) => match self.link.run("GET body", |c| redis::cmd("GET").arg(key).query::<Option<Vec<u8>>>(c)) {
+                Ok(Some(body)) => body,
+                Ok(None) => {
+                    tracing::warn!(function = %self.function, request = %id, "dropping a request whose body expired");
+                    let _ = self.link.run("XACK", |c| ack_and_delete(c, &self.stream, &entry.stream_id));
+                    return;
+                }
+                Err(_) => return,
+            },
+        };
+        let (finished, finished_rx) = mpsc::channel();
         let request = RemoteRequest {
             stream_entry: entry.stream_id,
             id,
             caller: field_string(&fields, "caller"),
             reply_key,
-            body: fields.remove("body").unwrap_or_default(),
+            body,
+            body_key,
             function: self.function.clone(),
             namespace: self.namespace.clone(),
             stream: self.stream.clone(),

@@ -1,35 +1,46 @@
-//! `bench-caller PEER SIZE ITERATIONS`: calls PEER ITERATIONS times with a
-//! SIZE-byte payload (after a few unmeasured warm-up calls) and prints one
-//! line of timings, in nanoseconds, for the bench harness to parse.
+//! `bench-caller PEERS SIZE ITERATIONS [MAX_SECONDS]`: calls the peers
+//! (comma-separated; several are called at once, fan-out + fan-in) with a
+//! SIZE-byte payload each, ITERATIONS times after a few unmeasured warm-up
+//! calls, stopping early after MAX_SECONDS (at least 3 measured calls), and
+//! prints one line of timings in nanoseconds for the bench harness.
 use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(peer), Some(size), Some(iterations)) = (args.first(), args.get(1), args.get(2)) else {
-        eprintln!("usage: bench-caller PEER SIZE ITERATIONS");
+    let (Some(peers), Some(size), Some(iterations)) = (args.first(), args.get(1), args.get(2)) else {
+        eprintln!("usage: bench-caller PEERS SIZE ITERATIONS [MAX_SECONDS]");
         std::process::exit(2);
     };
+    let peers: Vec<&str> = peers.split(',').collect();
     let size: usize = size.parse().expect("size");
     let iterations: usize = iterations.parse().expect("iterations");
+    let max_seconds: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(f64::INFINITY);
     let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+    let calls: Vec<(&str, &[u8])> = peers.iter().map(|p| (*p, payload.as_slice())).collect();
     let warmup = (iterations / 10).clamp(1, 100);
     let mut times = Vec::with_capacity(iterations);
+    let started_all = Instant::now();
     for i in 0..warmup + iterations {
         let started = Instant::now();
-        let reply = cwasi_guest::call(peer, &payload);
-        let elapsed = started.elapsed().as_nanos() as u64;
-        if let Err(e) = reply {
-            println!("error: {e}");
-            std::process::exit(1);
+        for reply in cwasi_guest::call_all(&calls) {
+            if let Err(e) = reply {
+                println!("error: {e}");
+                std::process::exit(1);
+            }
         }
+        let elapsed = started.elapsed().as_nanos() as u64;
         if i >= warmup {
             times.push(elapsed);
+            if times.len() >= 3 && started_all.elapsed().as_secs_f64() > max_seconds {
+                break;
+            }
         }
     }
     times.sort_unstable();
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     println!(
-        "bench peer={peer} size={size} n={} min_ns={} median_ns={} p99_ns={} max_ns={}",
+        "bench peers={} size={size} n={} min_ns={} median_ns={} p99_ns={} max_ns={}",
+        peers.join(","),
         times.len(),
         times[0],
         at(0.5),

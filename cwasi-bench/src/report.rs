@@ -1,0 +1,207 @@
+//! The report: a Markdown table, a CSV file and a log-log SVG plot.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+use crate::matrix::{Matrix, Row, human};
+use crate::rig::{BenchMode, Shape};
+use crate::start_time::StartTimes;
+
+pub struct Report {
+    pub machine: String,
+    pub quick: bool,
+    pub matrix: Option<Matrix>,
+    pub start: Option<StartTimes>,
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Latency with a unit that keeps three significant digits readable.
+fn latency(ns: u64) -> String {
+    match ns {
+        n if n < 100_000 => format!("{:.2} µs", n as f64 / 1e3),
+        n => format!("{:.2} ms", ms(n)),
+    }
+}
+
+impl Report {
+    pub fn new(machine: String, quick: bool) -> Self {
+        Self { machine, quick, matrix: None, start: None }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# cwasi benchmark{}\n", if self.quick { " (quick subset)" } else { "" });
+        let _ = writeln!(md, "Machine: {}\n", self.machine);
+        if let Some(matrix) = &self.matrix {
+            let _ = writeln!(
+                md,
+                "Median and p99 of each operation: A hands the payload to B (sequential), to four functions at once \
+                 and collects the four answers (fan-out 4), or gets it back (round trip). GB/s counts payload bytes \
+                 moved; × memcpy is the median over a single-threaded memcpy of the same bytes; × redis is the median \
+                 over redis-baseline (the same call forced through Redis on this node), all measured in this run.\n"
+            );
+            let _ = writeln!(md, "| mode | shape | payload | median | p99 | GB/s | × memcpy | × redis-baseline |");
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+            for row in &matrix.rows {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
+                    row.mode.name(),
+                    row.shape.name(),
+                    human(row.payload),
+                    latency(row.timings.median_ns),
+                    latency(row.timings.p99_ns),
+                    row.gbps(),
+                    row.x_memcpy(),
+                    row.x_redis_baseline().map_or("–".to_owned(), |x| format!("{x:.3}")),
+                );
+            }
+            let _ = writeln!(md, "\nRemote mode (sequential, other node) against a raw Redis SET+GET of the same bytes (`redis` crate):\n");
+            let _ = writeln!(md, "| payload | remote | raw SET+GET | remote / raw |");
+            let _ = writeln!(md, "|---|---|---|---|");
+            for raw in &matrix.raw_redis {
+                if let Some(remote) = find(matrix, BenchMode::Remote, Shape::Sequential, raw.payload) {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {:.2} |",
+                        human(raw.payload),
+                        latency(remote.timings.median_ns),
+                        latency(raw.median_ns),
+                        remote.timings.median_ns as f64 / raw.median_ns as f64
+                    );
+                }
+            }
+        }
+        if let Some(start) = &self.start {
+            let _ = writeln!(md, "\nContainer start, `ctr run --rm` of hello to its exit, median of {} runs:\n", start.runs);
+            let _ = writeln!(md, "| shim | median |");
+            let _ = writeln!(md, "|---|---|");
+            let _ = writeln!(md, "| cwasi, module compiled at start (empty cache) | {:.1} ms |", start.cwasi_compiling_ms);
+            let _ = writeln!(md, "| cwasi, module from the cache | {:.1} ms |", start.cwasi_cached_ms);
+            match start.runwasi_ms {
+                Some(runwasi) => {
+                    let _ = writeln!(md, "| stock runwasi (containerd-shim-wasm 1.x + wasmtime) | {runwasi:.1} ms |");
+                    let _ = writeln!(md, "\ncwasi cached / runwasi: {:.2}", start.cwasi_cached_ms / runwasi);
+                }
+                None => {
+                    let _ = writeln!(md, "| stock runwasi | not built (run `make bench`) |");
+                }
+            }
+        }
+        md
+    }
+
+    fn csv(&self) -> String {
+        let mut csv = String::from("mode,shape,payload_bytes,samples,median_ns,p99_ns,gb_per_s,x_memcpy,x_redis_baseline\n");
+        for row in self.matrix.iter().flat_map(|m| &m.rows) {
+            let _ = writeln!(
+                csv,
+                "{},{},{},{},{},{},{:.4},{:.4},{}",
+                row.mode.name(),
+                row.shape.name(),
+                row.payload,
+                row.timings.samples,
+                row.timings.median_ns,
+                row.timings.p99_ns,
+                row.gbps(),
+                row.x_memcpy(),
+                row.x_redis_baseline().map_or(String::new(), |x| format!("{x:.4}"))
+            );
+        }
+        for raw in self.matrix.iter().flat_map(|m| &m.raw_redis) {
+            let _ = writeln!(csv, "raw-redis-set-get,sequential,{},,{},,,,", raw.payload, raw.median_ns);
+        }
+        if let Some(start) = &self.start {
+            let _ = writeln!(csv, "start-cwasi-compiling,start,,{},{},,,,", start.runs, (start.cwasi_compiling_ms * 1e6) as u64);
+            let _ = writeln!(csv, "start-cwasi-cached,start,,{},{},,,,", start.runs, (start.cwasi_cached_ms * 1e6) as u64);
+            if let Some(runwasi) = start.runwasi_ms {
+                let _ = writeln!(csv, "start-runwasi,start,,{},{},,,,", start.runs, (runwasi * 1e6) as u64);
+            }
+        }
+        csv
+    }
+
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("report.md"), self.markdown())?;
+        std::fs::write(dir.join("report.csv"), self.csv())?;
+        if let Some(matrix) = &self.matrix {
+            plot(matrix, &dir.join("report.svg")).context("drawing report.svg")?;
+        }
+        Ok(())
+    }
+}
+
+fn find(matrix: &Matrix, mode: BenchMode, shape: Shape, payload: usize) -> Option<&Row> {
+    matrix.rows.iter().find(|r| r.mode == mode && r.shape == shape && r.payload == payload)
+}
+
+/// Log-log latency against payload, one line per mode, one panel per shape.
+fn plot(matrix: &Matrix, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1280, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    let colors = [RGBColor(0x1b, 0x9e, 0x77), RGBColor(0xd9, 0x5f, 0x02), RGBColor(0x75, 0x70, 0xb3), RGBColor(0xe7, 0x29, 0x8a)];
+    for (panel, shape) in panels.iter().zip([Shape::Sequential, Shape::FanOut4]) {
+        let rows: Vec<&Row> = matrix.rows.iter().filter(|r| r.shape == shape).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let x_min = rows.iter().map(|r| r.payload).min().unwrap_or(1) as f64 / 1.5;
+        let x_max = rows.iter().map(|r| r.payload).max().unwrap_or(1) as f64 * 1.5;
+        let y_values = rows.iter().flat_map(|r| [ms(r.timings.median_ns), ms(r.memcpy_ns)]);
+        let (y_min, y_max) = y_values.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
+        let mut payloads: Vec<f64> = rows.iter().map(|r| r.payload as f64).collect();
+        payloads.sort_by(f64::total_cmp);
+        payloads.dedup();
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("{}: median latency vs payload", shape.name()), ("sans-serif", 20))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(
+                (x_min..x_max).log_scale().with_key_points(payloads),
+                (y_min.max(1e-6) / 2.0..y_max * 2.0).log_scale(),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc("payload (bytes)")
+            .y_desc("median latency")
+            .x_label_formatter(&|x| human(*x as usize))
+            .y_label_formatter(&|y| latency((y * 1e6) as u64))
+            .draw()?;
+        let mut series: Vec<(String, RGBColor, Vec<(f64, f64)>)> = BenchMode::ALL
+            .iter()
+            .zip(colors)
+            .map(|(mode, color)| {
+                let points = rows.iter().filter(|r| r.mode == *mode).map(|r| (r.payload as f64, ms(r.timings.median_ns))).collect();
+                (mode.name().to_owned(), color, points)
+            })
+            .collect();
+        let mut memcpy: Vec<(f64, f64)> = rows.iter().map(|r| (r.payload as f64, ms(r.memcpy_ns))).collect();
+        memcpy.sort_by(|a, b| a.0.total_cmp(&b.0));
+        memcpy.dedup_by(|a, b| a.0 == b.0);
+        series.push(("memcpy".to_owned(), RGBColor(0, 0, 0), memcpy));
+        for (name, color, points) in series {
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.85))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! The Kubernetes path: containerd's CRI plugin with the runtime registered
+//! by `deploy/containerd/cwasi-runtime-1.6.toml`, driven over the CRI gRPC
+//! API as the kubelet drives it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cwasi_testkit::{Containerd, pause_image, test_image_for_kubernetes, workspace_root};
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+};
+use tonic::transport::Channel;
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
+const HANDLER: &str = "cwasi";
+
+fn containerd_with_cri(functions: &[&str]) -> (Containerd, HashMap<String, String>) {
+    let snippet = std::fs::read_to_string(workspace_root().join("deploy/containerd/cwasi-runtime-1.6.toml")).unwrap();
+    let pause = pause_image().unwrap();
+    let containerd = Containerd::start_cri(SHIM.as_ref(), &pause.reference, &snippet).expect("containerd with CRI starts");
+    containerd.import_in("k8s.io", &pause).unwrap();
+    let mut references = HashMap::new();
+    for function in functions {
+        let image = test_image_for_kubernetes(function).unwrap();
+        containerd.import_in("k8s.io", &image).unwrap();
+        references.insert(function.to_string(), image.reference);
+    }
+    (containerd, references)
+}
+
+/// Just enough of a kubelet: the CRI calls that run a pod.
+struct Kubelet {
+    runtime: tokio::runtime::Runtime,
+    client: RuntimeServiceClient<Channel>,
+    logs: PathBuf,
+}
+
+struct Pod {
+    id: String,
+    config: PodSandboxConfig,
+}
+
+impl Kubelet {
+    fn connect(containerd: &Containerd) -> Kubelet {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let channel = runtime.block_on(containerd_client::connect(containerd.socket())).unwrap();
+        Kubelet { runtime, client: RuntimeServiceClient::new(channel), logs: containerd.dir().join("pod-logs") }
+    }
+
+    fn run_pod(&mut self, name: &str, annotations: &[(&str, &str)]) -> Pod {
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.to_owned(),
+                uid: format!("uid-{name}"),
+                namespace: "default".to_owned(),
+                attempt: 0,
+            }),
+            hostname: name.to_owned(),
+            log_directory: self.logs.join(name).to_string_lossy().into_owned(),
+            annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    // Host network: no CNI plugin is needed for these pods.
+                    namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        std::fs::create_dir_all(&config.log_directory).unwrap();
+        let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: HANDLER.to_owned() };
+        let id = self.runtime.block_on(self.client.run_pod_sandbox(request)).unwrap().into_inner().pod_sandbox_id;
+        Pod { id, config }
+    }
+
+    /// Creates and starts a container; returns its id and log file.
+    fn start_container(&mut self, pod: &Pod, name: &str, image: &str, args: &[&str]) -> (String, PathBuf) {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata { name: name.to_owned(), attempt: 0 }),
+            image: Some(ImageSpec { image: image.to_owned(), ..Default::default() }),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        };
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.config.clone()),
+        };
+        let id = self.runtime.block_on(self.client.create_container(request)).unwrap().into_inner().container_id;
+        self.runtime
+            .block_on(self.client.start_container(StartContainerRequest { container_id: id.clone() }))
+            .unwrap();
+        (id, Path::new(&pod.config.log_directory).join(format!("{name}.log")))
+    }
+
+    /// Waits until the container exited; returns its exit code.
+    fn wait_exited(&mut self, id: &str, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let request = ContainerStatusRequest { container_id: id.to_owned(), verbose: false };
+            let status = self.runtime.block_on(self.client.container_status(request)).unwrap().into_inner().status.unwrap();
+            if status.state == ContainerState::ContainerExited as i32 {
+                return status.exit_code;
+            }
+            assert!(Instant::now() < deadline, "container {id} still {:?}", status.state);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn remove_pod(&mut self, pod: Pod) {
+        self.runtime
+            .block_on(self.client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }))
+            .unwrap();
+        self.runtime
+            .block_on(self.client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.id }))
+            .unwrap();
+    }
+}
+
+#[test]
+fn pod_annotations_reach_the_shim_through_cri() {
+    let (containerd, images) = containerd_with_cri(&["hello"]);
+    let mut kubelet = Kubelet::connect(&containerd);
+    let pod = kubelet.run_pod("greeter", &[("cwasi.io/function", "greeter"), ("unrelated.io/annotation", "x")]);
+    let (id, log) = kubelet.start_container(&pod, "hello", &images["hello"], &["from", "a pod"]);
+    assert_eq!(kubelet.wait_exited(&id, Duration::from_secs(30)), 0);
+    let log = std::fs::read_to_string(log).unwrap();
+    // CRI log lines: "<time> stdout F <text>".
+    assert!(log.contains("stdout F Hello from a WebAssembly function"), "{log}");
+    assert!(log.contains("arg[2]=a pod"), "{log}");
+    assert!(log.contains("env CWASI_FUNCTION=greeter"), "the pod annotation did not reach the shim: {log}");
+    assert!(log.contains("env CWASI_NAMESPACE=default"), "{log}");
+    kubelet.remove_pod(pod);
+}
+
+#[test]
+fn two_pods_call_each_other_in_local_mode_through_cri() {
+    let (containerd, images) = containerd_with_cri(&["sha256-server", "producer"]);
+    let mut kubelet = Kubelet::connect(&containerd);
+    let server = kubelet.run_pod("sha256", &[("cwasi.io/function", "sha256"), ("cwasi.io/serve", "true")]);
+    kubelet.start_container(&server, "sha256", &images["sha256-server"], &[]);
+    containerd.wait_for_log(&["serving", "function=sha256"], Duration::from_secs(30)).unwrap();
+
+    let producer = kubelet.run_pod("producer", &[("cwasi.io/function", "producer"), ("cwasi.io/peers", "sha256")]);
+    let (id, log) = kubelet.start_container(&producer, "producer", &images["producer"], &["sha256", "0", "4096", "1048576"]);
+    let exit_code = kubelet.wait_exited(&id, Duration::from_secs(60));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert_eq!(exit_code, 0, "{log}");
+    for size in ["0", "4096", "1048576"] {
+        assert!(log.contains(&format!("ok size={size} sha256=")), "{size}: {log}");
+    }
+    assert!(
+        containerd.log().lines().any(|l| l.contains("calling peer") && l.contains("peer=sha256") && l.contains("mode=local")),
+        "{}",
+        containerd.log()
+    );
+    kubelet.remove_pod(producer);
+    kubelet.remove_pod(server);
+}
