@@ -1,6 +1,8 @@
-//! `cwasi-image --name REF --out IMAGE.tar [--entrypoint ARG]... [--env K=V]... FILE=/PATH...`
+//! `cwasi-image --name REF --out IMAGE.tar [--entrypoint ARG]... [--env K=V]... [--platform OS/ARCH]... FILE=/PATH...`
 //!
 //! Packs files into an OCI image tarball for `ctr image import --all-platforms`.
+//! The image is for `wasip1/wasm`; `--platform linux/amd64` adds that
+//! platform too (Kubernetes nodes with containerd 1.6/1.7 need it).
 
 use std::path::PathBuf;
 
@@ -20,6 +22,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     let mut entrypoint = Vec::new();
     let mut env = Vec::new();
     let mut files = Vec::new();
+    let mut platforms = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -28,8 +31,15 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
             "--out" => out = Some(PathBuf::from(value()?)),
             "--entrypoint" => entrypoint.push(value()?),
             "--env" => env.push(value()?),
+            "--platform" => {
+                let platform = value()?;
+                let (os, arch) = platform
+                    .split_once('/')
+                    .with_context(|| format!("--platform takes OS/ARCH, got {platform:?}"))?;
+                platforms.push((os.to_owned(), arch.to_owned()));
+            }
             "-h" | "--help" => {
-                println!("usage: cwasi-image --name REF --out IMAGE.tar [--entrypoint ARG]... [--env K=V]... FILE=/PATH_IN_IMAGE...");
+                println!("usage: cwasi-image --name REF --out IMAGE.tar [--entrypoint ARG]... [--env K=V]... [--platform OS/ARCH]... FILE=/PATH_IN_IMAGE...");
                 return Ok(());
             }
             file => {
@@ -46,6 +56,9 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     let mut image = ImageSpec::new(name).entrypoint(entrypoint);
     for kv in env {
         image = image.env(kv);
+    }
+    for (os, arch) in &platforms {
+        image = image.also_for_platform(os, arch);
     }
     for (host, in_image) in files {
         let bytes = std::fs::read(&host).with_context(|| format!("reading {}", host.display()))?;
