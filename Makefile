@@ -3,14 +3,19 @@ CARGO   ?= cargo
 PREFIX  ?= /usr/local
 DESTDIR ?=
 SHIM    := target/release/containerd-shim-cwasi-v1
+# ENGINE=wasmedge builds the shim on WasmEdge (needs libwasmedge 0.17.1, WASMEDGE_DIR).
+ENGINE  ?= wasmtime
+ifeq ($(ENGINE),wasmedge)
+ENGINE_FEATURES := --features cwasi-shim/wasmedge
+endif
 
-.PHONY: all build test-functions test demo bench bench-quick runwasi-reference install uninstall clean
+.PHONY: all build test-functions test test-wasmedge demo bench bench-quick runwasi-reference install uninstall clean
 
 all: build
 
 # Everything builds in the release profile, once, for tests, demo and bench alike.
 build:
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release --workspace --bins $(ENGINE_FEATURES)
 
 test-functions:
 	$(CARGO) build --release --target wasm32-wasip1 \
@@ -18,7 +23,11 @@ test-functions:
 
 # Unit tests and the integration suite (a private containerd, as root).
 test:
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace $(ENGINE_FEATURES)
+
+# The engine-independent suite (lifecycle, limits, the three modes, CRI) on WasmEdge.
+test-wasmedge:
+	$(CARGO) test --release -p cwasi-shim --features wasmedge
 
 demo: build test-functions
 	target/release/cwasi-demo

@@ -21,8 +21,9 @@ pub fn describe() -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(2).unwrap_or("?").to_owned())
             .unwrap_or_else(|| "?".to_owned())
     };
+    let engine = cwasi_testkit::shim_engine(&cwasi_testkit::workspace_root().join("target/release/containerd-shim-cwasi-v1"));
     format!(
-        "{cpu}, {cores} cores, {memory_gib} GiB, Linux {}, containerd {}, redis-server {}",
+        "{cpu}, {cores} cores, {memory_gib} GiB, Linux {}, containerd {}, redis-server {}, engine {engine}",
         kernel.trim(),
         version("containerd", "--version"),
         version("redis-server", "--version").trim_start_matches("v="),

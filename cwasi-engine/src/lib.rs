@@ -6,6 +6,8 @@
 //! the module's content hash.
 
 mod cache;
+pub mod guest_abi;
+pub mod guest_memory;
 mod spec;
 
 pub use cache::{CachedArtifact, ModuleCache};

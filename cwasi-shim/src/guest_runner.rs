@@ -49,7 +49,15 @@ pub fn launch_env(launch: &GuestLaunch) -> anyhow::Result<Vec<(String, String)>>
     Ok(env)
 }
 
-type SelectedEngine = cwasi_wasmtime::WasmtimeEngine;
+/// The engine is chosen at build time: `--features wasmedge` selects WasmEdge.
+#[cfg(not(feature = "wasmedge"))]
+pub type SelectedEngine = cwasi_wasmtime::WasmtimeEngine;
+#[cfg(feature = "wasmedge")]
+pub type SelectedEngine = cwasi_wasmedge::WasmEdgeEngine;
+
+pub fn engine_name() -> &'static str {
+    if cfg!(feature = "wasmedge") { "wasmedge" } else { "wasmtime" }
+}
 
 /// Runs the guest and returns the process exit status.
 pub fn main() -> i32 {

@@ -12,8 +12,14 @@ use containerd_shimkit::sandbox::cli::shim_main;
 use containerd_shimkit::shim_version;
 
 fn main() {
-    if std::env::args_os().nth(1).is_some_and(|a| a == guest_runner::SUBCOMMAND) {
-        std::process::exit(guest_runner::main());
+    match std::env::args_os().nth(1) {
+        Some(arg) if arg == guest_runner::SUBCOMMAND => std::process::exit(guest_runner::main()),
+        // Which engine this build runs guests on (for scripts and benchmarks).
+        Some(arg) if arg == "--engine" => {
+            println!("{}", guest_runner::engine_name());
+            return;
+        }
+        _ => {}
     }
     shim_main::<instance::CwasiInstance>("cwasi", shim_version!(), None);
 }

@@ -155,11 +155,7 @@ fn two_pods_call_each_other_in_local_mode_through_cri() {
     for size in ["0", "4096", "1048576"] {
         assert!(log.contains(&format!("ok size={size} sha256=")), "{size}: {log}");
     }
-    assert!(
-        containerd.log().lines().any(|l| l.contains("calling peer") && l.contains("peer=sha256") && l.contains("mode=local")),
-        "{}",
-        containerd.log()
-    );
+    assert!(containerd.logged_call("sha256", "local"), "{}", containerd.log());
     kubelet.remove_pod(producer);
     kubelet.remove_pod(server);
 }

@@ -5,22 +5,13 @@ use std::os::fd::AsRawFd;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use cwasi_testkit::{Containerd, TestImage, test_image};
+use cwasi_testkit::{Containerd, TestImage};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
 const READY: Duration = Duration::from_secs(20);
 
 fn containerd_with(functions: &[&str]) -> (Containerd, Vec<TestImage>) {
-    let containerd = Containerd::start(SHIM.as_ref(), &[]).expect("private containerd starts");
-    let images = functions
-        .iter()
-        .map(|f| {
-            let image = test_image(f).expect("test function image");
-            containerd.import(&image).expect("image imports");
-            image
-        })
-        .collect();
-    (containerd, images)
+    Containerd::with_functions(SHIM.as_ref(), functions).expect("private containerd with the test images")
 }
 
 fn serve(ctd: &Containerd, image: &TestImage, name: &str) {
@@ -31,22 +22,18 @@ fn serve(ctd: &Containerd, image: &TestImage, name: &str) {
 fn producer_gets_every_digest_right_from_a_local_sha256_server() {
     let (ctd, images) = containerd_with(&["sha256-server", "producer"]);
     serve(&ctd, &images[0], "sha256");
-    let sizes = ["0", "1", "4096", "1048576", "67108864", "268435456"];
+    let sizes = cwasi_testkit::digest_sizes(SHIM.as_ref());
     let mut command = vec!["/producer.wasm", "sha256"];
-    command.extend(sizes);
+    command.extend(sizes.iter().copied());
     let out = ctd
         .run("producer-1", &images[1], &["--rm", "--annotation", "cwasi.io/peers=sha256"], &command)
         .unwrap()
         .ok()
         .unwrap();
-    for size in sizes {
+    for size in sizes.iter().copied() {
         assert!(out.stdout.contains(&format!("ok size={size} sha256=")), "{size}: {out:?}");
     }
-    assert!(
-        ctd.log().lines().any(|l| l.contains("calling peer") && l.contains("peer=sha256") && l.contains("mode=local")),
-        "no mode=local in the log:\n{}",
-        ctd.log()
-    );
+    assert!(ctd.logged_call("sha256", "local"), "no mode=local in the log:\n{}", ctd.log());
 }
 
 #[test]

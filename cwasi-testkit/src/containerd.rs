@@ -224,6 +224,26 @@ state = "{state}"
         args
     }
 
+    /// A private containerd with the shim and the images of `functions` imported.
+    pub fn with_functions(shim: &Path, functions: &[&str]) -> anyhow::Result<(Self, Vec<TestImage>)> {
+        let containerd = Self::start(shim, &[])?;
+        let images = functions
+            .iter()
+            .map(|function| {
+                let image = crate::test_image(function)?;
+                containerd.import(&image)?;
+                Ok(image)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok((containerd, images))
+    }
+
+    /// True when the log shows the router sending calls to `peer` in `mode`.
+    pub fn logged_call(&self, peer: &str, mode: &str) -> bool {
+        let (peer, mode) = (format!("peer={peer}"), format!("mode={mode}"));
+        self.log().lines().any(|l| l.contains("calling peer") && l.contains(&peer) && l.contains(&mode))
+    }
+
     /// Starts `image` detached (`ctr run -d`): for functions that serve.
     pub fn start_detached(&self, id: &str, image: &TestImage, flags: &[&str], command: &[&str]) -> anyhow::Result<()> {
         let mut flags = flags.to_vec();

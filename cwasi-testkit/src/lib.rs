@@ -13,3 +13,22 @@ mod redis_server;
 pub use containerd::{Containerd, CtrOutput, RUNTIME};
 pub use redis_server::RedisServer;
 pub use images::{TestImage, pause_image, test_image, test_image_for_kubernetes, test_image_with_peers, workspace_root};
+
+/// The engine a shim binary runs guests on (`wasmtime` or `wasmedge`).
+pub fn shim_engine(shim: &std::path::Path) -> String {
+    std::process::Command::new(shim)
+        .arg("--engine")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Payload sizes for digest checks: 0 B to 256 MiB, or to 4 MiB on the
+/// WasmEdge interpreter, which hashes some 100 times slower.
+pub fn digest_sizes(shim: &std::path::Path) -> &'static [&'static str] {
+    if shim_engine(shim) == "wasmedge" {
+        &["0", "1", "4096", "1048576", "4194304"]
+    } else {
+        &["0", "1", "4096", "1048576", "67108864", "268435456"]
+    }
+}

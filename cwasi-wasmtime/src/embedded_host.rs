@@ -4,7 +4,7 @@ use cwasi_abi::{self as abi, Status};
 use wasmtime::{Caller, Extern, Linker};
 
 use crate::embedded::{Exchange, PeerState, RawBytes};
-use crate::guest_memory::{guest_slice, guest_slice_mut, write_u32};
+use cwasi_engine::guest_memory::{guest_slice, guest_slice_mut, write_u32};
 
 type PeerCaller<'a> = Caller<'a, PeerState>;
 

@@ -7,7 +7,6 @@
 
 mod embedded;
 mod embedded_host;
-mod guest_memory;
 mod host_api;
 mod limits;
 mod module_loader;

@@ -4,7 +4,7 @@ use cwasi_abi::Status;
 
 /// The guest's `(ptr, len)` as a slice, if it lies inside its memory.
 /// Both are unsigned 32-bit values passed as `i32`.
-pub(crate) fn range(memory_len: usize, ptr: i32, len: i32) -> Result<std::ops::Range<usize>, Status> {
+pub fn range(memory_len: usize, ptr: i32, len: i32) -> Result<std::ops::Range<usize>, Status> {
     let start = ptr as u32 as usize;
     let end = start.checked_add(len as u32 as usize).ok_or(Status::BadPointer)?;
     if end > memory_len {
@@ -13,16 +13,16 @@ pub(crate) fn range(memory_len: usize, ptr: i32, len: i32) -> Result<std::ops::R
     Ok(start..end)
 }
 
-pub(crate) fn guest_slice(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> {
+pub fn guest_slice(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> {
     Ok(&memory[range(memory.len(), ptr, len)?])
 }
 
-pub(crate) fn guest_slice_mut(memory: &mut [u8], ptr: i32, len: i32) -> Result<&mut [u8], Status> {
+pub fn guest_slice_mut(memory: &mut [u8], ptr: i32, len: i32) -> Result<&mut [u8], Status> {
     let range = range(memory.len(), ptr, len)?;
     Ok(&mut memory[range])
 }
 
-pub(crate) fn write_u32(memory: &mut [u8], ptr: i32, value: u32) -> Result<(), Status> {
+pub fn write_u32(memory: &mut [u8], ptr: i32, value: u32) -> Result<(), Status> {
     guest_slice_mut(memory, ptr, 4)?.copy_from_slice(&value.to_le_bytes());
     Ok(())
 }

@@ -1,0 +1,55 @@
+//! The `cwasi` imports on a guest's linear memory, shared by every engine:
+//! an engine hands over the guest's memory as one slice and the raw `i32`
+//! arguments, and gets back the status code to return to the guest.
+
+use cwasi_abi::Status;
+
+use crate::GuestHost;
+use crate::guest_memory::{guest_slice, guest_slice_mut, write_u32};
+
+fn status(result: Result<(), Status>) -> i32 {
+    match result {
+        Ok(()) => Status::Ok as i32,
+        Err(status) => status as i32,
+    }
+}
+
+pub fn call_start(host: &mut GuestHost, memory: &mut [u8], peer: i32, peer_len: i32, req: i32, req_len: i32, handle_out: i32) -> i32 {
+    status((|| {
+        let handle = host.call_start(guest_slice(memory, peer, peer_len)?, guest_slice(memory, req, req_len)?)?;
+        write_u32(memory, handle_out, handle)
+    })())
+}
+
+pub fn call_wait(host: &mut GuestHost, memory: &mut [u8], handle: i32, len_out: i32) -> i32 {
+    status((|| {
+        // Check the out-pointer before blocking on the reply.
+        guest_slice(memory, len_out, 4)?;
+        let len = host.call_wait(handle as u32)?;
+        write_u32(memory, len_out, len)
+    })())
+}
+
+pub fn call_read(host: &mut GuestHost, memory: &mut [u8], handle: i32, buf: i32, buf_len: i32) -> i32 {
+    status(guest_slice_mut(memory, buf, buf_len).and_then(|out| host.call_read(handle as u32, out)))
+}
+
+pub fn serve_next(host: &mut GuestHost, memory: &mut [u8], len_out: i32) -> i32 {
+    status((|| {
+        guest_slice(memory, len_out, 4)?;
+        let len = host.serve_next()?;
+        write_u32(memory, len_out, len)
+    })())
+}
+
+pub fn serve_read(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i32) -> i32 {
+    status(guest_slice_mut(memory, buf, buf_len).and_then(|out| host.serve_read(out)))
+}
+
+pub fn serve_reply(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i32) -> i32 {
+    status(guest_slice(memory, buf, buf_len).and_then(|reply| host.serve_reply(reply)))
+}
+
+pub fn serve_fail(host: &mut GuestHost, memory: &mut [u8], msg: i32, msg_len: i32) -> i32 {
+    status(guest_slice(memory, msg, msg_len).and_then(|message| host.serve_fail(message)))
+}

@@ -1,0 +1,188 @@
+//! Embedded mode on WasmEdge: a peer shipped in the caller's image runs in
+//! the caller's process, a fresh instance per call (own memory, WASI
+//! context and limit).
+//!
+//! The peer is an ordinary serving module. Its first `serve_next` gets the
+//! request, which `serve_read` copies straight from the caller's memory; its
+//! reply is copied out at `serve_reply`, and its next `serve_next` ends the
+//! run. WasmEdge cannot park a guest between host calls, so the reply takes
+//! one more copy than on wasmtime.
+
+use std::collections::HashMap;
+
+use cwasi_abi::{self as abi, Status};
+use cwasi_comm::{CallError, EmbeddedPeers, PendingReply};
+use cwasi_engine::EmbeddedModule;
+use cwasi_engine::guest_memory::{guest_slice, guest_slice_mut, write_u32};
+use wasmedge_sdk::error::{CoreCommonError, CoreError};
+use wasmedge_sdk::vm::SyncInst;
+use wasmedge_sdk::wasi::WasiModule;
+use wasmedge_sdk::{CallingFrame, ImportObjectBuilder, Instance, Module, Store, Vm, WasmValue};
+
+use crate::host_api::with_memory;
+use crate::run::{config, is_termination};
+
+pub(crate) struct WasmEdgeEmbedded {
+    modules: HashMap<String, Vec<u8>>,
+    memory_limit: Option<u64>,
+}
+
+/// The request of one call and what the peer answered.
+struct Exchange {
+    /// The caller's request, borrowed by `call` for the whole run.
+    request_ptr: *const u8,
+    request_len: usize,
+    delivered: bool,
+    reply: Option<Vec<u8>>,
+    failure: Option<String>,
+}
+
+// SAFETY: the exchange lives and dies inside one `call`, on the caller's
+// thread; WasmEdge only requires host data to be sendable in principle.
+unsafe impl Send for Exchange {}
+
+impl WasmEdgeEmbedded {
+    /// Reads and validates every peer's module up front.
+    pub(crate) fn new(peers: &[EmbeddedModule], memory_limit: Option<u64>) -> anyhow::Result<Self> {
+        let mut modules = HashMap::new();
+        for peer in peers {
+            let bytes = std::fs::read(&peer.module)
+                .map_err(|e| anyhow::anyhow!("embedded peer {}: reading {}: {e}", peer.name, peer.module.display()))?;
+            Module::from_bytes(Some(&config(memory_limit)?), &bytes)
+                .map_err(|e| anyhow::anyhow!("embedded peer {} ({}): {e}", peer.name, peer.module.display()))?;
+            modules.insert(peer.name.clone(), bytes);
+        }
+        Ok(Self { modules, memory_limit })
+    }
+}
+
+fn failed(peer: &str, what: impl std::fmt::Display) -> CallError {
+    CallError::PeerFailed(format!("embedded peer {peer}: {what}"))
+}
+
+impl EmbeddedPeers for WasmEdgeEmbedded {
+    fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
+        let bytes = self
+            .modules
+            .get(peer)
+            .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (not embedded in this image)")))?;
+        let config = config(self.memory_limit).map_err(|e| failed(peer, e))?;
+        let module = Module::from_bytes(Some(&config), bytes).map_err(|e| failed(peer, e))?;
+        let mut wasi = WasiModule::create(Some(vec![peer]), None, None).map_err(|e| failed(peer, e))?;
+        let exchange = Exchange {
+            request_ptr: request.as_ptr(),
+            request_len: request.len(),
+            delivered: false,
+            reply: None,
+            failure: None,
+        };
+        let mut builder = ImportObjectBuilder::new(abi::MODULE, exchange).map_err(|e| failed(peer, e))?;
+        builder
+            .with_func::<i32, i32>(abi::SERVE_NEXT, serve_next)
+            .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_READ, serve_read))
+            .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_REPLY, serve_reply))
+            .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_FAIL, serve_fail))
+            .and_then(|b| b.with_func::<(i32, i32, i32, i32, i32), i32>(abi::CALL_START, forbidden))
+            .and_then(|b| b.with_func::<(i32, i32), i32>(abi::CALL_WAIT, forbidden))
+            .and_then(|b| b.with_func::<(i32, i32, i32), i32>(abi::CALL_READ, forbidden))
+            .map_err(|e| failed(peer, e))?;
+        let mut cwasi = builder.build();
+
+        let outcome = {
+            let mut instances: HashMap<String, &mut dyn SyncInst> = HashMap::new();
+            instances.insert(wasi.name().to_string(), wasi.as_mut());
+            instances.insert(abi::MODULE.to_string(), &mut cwasi);
+            let mut vm = Vm::new(Store::new(Some(&config), instances).map_err(|e| failed(peer, e))?);
+            vm.register_module(None, module).map_err(|e| failed(peer, e))?;
+            vm.run_func(None, "_start", [])
+        };
+        let exchange = cwasi.get_host_data_mut();
+        match (outcome, exchange.reply.take(), exchange.failure.take()) {
+            // The run ends at the peer's next `serve_next`.
+            (Err(e), Some(reply), _) if is_termination(&e) => Ok(Box::new(OwnedReply(reply))),
+            (Err(e), None, Some(message)) if is_termination(&e) => Err(CallError::PeerFailed(message)),
+            (Err(e), None, None) if is_termination(&e) => {
+                Err(failed(peer, format!("exited with status {} before answering", wasi.exit_code())))
+            }
+            (Err(e), _, _) => Err(failed(peer, format!("trapped: {e}"))),
+            (Ok(_), _, _) => Err(failed(peer, "returned instead of serving")),
+        }
+    }
+}
+
+type HostResult = Result<Vec<WasmValue>, CoreError>;
+
+fn ints(args: &[WasmValue]) -> Vec<i32> {
+    args.iter().map(WasmValue::to_i32).collect()
+}
+
+fn done(status: i32) -> HostResult {
+    Ok(vec![WasmValue::from_i32(status)])
+}
+
+fn to_status(result: Result<(), Status>) -> i32 {
+    result.err().map_or(Status::Ok as i32, |s| s as i32)
+}
+
+fn serve_next(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+    if exchange.delivered {
+        // The one request of this instance is answered: end its run.
+        return Err(CoreError::Common(CoreCommonError::Terminated));
+    }
+    exchange.delivered = true;
+    let a = ints(&args);
+    let len = exchange.request_len as u32;
+    done(with_memory(frame, |m| to_status(write_u32(m, a[0], len))))
+}
+
+fn serve_read(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+    let a = ints(&args);
+    done(with_memory(frame, |m| {
+        to_status((|| {
+            let out = guest_slice_mut(m, a[0], a[1])?;
+            if !exchange.delivered || out.len() != exchange.request_len {
+                return Err(Status::LengthMismatch);
+            }
+            // SAFETY: the request slice stays borrowed by `call`, which runs
+            // this instance to its end before returning; the peer's memory is
+            // a different instance's, so they never overlap.
+            unsafe { std::ptr::copy_nonoverlapping(exchange.request_ptr, out.as_mut_ptr(), out.len()) };
+            Ok(())
+        })())
+    }))
+}
+
+fn serve_reply(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+    let a = ints(&args);
+    done(with_memory(frame, |m| {
+        to_status(guest_slice(m, a[0], a[1]).map(|reply| exchange.reply = Some(reply.to_vec())))
+    }))
+}
+
+fn serve_fail(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+    let a = ints(&args);
+    done(with_memory(frame, |m| {
+        to_status(guest_slice(m, a[0], a[1]).map(|msg| exchange.failure = Some(String::from_utf8_lossy(msg).into_owned())))
+    }))
+}
+
+/// An embedded peer serves its caller; it does not call out.
+fn forbidden(_: &mut Exchange, _: &mut Instance, _: &mut CallingFrame, _: Vec<WasmValue>) -> HostResult {
+    done(Status::Forbidden as i32)
+}
+
+struct OwnedReply(Vec<u8>);
+
+impl PendingReply for OwnedReply {
+    fn wait(&mut self) -> Result<usize, CallError> {
+        Ok(self.0.len())
+    }
+
+    fn read_into(self: Box<Self>, out: &mut [u8]) -> Result<(), CallError> {
+        if out.len() != self.0.len() {
+            return Err(CallError::Protocol(format!("reply is {} bytes, buffer {}", self.0.len(), out.len())));
+        }
+        out.copy_from_slice(&self.0);
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! The WasmEdge engine of cwasi.
+//!
+//! [`WasmEdgeEngine`] runs a WASI preview-1 module on libwasmedge (built
+//! without LLVM: the interpreter), with the guest's args, env, preopens and
+//! stdio, the `cwasi` imports, a page cap for the memory limit, and embedded
+//! peers. Like the wasmtime engine it only moves bytes between guest memory
+//! and `cwasi-comm`.
+//!
+//! Differences from the wasmtime engine: no compiled-module cache (the
+//! interpreter compiles nothing); an embedded peer is instantiated per call
+//! and its reply is copied once more (WasmEdge cannot park a guest between
+//! host calls); a denied memory growth is inferred from the memory size at
+//! the trap, as WasmEdge has no resource-limiter callback.
+
+mod embedded;
+mod host_api;
+mod run;
+
+pub use run::WasmEdgeEngine;

@@ -1,0 +1,108 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cwasi_engine::{Engine, GuestExit, GuestHost, GuestSpec};
+use wasmedge_sdk::config::{CommonConfigOptions, Config, ConfigBuilder, RuntimeConfigOptions};
+use wasmedge_sdk::error::{CoreCommonError, CoreError, WasmEdgeError};
+use wasmedge_sdk::vm::SyncInst;
+use wasmedge_sdk::wasi::WasiModule;
+use wasmedge_sdk::{AsInstance, Module, Store, Vm, WasmValue};
+
+use crate::embedded::WasmEdgeEmbedded;
+
+/// Runs WASI preview-1 guests on WasmEdge.
+pub struct WasmEdgeEngine;
+
+const PAGE: u64 = 65536;
+
+impl WasmEdgeEngine {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self)
+    }
+}
+
+/// A WasmEdge configuration whose memories stop at `memory_limit`.
+pub(crate) fn config(memory_limit: Option<u64>) -> anyhow::Result<Config> {
+    let mut runtime = RuntimeConfigOptions::default();
+    if let Some(limit) = memory_limit {
+        runtime = runtime.max_memory_pages(u32::try_from(limit / PAGE).unwrap_or(u32::MAX).max(1));
+    }
+    ConfigBuilder::new(CommonConfigOptions::default())
+        .with_runtime_config(runtime)
+        .build()
+        .map_err(|e| anyhow::anyhow!("configuring WasmEdge: {e}"))
+}
+
+pub(crate) fn wasmedge_error(e: Box<WasmEdgeError>) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+pub(crate) fn is_termination(e: &WasmEdgeError) -> bool {
+    matches!(e, WasmEdgeError::Core(CoreError::Common(CoreCommonError::Terminated)))
+}
+
+impl Engine for WasmEdgeEngine {
+    fn name(&self) -> &'static str {
+        "wasmedge"
+    }
+
+    fn run(&self, guest: &GuestSpec, host: GuestHost) -> anyhow::Result<GuestExit> {
+        let config = config(guest.memory_limit)?;
+        let module = Module::from_file(Some(&config), &guest.module)
+            .map_err(wasmedge_error)
+            .with_context(|| format!("loading module {}", guest.module.display()))?;
+        if !guest.embedded.is_empty() {
+            host.router().attach_embedded(Arc::new(WasmEdgeEmbedded::new(&guest.embedded, guest.memory_limit)?));
+        }
+
+        let args: Vec<&str> = guest.args.iter().map(String::as_str).collect();
+        let envs: Vec<String> = guest.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // WasmEdge preopens are `GUEST:HOST`; it has no read-only preopen.
+        let preopens: Vec<String> =
+            guest.preopens.iter().map(|p| format!("{}:{}", p.guest_path, p.host_path.display())).collect();
+        let mut wasi = WasiModule::create(
+            Some(args),
+            Some(envs.iter().map(String::as_str).collect()),
+            Some(preopens.iter().map(String::as_str).collect()),
+        )
+        .map_err(wasmedge_error)
+        .context("creating the WASI module")?;
+        let mut cwasi = crate::host_api::import_object(host)?;
+
+        let mut instances: HashMap<String, &mut dyn SyncInst> = HashMap::new();
+        instances.insert(wasi.name().to_string(), wasi.as_mut());
+        instances.insert(cwasi_abi::MODULE.to_string(), &mut cwasi);
+        let mut vm = Vm::new(Store::new(Some(&config), instances).map_err(wasmedge_error)?);
+        vm.register_module(None, module).map_err(wasmedge_error).context("instantiating the module")?;
+        let entry = guest.entry.as_deref().unwrap_or("_start");
+        if guest.entry.is_some() && vm.active_module().is_some_and(|m| m.get_func("_initialize").is_ok()) {
+            vm.run_func(None, "_initialize", []).map_err(wasmedge_error).context("calling _initialize")?;
+        }
+        let outcome = vm.run_func(None, entry, []);
+        let memory_bytes = vm
+            .active_module()
+            .and_then(|m| m.get_memory_ref("memory").ok().map(|mem| mem.size() as u64 * PAGE));
+        drop(vm);
+        Ok(match outcome {
+            Ok(values) => GuestExit::Exited(values.first().map(WasmValue::to_i32).unwrap_or(0)),
+            Err(e) if is_termination(&e) => GuestExit::Exited(wasi.exit_code() as i32),
+            Err(e) => trapped(&e, memory_bytes, guest.memory_limit),
+        })
+    }
+}
+
+/// WasmEdge has no resource-limiter callback: a trap with the memory within
+/// a quarter of its limit is taken for a refused growth.
+fn trapped(error: &WasmEdgeError, memory_bytes: Option<u64>, limit: Option<u64>) -> GuestExit {
+    match (memory_bytes, limit) {
+        (Some(memory), Some(limit)) if memory >= limit - limit / 4 => GuestExit::Trapped {
+            message: format!(
+                "guest exceeded its memory limit: its memory reached {memory} bytes of the {limit}-byte limit \
+                 (linux.resources.memory.limit)\ncaused by: {error}"
+            ),
+            memory_limit_hit: true,
+        },
+        _ => GuestExit::Trapped { message: error.to_string(), memory_limit_hit: false },
+    }
+}
