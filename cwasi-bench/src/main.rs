@@ -1,6 +1,6 @@
 //! cwasi benchmarks, through private containerd instances and real guests.
 //!
-//! - `cwasi-bench matrix [--quick]`: every mode (embedded, local, remote,
+//! - `cwasi-bench matrix [--quick] [--payloads BYTES,…]`: every mode (embedded, local, remote,
 //!   redis-baseline) × payload × shape (sequential, fan-out 4), beside
 //!   memcpy and a raw Redis SET+GET measured in the same run; writes
 //!   `target/bench/report.{md,csv,svg}` and prints the table.
@@ -31,13 +31,23 @@ fn run() -> anyhow::Result<()> {
         None => 20,
     };
     let quick = args.iter().any(|a| a == "--quick");
+    let payloads = match args.iter().position(|a| a == "--payloads") {
+        Some(i) => Some(
+            args.get(i + 1)
+                .context("--payloads needs sizes in bytes, comma-separated")?
+                .split(',')
+                .map(|p| p.parse::<usize>().with_context(|| format!("bad payload size {p:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        ),
+        None => None,
+    };
     let mut report = report::Report::new(machine::describe(), quick);
     match args.first().map(String::as_str) {
-        Some("matrix") => report.matrix = Some(matrix::run(quick)?),
+        Some("matrix") => report.matrix = Some(matrix::run(quick, payloads)?),
         Some("start") => report.start = Some(start_time::run(runs)?),
         None | Some("all") => {
             report.start = Some(start_time::run(runs)?);
-            report.matrix = Some(matrix::run(quick)?);
+            report.matrix = Some(matrix::run(quick, payloads)?);
         }
         Some(other) => bail!("unknown benchmark {other:?} (known: matrix, start, all)"),
     }

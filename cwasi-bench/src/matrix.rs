@@ -55,8 +55,11 @@ fn iterations(payload: usize, quick: bool) -> (usize, f64) {
     if quick { (n / 10, 1.0) } else { (n, 8.0) }
 }
 
-pub fn run(quick: bool) -> anyhow::Result<Matrix> {
-    let payloads: &[usize] = if quick { &[KIB, MIB] } else { &[KIB, 64 * KIB, MIB, 10 * MIB, 100 * MIB] };
+/// `payloads` overrides the sizes (bytes); by default all of BENCH.md's, or
+/// 1 KiB and 1 MiB when `quick`.
+pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> {
+    let default: &[usize] = if quick { &[KIB, MIB] } else { &[KIB, 64 * KIB, MIB, 10 * MIB, 100 * MIB] };
+    let payloads: &[usize] = payloads.as_deref().unwrap_or(default);
     eprintln!("starting the rig: Redis, two containerd nodes, 12 serving functions");
     let rig = Rig::start()?;
     let mut cells: Vec<(BenchMode, Shape, usize)> = Vec::new();

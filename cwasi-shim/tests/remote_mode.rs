@@ -179,3 +179,24 @@ fn redis_down_is_a_typed_error_and_serving_recovers_when_it_returns() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn a_password_protected_redis_works_and_the_password_stays_out_of_logs() {
+    let redis = RedisServer::start_with_password("s3cret-pw").unwrap();
+    let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
+    let node_b = Node::start("node-b", &redis.url(), &[&server]);
+    node_b.serve(&server, "echo");
+    let node_a = Node::start("node-a", &redis.url(), &[&caller]);
+    let out = node_a
+        .containerd
+        .run("call-auth", &caller, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]), &["/caller.wasm", "echo", "hello"])
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert!(out.stdout.contains("reply: hello"), "{out:?}");
+    assert!(node_a.containerd.logged_call("echo", "remote"), "{}", node_a.containerd.log());
+    for log in [node_a.containerd.log(), node_b.containerd.log()] {
+        let guest_lines: String = log.lines().filter(|l| l.contains("guest{")).collect::<Vec<_>>().join("\n");
+        assert!(!guest_lines.contains("s3cret-pw"), "the password leaked into the log:\n{guest_lines}");
+    }
+}
