@@ -6,8 +6,10 @@
 //! so that nothing a guest does can take the shim down.
 
 use std::fs::File;
+use std::io;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
 
 use anyhow::Context;
 use futures::FutureExt as _;
@@ -61,7 +63,7 @@ impl GuestProcess {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
             });
         }
-        let child = command.spawn().context("starting the guest process")?;
+        let child = spawn_from_long_lived_thread(command).context("starting the guest process")?;
         let pid = Pid::from_raw(child.id() as i32);
         // The reaper waits for the child, not `Child::wait`.
         drop(child);
@@ -103,4 +105,40 @@ impl GuestProcess {
             Err(e) => Err(e).with_context(|| format!("sending {signal} to guest {}", self.pid)),
         }
     }
+}
+
+type SpawnRequest = (Command, mpsc::SyncSender<io::Result<Child>>);
+
+/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
+/// the process, and the shim library serves requests on threads that come
+/// and go: a guest started from one of them was killed when it ended. Every
+/// guest is therefore started from one thread that lives as long as the shim.
+fn spawn_from_long_lived_thread(command: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<SpawnRequest>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<SpawnRequest>();
+        let started = std::thread::Builder::new().name("cwasi-spawner".into()).spawn(move || {
+            for (mut command, reply) in incoming {
+                let _ = reply.send(command.spawn());
+            }
+        });
+        match started {
+            Ok(_) => Some(Mutex::new(requests)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the spawner thread; guests may die with request threads");
+                None
+            }
+        }
+    });
+    let Some(spawner) = spawner else {
+        let mut command = command;
+        return command.spawn();
+    };
+    let (reply, result) = mpsc::sync_channel(1);
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((command, reply))
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    result.recv().map_err(|_| io::Error::other("the spawner thread is gone"))?
 }

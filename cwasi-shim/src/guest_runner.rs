@@ -41,7 +41,8 @@ pub fn launch_env(launch: &GuestLaunch) -> anyhow::Result<Vec<(String, String)>>
     if let Some(path) = &launch.log_path {
         env.push((LOG_PATH_ENV.to_owned(), path.to_string_lossy().into_owned()));
     }
-    for passed in [LOG_FILTER_ENV, cwasi_comm::local::SPIN_ENV, cwasi_comm::remote::RETRY_ENV] {
+    // LD_LIBRARY_PATH: an engine's shared library (libwasmedge) may live there.
+    for passed in [LOG_FILTER_ENV, cwasi_comm::local::SPIN_ENV, cwasi_comm::remote::RETRY_ENV, "LD_LIBRARY_PATH"] {
         if let Ok(value) = std::env::var(passed) {
             env.push((passed.to_owned(), value));
         }

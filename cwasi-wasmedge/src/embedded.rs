@@ -97,15 +97,13 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
             vm.run_func(None, "_start", [])
         };
         let exchange = cwasi.get_host_data_mut();
+        // The run ends at the peer's next `serve_next` (a termination, which
+        // WasmEdge may report as a successful end).
         match (outcome, exchange.reply.take(), exchange.failure.take()) {
-            // The run ends at the peer's next `serve_next`.
-            (Err(e), Some(reply), _) if is_termination(&e) => Ok(Box::new(OwnedReply(reply))),
-            (Err(e), None, Some(message)) if is_termination(&e) => Err(CallError::PeerFailed(message)),
-            (Err(e), None, None) if is_termination(&e) => {
-                Err(failed(peer, format!("exited with status {} before answering", wasi.exit_code())))
-            }
-            (Err(e), _, _) => Err(failed(peer, format!("trapped: {e}"))),
-            (Ok(_), _, _) => Err(failed(peer, "returned instead of serving")),
+            (Err(e), _, _) if !is_termination(&e) => Err(failed(peer, format!("trapped: {e}"))),
+            (_, Some(reply), _) => Ok(Box::new(OwnedReply(reply))),
+            (_, None, Some(message)) => Err(CallError::PeerFailed(message)),
+            (_, None, None) => Err(failed(peer, format!("ended with status {} before answering", wasi.exit_code()))),
         }
     }
 }

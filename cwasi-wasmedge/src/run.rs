@@ -7,7 +7,7 @@ use wasmedge_sdk::config::{CommonConfigOptions, Config, ConfigBuilder, RuntimeCo
 use wasmedge_sdk::error::{CoreCommonError, CoreError, WasmEdgeError};
 use wasmedge_sdk::vm::SyncInst;
 use wasmedge_sdk::wasi::WasiModule;
-use wasmedge_sdk::{AsInstance, Module, Store, Vm, WasmValue};
+use wasmedge_sdk::{AsInstance, Module, Store, Vm};
 
 use crate::embedded::WasmEdgeEmbedded;
 
@@ -18,6 +18,9 @@ const PAGE: u64 = 65536;
 
 impl WasmEdgeEngine {
     pub fn new() -> anyhow::Result<Self> {
+        // libwasmedge logs errors to stdout, the guest's own stream; traps
+        // reach the container's stderr through `GuestExit` instead.
+        wasmedge_sdk::LogManager::log_off();
         Ok(Self)
     }
 }
@@ -84,8 +87,13 @@ impl Engine for WasmEdgeEngine {
             .active_module()
             .and_then(|m| m.get_memory_ref("memory").ok().map(|mem| mem.size() as u64 * PAGE));
         drop(vm);
+        // WasmEdge counts `proc_exit` as a successful end of the run: the
+        // status is in the WASI module either way.
         Ok(match outcome {
-            Ok(values) => GuestExit::Exited(values.first().map(WasmValue::to_i32).unwrap_or(0)),
+            Ok(values) => match values.first() {
+                Some(value) => GuestExit::Exited(value.to_i32()),
+                None => GuestExit::Exited(wasi.exit_code() as i32),
+            },
             Err(e) if is_termination(&e) => GuestExit::Exited(wasi.exit_code() as i32),
             Err(e) => trapped(&e, memory_bytes, guest.memory_limit),
         })
