@@ -97,10 +97,16 @@ impl PendingReply for RemotePending {
         }
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let element = loop {
-            // BLPOP blocks 1 s at a time so a dead connection is noticed.
-            let popped: Option<(String, Vec<u8>)> =
-                lock(&self.link).run("BLPOP", |c| redis::cmd("BLPOP").arg(&self.reply_key).arg(1).query(c))?;
-            if let Some((_, element)) = popped {
+            // BLMOVE onto the same list hands us the reply and keeps it there:
+            // if the connection drops before we read the answer (a Redis
+            // restart), the retry finds it again. BLPOP would have lost it.
+            // It blocks 1 s at a time so a dead connection is noticed.
+            let moved: Option<Vec<u8>> = lock(&self.link).run("BLMOVE", |c| {
+                redis::cmd("BLMOVE").arg(&self.reply_key).arg(&self.reply_key).arg("LEFT").arg("LEFT").arg(1).query(c)
+            })?;
+            if let Some(element) = moved {
+                // Best effort: the list also expires on its own.
+                let _ = lock(&self.link).run("DEL", |c| redis::cmd("DEL").arg(&self.reply_key).query::<i64>(c));
                 break element;
             }
             if Instant::now() > deadline {

@@ -5,8 +5,9 @@
 //! to a server that died unacknowledged is claimed again by another
 //! (`XAUTOCLAIM`), so requests survive a server restart and are queued while
 //! none runs. Each request carries an id and the key of a reply list the
-//! caller waits on (`BLPOP`), so a reply that arrives early is kept, not
-//! lost. A server answers, records the id as done and acknowledges in one
+//! caller waits on (`BLMOVE` onto itself, then `DEL`: a reply read on a
+//! connection that breaks stays for the retry), so a reply that arrives
+//! early, or during a Redis restart, is kept, not lost. Needs Redis ≥ 6.2. A server answers, records the id as done and acknowledges in one
 //! Lua script, and skips ids already done: a request delivered twice is
 //! handled once. Every Redis operation retries over reconnects for a bounded
 //! time, then fails the call with a typed error.
