@@ -1,6 +1,6 @@
 //! The router: resolves where a peer runs and picks the channel for a call.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::local::LocalChannel;
@@ -20,7 +20,8 @@ pub struct Router {
     embedded: OnceLock<Arc<dyn EmbeddedPeers>>,
     remote: Mutex<HashMap<String, Arc<RemoteChannel>>>,
     redis: OnceLock<Result<Arc<Mutex<RedisLink>>, String>>,
-    announced: Mutex<HashSet<(String, Mode)>>,
+    /// Per peer, the modes already logged at info (bit per mode).
+    announced: Mutex<HashMap<String, u8>>,
 }
 
 impl Router {
@@ -32,7 +33,7 @@ impl Router {
             embedded: OnceLock::new(),
             remote: Mutex::new(HashMap::new()),
             redis: OnceLock::new(),
-            announced: Mutex::new(HashSet::new()),
+            announced: Mutex::new(HashMap::new()),
         }
     }
 
@@ -140,11 +141,22 @@ impl Router {
     /// Logs the first call to each peer in each mode (later ones at debug).
     /// `target` says where the call goes (socket, module, Redis URL without password).
     fn announce(&self, peer: &str, mode: Mode, target: impl FnOnce() -> String) {
-        let first = self
-            .announced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((peer.to_owned(), mode));
+        let bit = 1u8 << mode as u8;
+        let first = {
+            let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+            // Look up by &str: no allocation once a peer is known.
+            match announced.get_mut(peer) {
+                Some(modes) if *modes & bit != 0 => false,
+                Some(modes) => {
+                    *modes |= bit;
+                    true
+                }
+                None => {
+                    announced.insert(peer.to_owned(), bit);
+                    true
+                }
+            }
+        };
         if first {
             tracing::info!(peer = %peer, mode = %mode, target = %target(), "calling peer");
         } else {
@@ -155,4 +167,79 @@ impl Router {
 
 fn lock_link(link: &Mutex<RedisLink>) -> std::sync::MutexGuard<'_, RedisLink> {
     link.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Echoes requests; records what it was asked.
+    #[derive(Default)]
+    struct FakeEmbedded {
+        calls: Mutex<Vec<(String, Vec<u8>)>>,
+    }
+
+    struct Echo(Vec<u8>);
+
+    impl PendingReply for Echo {
+        fn wait(&mut self) -> Result<usize, CallError> {
+            Ok(self.0.len())
+        }
+        fn read_into(self: Box<Self>, out: &mut [u8]) -> Result<(), CallError> {
+            out.copy_from_slice(&self.0);
+            Ok(())
+        }
+    }
+
+    impl EmbeddedPeers for FakeEmbedded {
+        fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
+            self.calls.lock().unwrap().push((peer.to_owned(), request.to_vec()));
+            Ok(Box::new(Echo(request.to_vec())))
+        }
+    }
+
+    fn router_with(annotations: &[(&str, &str)]) -> (Router, tempfile::TempDir) {
+        let run = tempfile::tempdir().unwrap();
+        let map: HashMap<String, String> = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let me = FunctionConfig::from_annotations(&map, "caller", "node").unwrap();
+        let registry = NodeRegistry::new(run.path(), "node", "ns");
+        (Router::new(me, registry), run)
+    }
+
+    #[test]
+    fn peers_outside_the_allow_list_are_forbidden() {
+        let (router, _run) = router_with(&[("cwasi.io/peers", "a,b")]);
+        assert!(matches!(router.call("c", b"x"), Err(CallError::Forbidden { .. })));
+        let (router, _run) = router_with(&[]);
+        assert!(matches!(router.call("a", b"x"), Err(CallError::Forbidden { .. })));
+    }
+
+    #[test]
+    fn embedded_peers_go_to_the_engine_and_a_forced_mode_bypasses_it() {
+        let (router, _run) = router_with(&[("cwasi.io/peers", "*"), ("cwasi.io/embed", "sha=/sha.wasm")]);
+        let fake = Arc::new(FakeEmbedded::default());
+        router.attach_embedded(fake.clone());
+        let mut pending = router.call("sha", b"bytes").unwrap();
+        assert_eq!(pending.wait().unwrap(), 5);
+        let mut out = [0u8; 5];
+        pending.read_into(&mut out).unwrap();
+        assert_eq!(&out, b"bytes");
+        assert_eq!(fake.calls.lock().unwrap().as_slice(), &[("sha".to_owned(), b"bytes".to_vec())]);
+
+        // Forced to local: nothing serves `sha` on this node and remote mode is off.
+        let (router, _run) =
+            router_with(&[("cwasi.io/peers", "*"), ("cwasi.io/embed", "sha=/sha.wasm"), ("cwasi.io/mode", "sha=local")]);
+        router.attach_embedded(fake.clone());
+        assert!(matches!(router.call("sha", b"x"), Err(CallError::UnknownPeer(_))));
+        assert_eq!(fake.calls.lock().unwrap().len(), 1, "the forced mode must not reach the engine");
+    }
+
+    #[test]
+    fn an_unknown_peer_without_remote_mode_is_unknown() {
+        let (router, _run) = router_with(&[("cwasi.io/peers", "*")]);
+        assert!(matches!(router.call("nobody", b""), Err(CallError::UnknownPeer(_))));
+    }
 }
