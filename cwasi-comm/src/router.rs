@@ -37,10 +37,6 @@ impl Router {
         }
     }
 
-    pub fn function(&self) -> &FunctionConfig {
-        &self.me
-    }
-
     /// The engine hands over the peers it runs in-process (once, at start).
     pub fn attach_embedded(&self, peers: Arc<dyn EmbeddedPeers>) {
         if self.embedded.set(peers).is_err() {

@@ -35,13 +35,6 @@ impl IncomingRequest {
         self.len() == 0
     }
 
-    pub fn caller(&self) -> &str {
-        match self {
-            IncomingRequest::Local(r) => r.caller(),
-            IncomingRequest::Remote(r) => r.caller(),
-        }
-    }
-
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
         match self {
             IncomingRequest::Local(r) => r.read_into(out),

@@ -19,7 +19,7 @@ use wasmedge_sdk::vm::SyncInst;
 use wasmedge_sdk::wasi::WasiModule;
 use wasmedge_sdk::{CallingFrame, ImportObjectBuilder, Instance, Module, Store, Vm, WasmValue};
 
-use crate::host_api::with_memory;
+use crate::host_api::{HostResult, done, ints, with_memory};
 use crate::run::{config, is_termination};
 
 pub(crate) struct WasmEdgeEmbedded {
@@ -106,16 +106,6 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
             (_, None, None) => Err(failed(peer, format!("ended with status {} before answering", wasi.exit_code()))),
         }
     }
-}
-
-type HostResult = Result<Vec<WasmValue>, CoreError>;
-
-fn ints(args: &[WasmValue]) -> Vec<i32> {
-    args.iter().map(WasmValue::to_i32).collect()
-}
-
-fn done(status: i32) -> HostResult {
-    Ok(vec![WasmValue::from_i32(status)])
 }
 
 fn to_status(result: Result<(), Status>) -> i32 {

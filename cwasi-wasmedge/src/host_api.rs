@@ -6,7 +6,7 @@ use cwasi_engine::{GuestHost, guest_abi};
 use wasmedge_sdk::error::CoreError;
 use wasmedge_sdk::{CallingFrame, ImportObject, ImportObjectBuilder, Instance, WasmValue};
 
-type HostResult = Result<Vec<WasmValue>, CoreError>;
+pub(crate) type HostResult = Result<Vec<WasmValue>, CoreError>;
 
 pub(crate) fn import_object(host: GuestHost) -> anyhow::Result<ImportObject<GuestHost>> {
     let mut builder = ImportObjectBuilder::new(abi::MODULE, host)?;
@@ -36,11 +36,11 @@ pub(crate) fn with_memory(frame: &mut CallingFrame, f: impl FnOnce(&mut [u8]) ->
     }
 }
 
-fn ints(args: &[WasmValue]) -> Vec<i32> {
+pub(crate) fn ints(args: &[WasmValue]) -> Vec<i32> {
     args.iter().map(WasmValue::to_i32).collect()
 }
 
-fn done(status: i32) -> HostResult {
+pub(crate) fn done(status: i32) -> HostResult {
     Ok(vec![WasmValue::from_i32(status)])
 }
 

@@ -18,7 +18,8 @@ const SLOT_COUNT: usize = 8;
 
 /// Calls one serving instance through shared memory.
 pub struct LocalChannel {
-    peer: String,
+    // Shared with every call in flight: no allocation per call.
+    peer: Arc<str>,
     caller: String,
     socket_path: PathBuf,
     idle: Arc<Mutex<Vec<Connection>>>,
@@ -51,7 +52,7 @@ impl Connection {
 impl LocalChannel {
     pub fn new(peer: &str, caller: &str, socket_path: PathBuf) -> Self {
         Self {
-            peer: peer.to_owned(),
+            peer: Arc::from(peer),
             caller: caller.to_owned(),
             socket_path,
             idle: Arc::new(Mutex::new(Vec::new())),
@@ -97,7 +98,7 @@ impl Channel for LocalChannel {
 struct LocalPending {
     connection: Option<Connection>,
     idle: Arc<Mutex<Vec<Connection>>>,
-    peer: String,
+    peer: Arc<str>,
     header: Option<MessageHeader>,
 }
 

@@ -81,10 +81,6 @@ impl LocalRequest {
         self.header.len == 0
     }
 
-    pub fn caller(&self) -> &str {
-        &self.connection.caller
-    }
-
     /// Copies the request into `out` (exactly `len()` bytes).
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
         let connection = &self.connection;
@@ -174,10 +170,6 @@ impl LocalListener {
         Arc::new(move || shared.doorbell.counter().bump())
     }
 
-    /// How many callers are connected (for logs and tests).
-    pub fn connections(&self) -> usize {
-        self.shared.lock_connections().len()
-    }
 }
 
 impl Drop for LocalListener {

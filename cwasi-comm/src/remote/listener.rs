@@ -46,7 +46,6 @@ pub struct RemoteListener {
 pub struct RemoteRequest {
     stream_entry: String,
     id: String,
-    caller: String,
     reply_key: String,
     body: Vec<u8>,
     /// The key a large body was kept in, dropped with the answer.
@@ -66,10 +65,6 @@ impl RemoteRequest {
 
     pub fn is_empty(&self) -> bool {
         self.body.is_empty()
-    }
-
-    pub fn caller(&self) -> &str {
-        &self.caller
     }
 
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
@@ -283,7 +278,6 @@ impl Source {
         let request = RemoteRequest {
             stream_entry: entry.stream_id,
             id,
-            caller: field_string(&fields, "caller"),
             reply_key,
             body,
             body_key,
@@ -303,10 +297,6 @@ impl Source {
             }
         }
     }
-}
-
-fn field_string(fields: &HashMap<String, Vec<u8>>, name: &str) -> String {
-    fields.get(name).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
 }
 
 fn create_group(c: &mut Connection, stream: &str) -> RedisResult<()> {
