@@ -13,6 +13,11 @@
 //! | `call_start` | `(peer_ptr, peer_len, req_ptr, req_len, handle_out_ptr) -> status` | sends the request; writes a call handle (`u32`) |
 //! | `call_wait` | `(handle, reply_len_out_ptr) -> status` | waits for the reply; writes its length (`u32`) |
 //! | `call_read` | `(handle, buf_ptr, buf_len) -> status` | copies the reply (`buf_len` must be its length) and ends the call |
+//! | `call_start_timeout` | `(peer_ptr, peer_len, req_ptr, req_len, timeout_ms, handle_out_ptr) -> status` | like `call_start`, with this call's deadline in milliseconds (`0`: the function's default) |
+//!
+//! Every call has a deadline: the per-call value, else the function's
+//! `cwasi.io/timeout`, else the node's default. Past it, `call_wait` answers
+//! [`Status::Timeout`] and a late reply is discarded.
 //!
 //! Serving (one request at a time):
 //!
@@ -31,6 +36,7 @@ pub const MODULE: &str = "cwasi";
 pub const CALL_START: &str = "call_start";
 pub const CALL_WAIT: &str = "call_wait";
 pub const CALL_READ: &str = "call_read";
+pub const CALL_START_TIMEOUT: &str = "call_start_timeout";
 pub const SERVE_NEXT: &str = "serve_next";
 pub const SERVE_READ: &str = "serve_read";
 pub const SERVE_REPLY: &str = "serve_reply";
@@ -67,6 +73,9 @@ pub enum Status {
     BadName = -12,
     /// The peer did not answer in time.
     Timeout = -13,
+    /// A function called itself: it serves one request per instance, so the
+    /// call could only wait for its own end.
+    SelfCall = -14,
 }
 
 impl Status {
@@ -74,7 +83,7 @@ impl Status {
         use Status::*;
         [
             Ok, BadPointer, Forbidden, UnknownPeer, PeerGone, TooLarge, BadHandle, Transport,
-            NotServing, PeerFailed, LengthMismatch, NoRequest, BadName, Timeout,
+            NotServing, PeerFailed, LengthMismatch, NoRequest, BadName, Timeout, SelfCall,
         ]
         .into_iter()
         .find(|s| *s as i32 == code)
@@ -96,6 +105,7 @@ impl Status {
             Status::NoRequest => "no request is being served",
             Status::BadName => "peer name is not valid UTF-8",
             Status::Timeout => "the peer did not answer in time",
+            Status::SelfCall => "a function cannot call itself",
         }
     }
 }
@@ -106,7 +116,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips() {
-        for code in -13..=0 {
+        for code in -14..=0 {
             let status = Status::from_code(code).expect("contiguous codes");
             assert_eq!(status as i32, code);
         }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,9 +18,16 @@ pub const EMBED: &str = "cwasi.io/embed";
 pub const NODE: &str = "cwasi.io/node";
 pub const REDIS: &str = "cwasi.io/redis";
 pub const MODE: &str = "cwasi.io/mode";
+pub const TIMEOUT: &str = "cwasi.io/timeout";
+pub const CONCURRENCY: &str = "cwasi.io/concurrency";
 
 /// Annotation keys cwasi understands; any other `cwasi.io/` key is a typo.
-const KNOWN: [&str; 7] = [FUNCTION, SERVE, PEERS, EMBED, NODE, REDIS, MODE];
+const KNOWN: [&str; 9] = [FUNCTION, SERVE, PEERS, EMBED, NODE, REDIS, MODE, TIMEOUT, CONCURRENCY];
+
+/// The longest deadline a function may give its calls.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The most handler instances one serving container may run.
+pub const MAX_CONCURRENCY: u32 = 64;
 
 /// A malformed `cwasi.io/*` annotation: the container refuses to start with it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,6 +109,48 @@ pub struct FunctionConfig {
     pub namespace: String,
     pub redis_url: Option<String>,
     pub forced_modes: BTreeMap<String, Mode>,
+    /// Deadline of this function's calls (`cwasi.io/timeout`); `None`: the
+    /// node's default, which the shim fills in.
+    #[serde(default, with = "optional_millis")]
+    pub call_timeout: Option<Duration>,
+    /// Handler instances a serving container runs at once (`cwasi.io/concurrency`).
+    #[serde(default = "one")]
+    pub concurrency: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Durations cross the shim/guest boundary as whole milliseconds.
+mod optional_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+/// Parses `250ms`, `30s`, `2m` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => number.checked_mul(60).map(Duration::from_secs),
+        _ => None,
+    }
 }
 
 impl FunctionConfig {
@@ -172,6 +222,20 @@ impl FunctionConfig {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let call_timeout = match get(TIMEOUT) {
+            None => None,
+            Some(text) => match parse_duration(text) {
+                Some(d) if !d.is_zero() && d <= MAX_TIMEOUT => Some(d),
+                _ => return Err(invalid(TIMEOUT, text, "expected a duration from 1ms to 60m, like 500ms, 30s or 2m")),
+            },
+        };
+        let concurrency = match get(CONCURRENCY) {
+            None => 1,
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => n,
+                _ => return Err(invalid(CONCURRENCY, text, "expected a whole number from 1 to 64")),
+            },
+        };
         Ok(FunctionConfig {
             name,
             serve,
@@ -181,6 +245,8 @@ impl FunctionConfig {
             namespace: "default".to_owned(),
             redis_url,
             forced_modes,
+            call_timeout,
+            concurrency,
         })
     }
 }
@@ -247,6 +313,8 @@ mod tests {
             (NODE, "edge-1"),
             (REDIS, "redis://:pw@10.0.0.1:6379"),
             (MODE, "sha256=local,resize=remote"),
+            (TIMEOUT, "1500ms"),
+            (CONCURRENCY, "4"),
         ])
         .unwrap();
         assert_eq!(cfg.name, "producer");
@@ -257,6 +325,24 @@ mod tests {
         assert_eq!(cfg.redis_url.as_deref(), Some("redis://:pw@10.0.0.1:6379"));
         assert_eq!(cfg.forced_modes["sha256"], Mode::Local);
         assert_eq!(cfg.forced_modes["resize"], Mode::Remote);
+        assert_eq!(cfg.call_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(cfg.concurrency, 4);
+    }
+
+    #[test]
+    fn durations_need_a_unit_and_stay_in_range() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("30"), None);
+        assert_eq!(parse_duration("1.5s"), None);
+        for bad in ["0s", "61m", "soon", "-1s", ""] {
+            assert!(parse(&[(TIMEOUT, bad)]).is_err(), "{bad}");
+        }
+        for bad in ["0", "65", "four", "-1"] {
+            assert!(parse(&[(CONCURRENCY, bad)]).is_err(), "{bad}");
+        }
+        let cfg = parse(&[]).unwrap();
+        assert_eq!((cfg.call_timeout, cfg.concurrency), (None, 1));
     }
 
     #[test]

@@ -1,3 +1,5 @@
+use std::time::Instant;
+
 use crate::{CallError, Mode};
 
 /// One way of reaching one peer. The router picks a channel per call.
@@ -5,8 +7,8 @@ pub trait Channel: Send + Sync {
     fn mode(&self) -> Mode;
 
     /// Sends `request` (read straight from the caller's memory) and returns
-    /// the call in flight.
-    fn send(&self, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError>;
+    /// the call in flight, which ends with [`CallError::Timeout`] at `deadline`.
+    fn send(&self, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError>;
 }
 
 /// A call whose request was sent.

@@ -22,6 +22,12 @@ pub enum CallError {
     Timeout(String),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error("function {0:?} called itself: an instance serves one request at a time, so it would wait for its own end")]
+    SelfCall(String),
+    /// The serving instance went away before it took the request, which
+    /// comes back intact: the router sends it to another instance.
+    #[error("{peer} went away before taking the request")]
+    NotDelivered { peer: String, request: Vec<u8> },
     #[error("transport: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -31,7 +37,8 @@ impl CallError {
         match self {
             CallError::Forbidden { .. } => Status::Forbidden,
             CallError::UnknownPeer(_) | CallError::Unreachable(_) => Status::UnknownPeer,
-            CallError::PeerGone(_) => Status::PeerGone,
+            CallError::PeerGone(_) | CallError::NotDelivered { .. } => Status::PeerGone,
+            CallError::SelfCall(_) => Status::SelfCall,
             CallError::TooLarge(_) => Status::TooLarge,
             CallError::PeerFailed(_) => Status::PeerFailed,
             CallError::Timeout(_) => Status::Timeout,

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cwasi_abi::Status;
 
@@ -11,16 +12,15 @@ use crate::{CallError, FunctionServer, IncomingRequest, PendingReply, Router};
 /// Per-guest state behind the `cwasi` imports.
 pub struct GuestHost {
     router: Arc<Router>,
-    server: Option<FunctionServer>,
+    server: Option<Arc<FunctionServer>>,
     calls: HashMap<u32, Box<dyn PendingReply>>,
     next_handle: u32,
     current: Option<IncomingRequest>,
 }
 
-
-
 impl GuestHost {
-    pub fn new(router: Arc<Router>, server: Option<FunctionServer>) -> Self {
+    /// `server` is shared by every handler instance of a serving container.
+    pub fn new(router: Arc<Router>, server: Option<Arc<FunctionServer>>) -> Self {
         Self { router, server, calls: HashMap::new(), next_handle: 1, current: None }
     }
 
@@ -28,9 +28,11 @@ impl GuestHost {
         &self.router
     }
 
-    pub fn call_start(&mut self, peer: &[u8], request: &[u8]) -> Result<u32, Status> {
+    /// Starts a call; `timeout` overrides the function's deadline.
+    pub fn call_start(&mut self, peer: &[u8], request: &[u8], timeout: Option<Duration>) -> Result<u32, Status> {
         let peer = std::str::from_utf8(peer).map_err(|_| Status::BadName)?;
-        let pending = self.router.call(peer, request).map_err(|e| self.report("call", peer, e))?;
+        let deadline = self.router.deadline(timeout);
+        let pending = self.router.call(peer, request, deadline).map_err(|e| self.report("call", peer, e))?;
         let handle = self.next_handle;
         self.next_handle = self.next_handle.checked_add(1).unwrap_or(1);
         self.calls.insert(handle, pending);
@@ -98,7 +100,7 @@ impl GuestHost {
     fn report(&self, what: &str, peer: &str, error: CallError) -> Status {
         let status = error.status();
         match status {
-            Status::Forbidden | Status::UnknownPeer => tracing::warn!(peer = %peer, "{what} failed: {error}"),
+            Status::Forbidden | Status::UnknownPeer | Status::SelfCall => tracing::warn!(peer = %peer, "{what} failed: {error}"),
             _ => tracing::info!(peer = %peer, "{what} failed: {error}"),
         }
         status

@@ -31,7 +31,7 @@ pub use channel::{Channel, EmbeddedPeers, PendingReply};
 pub use error::CallError;
 pub use guest_host::GuestHost;
 pub use registry::{NodeRegistry, Registration};
-pub use router::Router;
+pub use router::{DEFAULT_CALL_TIMEOUT, Router};
 pub use server::{FunctionServer, IncomingRequest};
 
 /// The largest payload cwasi carries (guest lengths are 32-bit).

@@ -1,7 +1,9 @@
 //! The serving side of a function: its registration and request sources.
 
 use std::io;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::local::{LocalListener, LocalRequest};
 use crate::remote::{RemoteListener, RemoteRequest};
@@ -9,25 +11,49 @@ use crate::{CallError, FunctionConfig, NodeRegistry, Registration};
 
 /// A function that serves calls (`cwasi.io/serve: "true"`): from this node
 /// through shared memory and from other nodes through Redis, both fed to the
-/// one guest handler.
+/// guest's handler instances (`cwasi.io/concurrency`), which share it.
+///
+/// On [`FunctionServer::drain`] (the container is asked to stop) it leaves
+/// the node registry, takes no new request and waits for the ones being
+/// handled: requests still queued are never taken, so their callers send
+/// them to another instance.
 pub struct FunctionServer {
     // Field order matters: stop listening before the registration disappears.
     remote: Option<RemoteListener>,
     local: LocalListener,
-    _registration: Registration,
+    registration: Mutex<Option<Registration>>,
+    /// `true` once draining; taking a request holds this lock, so no request
+    /// is taken after `drain` set it.
+    draining: Mutex<bool>,
+    /// Requests taken and not yet answered.
+    active: Arc<AtomicUsize>,
 }
 
 /// A request being served.
-pub enum IncomingRequest {
+pub struct IncomingRequest {
+    source: Source,
+    _active: ActiveRequest,
+}
+
+enum Source {
     Local(LocalRequest),
     Remote(RemoteRequest),
 }
 
+/// Counts a request as being handled for as long as it lives.
+struct ActiveRequest(Arc<AtomicUsize>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl IncomingRequest {
     pub fn len(&self) -> u64 {
-        match self {
-            IncomingRequest::Local(r) => r.len(),
-            IncomingRequest::Remote(r) => r.len(),
+        match &self.source {
+            Source::Local(r) => r.len(),
+            Source::Remote(r) => r.len(),
         }
     }
 
@@ -36,23 +62,23 @@ impl IncomingRequest {
     }
 
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
-        match self {
-            IncomingRequest::Local(r) => r.read_into(out),
-            IncomingRequest::Remote(r) => r.read_into(out),
+        match &self.source {
+            Source::Local(r) => r.read_into(out),
+            Source::Remote(r) => r.read_into(out),
         }
     }
 
     pub fn reply(self, reply: &[u8]) -> Result<(), CallError> {
-        match self {
-            IncomingRequest::Local(r) => r.reply(reply),
-            IncomingRequest::Remote(r) => r.reply(reply),
+        match self.source {
+            Source::Local(r) => r.reply(reply),
+            Source::Remote(r) => r.reply(reply),
         }
     }
 
     pub fn fail(self, message: &str) -> Result<(), CallError> {
-        match self {
-            IncomingRequest::Local(r) => r.fail(message),
-            IncomingRequest::Remote(r) => r.fail(message),
+        match self.source {
+            Source::Local(r) => r.fail(message),
+            Source::Remote(r) => r.fail(message),
         }
     }
 }
@@ -78,20 +104,58 @@ impl FunctionServer {
             socket = %registration.socket_path().display(),
             "serving"
         );
-        Ok(Self { remote, local, _registration: registration })
+        Ok(Self {
+            remote,
+            local,
+            registration: Mutex::new(Some(registration)),
+            draining: Mutex::new(false),
+            active: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
-    /// Blocks until the next request arrives, from either source.
+    /// Blocks until the next request arrives, from either source (forever
+    /// once draining).
     pub fn next_request(&self) -> IncomingRequest {
         loop {
             let seen = self.local.activity();
-            if let Some(remote) = self.remote.as_ref().and_then(RemoteListener::take) {
-                return IncomingRequest::Remote(remote);
-            }
-            if let Some(local) = self.local.take_request() {
-                return IncomingRequest::Local(local);
+            if let Some(request) = self.take() {
+                return request;
             }
             self.local.wait_for_activity(seen, Duration::from_secs(1));
+        }
+    }
+
+    fn take(&self) -> Option<IncomingRequest> {
+        let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        if *draining {
+            return None;
+        }
+        let source = match self.remote.as_ref().and_then(RemoteListener::take) {
+            Some(remote) => Source::Remote(remote),
+            None => Source::Local(self.local.take_request()?),
+        };
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Some(IncomingRequest { source, _active: ActiveRequest(self.active.clone()) })
+    }
+
+    /// Stops serving gracefully: leaves the registry, takes no new request,
+    /// and waits up to `patience` for the requests being handled and the
+    /// replies being delivered. True when nothing was left unfinished.
+    pub fn drain(&self, patience: Duration) -> bool {
+        *self.draining.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        // New callers stop finding this instance.
+        drop(self.registration.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let give_up = Instant::now() + patience;
+        loop {
+            let busy = self.active.load(Ordering::Acquire) + self.local.replies_in_delivery();
+            if busy == 0 {
+                return true;
+            }
+            if Instant::now() >= give_up {
+                tracing::warn!(busy, "stopping with requests unfinished");
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

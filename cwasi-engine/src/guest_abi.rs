@@ -2,6 +2,8 @@
 //! an engine hands over the guest's memory as one slice and the raw `i32`
 //! arguments, and gets back the status code to return to the guest.
 
+use std::time::Duration;
+
 use cwasi_abi::Status;
 
 use crate::GuestHost;
@@ -15,8 +17,43 @@ fn status(result: Result<(), Status>) -> i32 {
 }
 
 pub fn call_start(host: &mut GuestHost, memory: &mut [u8], peer: i32, peer_len: i32, req: i32, req_len: i32, handle_out: i32) -> i32 {
+    start(host, memory, peer, peer_len, req, req_len, None, handle_out)
+}
+
+/// `call_start` with the call's own deadline; `0` ms means the function's.
+#[allow(clippy::too_many_arguments)] // the import's signature
+pub fn call_start_timeout(
+    host: &mut GuestHost,
+    memory: &mut [u8],
+    peer: i32,
+    peer_len: i32,
+    req: i32,
+    req_len: i32,
+    timeout_ms: i32,
+    handle_out: i32,
+) -> i32 {
+    let timeout = match timeout_ms as u32 {
+        0 => None,
+        ms => Some(Duration::from_millis(u64::from(ms))),
+    };
+    start(host, memory, peer, peer_len, req, req_len, timeout, handle_out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start(
+    host: &mut GuestHost,
+    memory: &mut [u8],
+    peer: i32,
+    peer_len: i32,
+    req: i32,
+    req_len: i32,
+    timeout: Option<Duration>,
+    handle_out: i32,
+) -> i32 {
     status((|| {
-        let handle = host.call_start(guest_slice(memory, peer, peer_len)?, guest_slice(memory, req, req_len)?)?;
+        // Check the out-pointer before sending anything.
+        guest_slice(memory, handle_out, 4)?;
+        let handle = host.call_start(guest_slice(memory, peer, peer_len)?, guest_slice(memory, req, req_len)?, timeout)?;
         write_u32(memory, handle_out, handle)
     })())
 }

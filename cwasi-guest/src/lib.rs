@@ -13,6 +13,7 @@
 //! Redis across nodes); the guest code is the same for all of them.
 
 use std::fmt;
+use std::time::Duration;
 
 pub use cwasi_abi::Status;
 
@@ -22,6 +23,14 @@ mod sys {
         pub fn call_start(peer: *const u8, peer_len: usize, req: *const u8, req_len: usize, handle: *mut u32) -> i32;
         pub fn call_wait(handle: u32, reply_len: *mut u32) -> i32;
         pub fn call_read(handle: u32, buf: *mut u8, buf_len: usize) -> i32;
+        pub fn call_start_timeout(
+            peer: *const u8,
+            peer_len: usize,
+            req: *const u8,
+            req_len: usize,
+            timeout_ms: u32,
+            handle: *mut u32,
+        ) -> i32;
         pub fn serve_next(req_len: *mut u32) -> i32;
         pub fn serve_read(buf: *mut u8, buf_len: usize) -> i32;
         pub fn serve_reply(buf: *const u8, buf_len: usize) -> i32;
@@ -71,6 +80,18 @@ impl Call {
         Ok(Call { handle })
     }
 
+    /// Like [`Call::start`], with a deadline for this call: past `timeout`
+    /// (at least 1 ms), [`Call::finish`] returns [`Status::Timeout`].
+    pub fn start_with_timeout(peer: &str, request: &[u8], timeout: Duration) -> Result<Call, Error> {
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
+        let mut handle = 0u32;
+        // SAFETY: as in `start`.
+        check(unsafe {
+            sys::call_start_timeout(peer.as_ptr(), peer.len(), request.as_ptr(), request.len(), ms, &mut handle)
+        })?;
+        Ok(Call { handle })
+    }
+
     /// Waits for the reply and returns it.
     pub fn finish(self) -> Result<Vec<u8>, Error> {
         let mut len = 0u32;
@@ -89,6 +110,11 @@ impl Call {
 /// Calls `peer` with `request` and returns its reply.
 pub fn call(peer: &str, request: &[u8]) -> Result<Vec<u8>, Error> {
     Call::start(peer, request)?.finish()
+}
+
+/// Calls `peer` with `request`; gives up with [`Status::Timeout`] after `timeout`.
+pub fn call_with_timeout(peer: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>, Error> {
+    Call::start_with_timeout(peer, request, timeout)?.finish()
 }
 
 /// Calls several peers at once (fan-out) and collects their replies in order.

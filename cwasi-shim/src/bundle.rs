@@ -14,6 +14,8 @@ use oci_spec::runtime::{Mount, Spec};
 pub struct ShimSettings {
     pub cache_dir: PathBuf,
     pub redis_url: Option<String>,
+    /// Deadline of calls when `cwasi.io/timeout` gives none.
+    pub call_timeout: std::time::Duration,
 }
 
 /// CRI marks a pod's sandbox ("pause") container with this annotation.
@@ -78,6 +80,7 @@ pub fn load(bundle: &Path, containerd_namespace: &str, settings: &ShimSettings) 
     if function.redis_url.is_none() {
         function.redis_url = settings.redis_url.clone();
     }
+    function.call_timeout.get_or_insert(settings.call_timeout);
 
     let mut preopens = vec![Preopen {
         host_path: rootfs.clone(),

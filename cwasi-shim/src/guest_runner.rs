@@ -15,6 +15,8 @@ use cwasi_comm::{FunctionConfig, FunctionServer, GuestHost, NodeRegistry, Router
 use cwasi_engine::{Engine, GuestExit, GuestSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::instances;
+
 pub const SUBCOMMAND: &str = "__cwasi-run-guest";
 const LAUNCH_ENV: &str = "CWASI_GUEST_LAUNCH";
 /// The shim's log FIFO: guest-process logs join the shim's in containerd's log.
@@ -79,8 +81,8 @@ pub fn main() -> i32 {
         function = %launch.function.name
     )
     .entered();
-    let status = match guest_host(&launch) {
-        Ok(host) => run(&launch.guest, host),
+    let status = match guest_hosts(&launch) {
+        Ok(hosts) => instances::run_all(&launch.guest, hosts, run),
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("cwasi: {e:#}");
@@ -91,19 +93,24 @@ pub fn main() -> i32 {
     status
 }
 
-/// Connects the guest to its peers: the router for its calls and, for a
-/// serving function, its registration on this node.
-fn guest_host(launch: &GuestLaunch) -> anyhow::Result<GuestHost> {
+/// Connects each handler instance to its peers: a router for its calls and,
+/// for a serving function, the function's one registration on this node.
+/// Also makes a stop signal drain the function first.
+fn guest_hosts(launch: &GuestLaunch) -> anyhow::Result<Vec<GuestHost>> {
     let function = &launch.function;
     let registry = NodeRegistry::new(&launch.run_dir, &function.node, &function.namespace);
     let server = if function.serve {
-        Some(FunctionServer::start(function, &registry, function.redis_url.as_deref()).with_context(|| {
+        Some(Arc::new(FunctionServer::start(function, &registry, function.redis_url.as_deref()).with_context(|| {
             format!("registering {} on node {} in {}", function.name, function.node, launch.run_dir.display())
-        })?)
+        })?))
     } else {
         None
     };
-    Ok(GuestHost::new(Arc::new(Router::new(function.clone(), registry)), server))
+    instances::handle_stop_signals(server.clone()).context("handling stop signals")?;
+    let count = if function.serve { function.concurrency.max(1) } else { 1 };
+    Ok((0..count)
+        .map(|_| GuestHost::new(Arc::new(Router::new(function.clone(), registry.clone())), server.clone()))
+        .collect())
 }
 
 fn run(guest: &GuestSpec, host: GuestHost) -> i32 {

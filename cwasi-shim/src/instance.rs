@@ -28,7 +28,11 @@ impl Instance for CwasiInstance {
         let workload = bundle::load(
             &cfg.bundle,
             &cfg.namespace,
-            &bundle::ShimSettings { cache_dir: settings::cache_dir(), redis_url: settings::redis_url() },
+            &bundle::ShimSettings {
+                cache_dir: settings::cache_dir(),
+                redis_url: settings::redis_url(),
+                call_timeout: settings::call_timeout(),
+            },
         )
             .map_err(|e| Error::InvalidArgument(format!("container {id}: {e:#}")))?;
         match &workload {

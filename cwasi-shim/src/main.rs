@@ -6,6 +6,7 @@ mod bundle;
 mod guest_process;
 mod guest_runner;
 mod instance;
+mod instances;
 mod settings;
 
 use containerd_shimkit::sandbox::cli::shim_main;

@@ -34,3 +34,15 @@ pub fn redis_url() -> Option<String> {
         _ => Some(cwasi_comm::remote::DEFAULT_REDIS_URL.to_owned()),
     }
 }
+
+/// The deadline of calls whose function has no `cwasi.io/timeout` and whose
+/// guest gives none, in milliseconds.
+pub const CALL_TIMEOUT_ENV: &str = "CWASI_CALL_TIMEOUT_MS";
+
+pub fn call_timeout() -> std::time::Duration {
+    std::env::var(CALL_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(cwasi_comm::DEFAULT_CALL_TIMEOUT, std::time::Duration::from_millis)
+}

@@ -4,6 +4,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::handshake;
 use super::listener::{MAX_FAILURE_MESSAGE, STATUS_HANDLER_FAILED, hung_up};
@@ -41,11 +42,25 @@ impl Connection {
         Ok(Self { socket, segment, doorbell })
     }
 
-    fn check_alive(&self, peer: &str) -> Result<(), CallError> {
+    /// What every wait of a call checks: the deadline, then the peer.
+    fn check(&self, peer: &str, deadline: Instant) -> Result<(), CallError> {
+        if Instant::now() >= deadline {
+            return Err(CallError::Timeout(format!("{peer} did not answer by the call's deadline")));
+        }
         if hung_up(&self.socket) {
             return Err(CallError::PeerGone(peer.to_owned()));
         }
         Ok(())
+    }
+
+    /// After the peer vanished: was the request still untouched? Then it never
+    /// reached a handler and may go to another instance.
+    fn undelivered(&self, start: u32) -> Option<Vec<u8>> {
+        let ring = self.segment.request();
+        if ring.was_taken() {
+            return None;
+        }
+        ring.unconsumed_message(start)
     }
 }
 
@@ -78,19 +93,32 @@ impl Channel for LocalChannel {
         Mode::Local
     }
 
-    fn send(&self, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
+    fn send(&self, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
         let connection = self.connection()?;
-        connection.segment.request().send(
+        let ring = connection.segment.request();
+        let start = ring.head();
+        ring.clear_taken();
+        let sent = ring.send(
             request,
             0,
-            &mut || connection.check_alive(&self.peer),
+            &mut || connection.check(&self.peer, deadline),
             || connection.doorbell.counter().bump(),
-        )?;
+        );
+        match sent {
+            Ok(()) => {}
+            // Nobody took it: the caller still has the bytes; try elsewhere.
+            Err(CallError::PeerGone(_)) if !ring.was_taken() => {
+                return Err(CallError::Unreachable(format!("{} went away before taking the request", self.peer)));
+            }
+            Err(e) => return Err(e),
+        }
         Ok(Box::new(LocalPending {
             connection: Some(connection),
             idle: self.idle.clone(),
             peer: self.peer.clone(),
             header: None,
+            start,
+            deadline,
         }))
     }
 }
@@ -100,14 +128,35 @@ struct LocalPending {
     idle: Arc<Mutex<Vec<Connection>>>,
     peer: Arc<str>,
     header: Option<MessageHeader>,
+    /// Where the request starts in the request ring.
+    start: u32,
+    deadline: Instant,
 }
 
 impl LocalPending {
     fn release(&mut self) {
         // Only a connection whose call completed cleanly is reused; any other
-        // is dropped, which closes the socket and tells the server.
+        // is dropped, which closes the socket and tells the server (a late
+        // reply then goes nowhere).
         if let Some(connection) = self.connection.take() {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(connection);
+        }
+    }
+
+    fn connection(&self) -> Result<&Connection, CallError> {
+        self.connection.as_ref().ok_or_else(|| CallError::Protocol("call already finished".into()))
+    }
+
+    /// Ends the call on an error; hands back a request that never reached
+    /// the peer so that the router can send it elsewhere.
+    fn fail(&mut self, error: CallError) -> CallError {
+        let connection = self.connection.take();
+        match (error, connection) {
+            (CallError::PeerGone(peer), Some(connection)) => match connection.undelivered(self.start) {
+                Some(request) => CallError::NotDelivered { peer, request },
+                None => CallError::PeerGone(peer),
+            },
+            (error, _) => error,
         }
     }
 }
@@ -117,20 +166,26 @@ impl PendingReply for LocalPending {
         if let Some(header) = self.header {
             return Ok(header.len as usize);
         }
-        let connection = self.connection.as_ref().ok_or_else(|| CallError::Protocol("call already finished".into()))?;
+        let connection = self.connection()?;
+        let (peer, deadline) = (&*self.peer, self.deadline);
         let ring = connection.segment.reply();
-        let header = ring.wait_message(&mut || connection.check_alive(&self.peer))?;
+        let header = match ring.wait_message(&mut || connection.check(peer, deadline)) {
+            Ok(header) => header,
+            Err(e) => return Err(self.fail(e)),
+        };
         if header.status == STATUS_HANDLER_FAILED {
             if header.len > MAX_FAILURE_MESSAGE as u64 {
-                return Err(CallError::Protocol("oversized failure message".into()));
+                return Err(self.fail(CallError::Protocol("oversized failure message".into())));
             }
             let mut message = vec![0u8; header.len as usize];
-            ring.recv_into(&mut message, &mut || connection.check_alive(&self.peer))?;
+            if let Err(e) = ring.recv_into(&mut message, &mut || connection.check(peer, deadline)) {
+                return Err(self.fail(e));
+            }
             self.release();
             return Err(CallError::PeerFailed(String::from_utf8_lossy(&message).into_owned()));
         }
         if header.status != 0 || header.len > MAX_PAYLOAD {
-            return Err(CallError::Protocol(format!("bad reply header {header:?}")));
+            return Err(self.fail(CallError::Protocol(format!("bad reply header {header:?}"))));
         }
         self.header = Some(header);
         Ok(header.len as usize)
@@ -141,11 +196,11 @@ impl PendingReply for LocalPending {
         if out.len() != len {
             return Err(CallError::Protocol(format!("reply is {len} bytes, buffer {}", out.len())));
         }
-        let connection = self.connection.as_ref().ok_or_else(|| CallError::Protocol("call already finished".into()))?;
-        connection
-            .segment
-            .reply()
-            .recv_into(out, &mut || connection.check_alive(&self.peer))?;
+        let connection = self.connection()?;
+        let (peer, deadline) = (&*self.peer, self.deadline);
+        if let Err(e) = connection.segment.reply().recv_into(out, &mut || connection.check(peer, deadline)) {
+            return Err(self.fail(e));
+        }
         self.release();
         Ok(())
     }

@@ -1,5 +1,13 @@
 //! The serving side of local mode: accepts callers, watches their sockets,
-//! and hands their requests to the guest thread one at a time.
+//! and hands their requests to the guest's handler threads.
+//!
+//! A handler never waits on a caller that does not read its reply: when a
+//! reply does not fit the ring and the caller takes no slot for
+//! [`REPLY_PATIENCE`], the rest is copied aside and a pump thread delivers
+//! it while the handler serves the next request. That is what lets a caller
+//! keep several large calls in flight to one function (it may still be
+//! sending request 2 while reply 1 waits), and what keeps a caller that never
+//! reads from stalling everyone else.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -15,7 +23,7 @@ use nix::sys::socket::{
 };
 
 use super::handshake;
-use super::ring::MessageHeader;
+use super::ring::{MessageHeader, Sent};
 use super::segment::{Doorbell, Segment};
 use crate::{CallError, MAX_PAYLOAD};
 
@@ -23,6 +31,10 @@ use crate::{CallError, MAX_PAYLOAD};
 pub(crate) const STATUS_HANDLER_FAILED: u32 = 1;
 /// Longest failure message carried back to a caller.
 pub(crate) const MAX_FAILURE_MESSAGE: usize = 4096;
+/// How long a handler waits for a caller to take reply slots before it
+/// leaves the rest of the reply to a pump thread. A reading caller frees a
+/// 256 KiB slot in tens of microseconds.
+const REPLY_PATIENCE: Duration = Duration::from_millis(2);
 
 /// Listens on a Unix socket for callers on this node.
 pub struct LocalListener {
@@ -37,6 +49,8 @@ struct Shared {
     connections: Mutex<Vec<Arc<Connection>>>,
     next_scan: AtomicUsize,
     stop: AtomicBool,
+    /// Replies being delivered by pump threads.
+    pumps: AtomicUsize,
 }
 
 struct Connection {
@@ -69,6 +83,7 @@ pub(crate) fn hung_up(socket: &OwnedFd) -> bool {
 /// A request taken by the guest; reply (or fail) to finish it.
 pub struct LocalRequest {
     connection: Arc<Connection>,
+    shared: Arc<Shared>,
     header: MessageHeader,
 }
 
@@ -100,13 +115,52 @@ impl LocalRequest {
 
     fn send(self, data: &[u8], status: u32) -> Result<(), CallError> {
         let connection = &self.connection;
-        let result = connection
-            .segment
-            .reply()
-            .send(data, status, &mut || connection.check_alive(), || {});
-        let result = self.mark_broken_on_error(result);
-        connection.busy.store(false, Ordering::Release);
-        result
+        let sent = connection.segment.reply().send_patiently(
+            data,
+            status,
+            &mut || connection.check_alive(),
+            || {},
+            Some(REPLY_PATIENCE),
+        );
+        match sent {
+            Ok(Sent::All) => {
+                connection.busy.store(false, Ordering::Release);
+                Ok(())
+            }
+            Ok(Sent::Stalled(done)) => {
+                self.pump(data[done..].to_vec());
+                Ok(())
+            }
+            Err(e) => {
+                connection.gone.store(true, Ordering::Release);
+                connection.busy.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
+    /// Delivers the rest of a reply from a thread of its own; the connection
+    /// stays busy (takes no new request) until the caller has it all.
+    fn pump(self, rest: Vec<u8>) {
+        let shared = self.shared.clone();
+        shared.pumps.fetch_add(1, Ordering::AcqRel);
+        let connection = self.connection.clone();
+        let deliver = move || {
+            if connection.segment.reply().send_rest(&rest, &mut || connection.check_alive()).is_err() {
+                connection.gone.store(true, Ordering::Release);
+            }
+            connection.busy.store(false, Ordering::Release);
+            shared.pumps.fetch_sub(1, Ordering::AcqRel);
+            // The connection may carry a request that waited for it.
+            shared.doorbell.counter().bump();
+        };
+        if let Err(e) = std::thread::Builder::new().name("cwasi-reply-pump".into()).spawn(deliver) {
+            // Without a thread the caller cannot get the rest: end its call.
+            tracing::warn!(error = %e, "cannot start a reply pump; dropping the caller");
+            self.connection.gone.store(true, Ordering::Release);
+            self.connection.busy.store(false, Ordering::Release);
+            self.shared.pumps.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn mark_broken_on_error(&self, result: Result<(), CallError>) -> Result<(), CallError> {
@@ -137,6 +191,7 @@ impl LocalListener {
             connections: Mutex::new(Vec::new()),
             next_scan: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            pumps: AtomicUsize::new(0),
         });
         let poller = {
             let shared = shared.clone();
@@ -170,6 +225,10 @@ impl LocalListener {
         Arc::new(move || shared.doorbell.counter().bump())
     }
 
+    /// Replies still being delivered by pump threads.
+    pub fn replies_in_delivery(&self) -> usize {
+        self.shared.pumps.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for LocalListener {
@@ -187,7 +246,7 @@ impl Shared {
     }
 
     /// Finds a connection with a request waiting, fairly (round robin).
-    fn take_request(&self) -> Option<LocalRequest> {
+    fn take_request(self: &Arc<Self>) -> Option<LocalRequest> {
         let connections = self.lock_connections();
         let count = connections.len();
         let start = self.next_scan.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +267,8 @@ impl Shared {
                 }
             };
             connection.busy.store(true, Ordering::Release);
-            return Some(LocalRequest { connection: connection.clone(), header });
+            connection.segment.request().mark_taken();
+            return Some(LocalRequest { connection: connection.clone(), shared: self.clone(), header });
         }
         None
     }

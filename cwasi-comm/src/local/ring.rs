@@ -10,7 +10,7 @@
 
 use std::ptr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::segment::RingControl;
 use crate::CallError;
@@ -32,6 +32,22 @@ pub(crate) struct MessageHeader {
     pub(crate) status: u32,
 }
 
+/// How far a patient send got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// The whole message is in the ring.
+    All,
+    /// The consumer stopped taking slots; this many bytes are in the ring and
+    /// the rest must follow with [`Ring::send_rest`].
+    Stalled(usize),
+}
+
+/// Why waiting for a free slot ended early.
+enum SlotWait {
+    Failed(CallError),
+    Stalled,
+}
+
 impl<'a> Ring<'a> {
     pub(crate) fn new(ctl: &'a RingControl, data: *mut u8, slot_bytes: usize, slot_count: usize) -> Self {
         Self { ctl, data, slot_bytes, slot_count }
@@ -44,41 +60,151 @@ impl<'a> Ring<'a> {
         msg: &[u8],
         status: u32,
         check: &mut dyn FnMut() -> Result<(), CallError>,
-        mut after_first_slot: impl FnMut(),
+        after_first_slot: impl FnMut(),
     ) -> Result<(), CallError> {
-        let n = self.slot_count as u32;
-        let mut head = self.ctl.head.value.load(Ordering::Relaxed);
+        self.send_patiently(msg, status, check, after_first_slot, None).map(|_| ())
+    }
+
+    /// Like [`Ring::send`], but when the consumer takes no slot for
+    /// `patience`, returns how much it sent instead of waiting on.
+    pub(crate) fn send_patiently(
+        &self,
+        msg: &[u8],
+        status: u32,
+        check: &mut dyn FnMut() -> Result<(), CallError>,
+        after_first_slot: impl FnMut(),
+        patience: Option<Duration>,
+    ) -> Result<Sent, CallError> {
         self.ctl.meta.msg_len.store(msg.len() as u64, Ordering::Relaxed);
         self.ctl.meta.status.store(status, Ordering::Relaxed);
-        let mut chunks = msg.chunks(self.slot_bytes);
-        let mut first = true;
-        loop {
-            let chunk: &[u8] = match chunks.next() {
-                Some(chunk) => chunk,
-                // An empty message still takes one (empty) slot.
-                None if first => &[],
-                None => return Ok(()),
+        if msg.is_empty() {
+            // An empty message still takes one (empty) slot.
+            return match self.push(&[], check, Some(after_first_slot), patience) {
+                Ok(_) => Ok(Sent::All),
+                Err(SlotWait::Stalled) => Ok(Sent::Stalled(0)),
+                Err(SlotWait::Failed(e)) => Err(e),
             };
-            self.ctl
-                .tail
-                .wait_until(|tail| head.wrapping_sub(tail) < n, LIVENESS_TICK, &mut *check)?;
-            let slot = (head % n) as usize;
-            // SAFETY: slot < slot_count and chunk.len() <= slot_bytes, so the
-            // destination lies inside this ring's slots (geometry validated
-            // when the segment was mapped). The slot is free: the consumer
-            // reads it only after `head` is published below. `chunk` is our
-            // own memory, never part of the mapping.
-            unsafe {
-                ptr::copy_nonoverlapping(chunk.as_ptr(), self.data.add(slot * self.slot_bytes), chunk.len());
-            }
-            self.ctl.meta.slot_len[slot].store(chunk.len() as u32, Ordering::Relaxed);
-            head = head.wrapping_add(1);
-            self.ctl.head.publish(head);
-            if first {
-                after_first_slot();
-                first = false;
+        }
+        self.push_all(msg, check, after_first_slot, patience)
+    }
+
+    /// Sends the rest of a message that [`Ring::send_patiently`] left stalled.
+    pub(crate) fn send_rest(&self, rest: &[u8], check: &mut dyn FnMut() -> Result<(), CallError>) -> Result<(), CallError> {
+        if rest.is_empty() {
+            // A stalled empty message never got its slot.
+            return match self.push(&[], check, None::<fn()>, None) {
+                Ok(_) => Ok(()),
+                Err(SlotWait::Failed(e)) => Err(e),
+                Err(SlotWait::Stalled) => unreachable!("no patience, no stall"),
+            };
+        }
+        match self.push_all(rest, check, || {}, None)? {
+            Sent::All => Ok(()),
+            Sent::Stalled(_) => unreachable!("no patience, no stall"),
+        }
+    }
+
+    fn push_all(
+        &self,
+        msg: &[u8],
+        check: &mut dyn FnMut() -> Result<(), CallError>,
+        after_first_slot: impl FnMut(),
+        patience: Option<Duration>,
+    ) -> Result<Sent, CallError> {
+        let mut sent = 0;
+        let mut after_first_slot = Some(after_first_slot);
+        for chunk in msg.chunks(self.slot_bytes) {
+            match self.push(chunk, check, after_first_slot.take(), patience) {
+                Ok(()) => sent += chunk.len(),
+                Err(SlotWait::Stalled) => return Ok(Sent::Stalled(sent)),
+                Err(SlotWait::Failed(e)) => return Err(e),
             }
         }
+        Ok(Sent::All)
+    }
+
+    /// Copies one chunk into the next free slot and publishes it.
+    fn push(
+        &self,
+        chunk: &[u8],
+        check: &mut dyn FnMut() -> Result<(), CallError>,
+        after_publish: Option<impl FnMut()>,
+        patience: Option<Duration>,
+    ) -> Result<(), SlotWait> {
+        let n = self.slot_count as u32;
+        let head = self.ctl.head.value.load(Ordering::Relaxed);
+        let give_up = patience.map(|p| Instant::now() + p);
+        let tick = patience.map_or(LIVENESS_TICK, |p| p.min(LIVENESS_TICK));
+        self.ctl.tail.wait_until(
+            |tail| head.wrapping_sub(tail) < n,
+            tick,
+            || {
+                check().map_err(SlotWait::Failed)?;
+                match give_up {
+                    Some(at) if Instant::now() >= at => Err(SlotWait::Stalled),
+                    _ => Ok(()),
+                }
+            },
+        )?;
+        let slot = (head % n) as usize;
+        // SAFETY: slot < slot_count and chunk.len() <= slot_bytes, so the
+        // destination lies inside this ring's slots (geometry validated
+        // when the segment was mapped). The slot is free: the consumer
+        // reads it only after `head` is published below. `chunk` is our
+        // own memory, never part of the mapping.
+        unsafe {
+            ptr::copy_nonoverlapping(chunk.as_ptr(), self.data.add(slot * self.slot_bytes), chunk.len());
+        }
+        self.ctl.meta.slot_len[slot].store(chunk.len() as u32, Ordering::Relaxed);
+        self.ctl.head.publish(head.wrapping_add(1));
+        if let Some(mut after_publish) = after_publish {
+            after_publish();
+        }
+        Ok(())
+    }
+
+    /// The producer's position: where the next message will start.
+    pub(crate) fn head(&self) -> u32 {
+        self.ctl.head.value.load(Ordering::Relaxed)
+    }
+
+    /// Producer side: the message published from slot `start` on, if the
+    /// consumer has not touched it (the whole message is still in the ring).
+    /// The consumer must be gone, so that nothing moves under us.
+    pub(crate) fn unconsumed_message(&self, start: u32) -> Option<Vec<u8>> {
+        let n = self.slot_count as u32;
+        let head = self.ctl.head.value.load(Ordering::Acquire);
+        let tail = self.ctl.tail.value.load(Ordering::Acquire);
+        let slots = head.wrapping_sub(start);
+        if tail != start || slots == 0 || slots > n {
+            return None;
+        }
+        let len = usize::try_from(self.ctl.meta.msg_len.load(Ordering::Relaxed)).ok()?;
+        let mut message = Vec::with_capacity(len);
+        for i in 0..slots {
+            let slot = (start.wrapping_add(i) % n) as usize;
+            let slot_len = (self.ctl.meta.slot_len[slot].load(Ordering::Relaxed) as usize).min(self.slot_bytes);
+            // SAFETY: slot < slot_count and slot_len <= slot_bytes keep the
+            // read inside this ring's slots; the consumer is gone and we are
+            // the only producer, so nobody writes them meanwhile.
+            let bytes = unsafe { std::slice::from_raw_parts(self.data.add(slot * self.slot_bytes), slot_len) };
+            message.extend_from_slice(bytes);
+        }
+        (message.len() == len).then_some(message)
+    }
+
+    /// Consumer side: marks the waiting request as taken by a handler.
+    pub(crate) fn mark_taken(&self) {
+        self.ctl.meta.taken.store(1, Ordering::Release);
+    }
+
+    /// Producer side, before a new request: not taken yet.
+    pub(crate) fn clear_taken(&self) {
+        self.ctl.meta.taken.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn was_taken(&self) -> bool {
+        self.ctl.meta.taken.load(Ordering::Acquire) != 0
     }
 
     /// True when a message (or its first slot) is waiting.
@@ -165,6 +291,43 @@ mod tests {
             });
             assert_eq!(received, msg, "length {len}");
         }
+    }
+
+    #[test]
+    fn a_stalled_send_resumes_where_it_stopped() {
+        let (producer, fd) = Segment::create(4096, 2).unwrap();
+        let consumer = Segment::open(fd).unwrap();
+        let msg: Vec<u8> = (0..5 * 4096 + 7).map(|i| (i % 253) as u8).collect();
+        let patience = Some(std::time::Duration::from_millis(5));
+        // Nobody reads: two slots fill, then the send gives up.
+        let sent = producer.request().send_patiently(&msg, 0, &mut ok, || {}, patience).unwrap();
+        assert_eq!(sent, super::Sent::Stalled(2 * 4096));
+        let received = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let ring = consumer.request();
+                let header = ring.wait_message(&mut ok).unwrap();
+                let mut out = vec![0u8; header.len as usize];
+                ring.recv_into(&mut out, &mut ok).unwrap();
+                out
+            });
+            producer.request().send_rest(&msg[2 * 4096..], &mut ok).unwrap();
+            reader.join().unwrap()
+        });
+        assert_eq!(received, msg);
+    }
+
+    #[test]
+    fn an_untouched_message_can_be_recovered_by_its_producer() {
+        let (producer, fd) = Segment::create(4096, 4).unwrap();
+        let consumer = Segment::open(fd).unwrap();
+        let msg: Vec<u8> = (0..9000).map(|i| (i % 7) as u8).collect();
+        let start = producer.request().head();
+        producer.request().send(&msg, 0, &mut ok, || {}).unwrap();
+        assert_eq!(producer.request().unconsumed_message(start), Some(msg.clone()));
+        // Once the consumer read it, it is not the producer's to resend.
+        let mut out = vec![0u8; msg.len()];
+        consumer.request().recv_into(&mut out, &mut ok).unwrap();
+        assert_eq!(producer.request().unconsumed_message(start), None);
     }
 
     #[test]

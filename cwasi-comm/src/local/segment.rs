@@ -25,7 +25,7 @@ pub(crate) const MAX_SLOTS: usize = 16;
 const MIN_SLOT_BYTES: usize = 4096;
 const MAX_SLOT_BYTES: usize = 64 << 20;
 const MAGIC: u64 = u64::from_le_bytes(*b"cwasiSEG");
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// One direction's control block: producer and consumer counters (slots
 /// published / consumed) and the current message's metadata.
@@ -40,6 +40,11 @@ pub(crate) struct RingControl {
 pub(crate) struct RingMeta {
     pub(crate) msg_len: AtomicU64,
     pub(crate) status: AtomicU32,
+    /// Request ring only: 0 while a request waits, 1 once the server took it
+    /// for its handler. A caller whose server vanished uses it to tell a
+    /// request that never reached anyone (safe to send elsewhere) from one
+    /// that may have been handled.
+    pub(crate) taken: AtomicU32,
     pub(crate) slot_len: [AtomicU32; MAX_SLOTS],
 }
 

@@ -10,8 +10,9 @@ use super::keys::{self, REPLY_FAILED, REPLY_OK};
 use super::link::RedisLink;
 use crate::{CallError, Channel, Mode, PendingReply};
 
-/// How long a caller waits for a remote reply before giving up.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one blocking read of the reply list lasts, so that a dead
+/// connection is noticed.
+const REPLY_POLL: Duration = Duration::from_secs(1);
 
 /// Calls one function through Redis.
 pub struct RemoteChannel {
@@ -54,7 +55,7 @@ impl Channel for RemoteChannel {
         Mode::Remote
     }
 
-    fn send(&self, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
+    fn send(&self, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
         let id = new_request_id(&self.caller);
         let reply_key = keys::reply_list(&self.namespace, &id);
         // Retried over reconnects; a request added twice has one id and is handled once.
@@ -79,7 +80,7 @@ impl Channel for RemoteChannel {
                 .add_command(entry)
                 .query::<Value>(c)
         })?;
-        Ok(Box::new(RemotePending { link: self.link.clone(), peer: self.peer.clone(), reply_key, reply: None }))
+        Ok(Box::new(RemotePending { link: self.link.clone(), peer: self.peer.clone(), reply_key, reply: None, deadline }))
     }
 }
 
@@ -88,6 +89,7 @@ struct RemotePending {
     peer: String,
     reply_key: String,
     reply: Option<Vec<u8>>,
+    deadline: Instant,
 }
 
 impl PendingReply for RemotePending {
@@ -95,22 +97,24 @@ impl PendingReply for RemotePending {
         if let Some(reply) = &self.reply {
             return Ok(reply.len());
         }
-        let deadline = Instant::now() + REPLY_TIMEOUT;
         let element = loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // A late reply lands in a list nobody reads; it expires.
+                return Err(CallError::Timeout(format!("{} did not answer by the call's deadline", self.peer)));
+            }
             // BLMOVE onto the same list hands us the reply and keeps it there:
             // if the connection drops before we read the answer (a Redis
             // restart), the retry finds it again. BLPOP would have lost it.
-            // It blocks 1 s at a time so a dead connection is noticed.
+            // It blocks at most REPLY_POLL at a time so a dead connection is noticed.
+            let block = left.min(REPLY_POLL).as_secs_f64().max(0.001);
             let moved: Option<Vec<u8>> = lock(&self.link).run("BLMOVE", |c| {
-                redis::cmd("BLMOVE").arg(&self.reply_key).arg(&self.reply_key).arg("LEFT").arg("LEFT").arg(1).query(c)
+                redis::cmd("BLMOVE").arg(&self.reply_key).arg(&self.reply_key).arg("LEFT").arg("LEFT").arg(block).query(c)
             })?;
             if let Some(element) = moved {
                 // Best effort: the list also expires on its own.
                 let _ = lock(&self.link).run("DEL", |c| redis::cmd("DEL").arg(&self.reply_key).query::<i64>(c));
                 break element;
-            }
-            if Instant::now() > deadline {
-                return Err(CallError::Timeout(format!("{} did not reply within {REPLY_TIMEOUT:?}", self.peer)));
             }
         };
         match element.split_first() {
