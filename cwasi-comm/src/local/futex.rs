@@ -66,7 +66,7 @@ impl SharedCounter {
                 return Ok(v);
             }
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 if Instant::now() > spin_until {
                     break;
                 }

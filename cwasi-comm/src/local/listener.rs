@@ -301,7 +301,7 @@ impl Shared {
                 }
             }
             if changed {
-                self.lock_connections().retain(|c| !(c.gone.load(Ordering::Acquire) && !c.busy.load(Ordering::Acquire)));
+                self.lock_connections().retain(|c| !c.gone.load(Ordering::Acquire) || c.busy.load(Ordering::Acquire));
                 self.doorbell.counter().bump();
             }
         }

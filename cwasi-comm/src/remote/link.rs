@@ -45,7 +45,7 @@ impl RedisLink {
         let deadline = Instant::now() + self.retry_for;
         let mut backoff = Duration::from_millis(20);
         loop {
-            let result = self.connection().and_then(|connection| op(connection));
+            let result = self.connection().and_then(&mut op);
             match result {
                 Ok(value) => return Ok(value),
                 Err(e) if transient(&e) => {
