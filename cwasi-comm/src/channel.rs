@@ -28,4 +28,12 @@ pub trait EmbeddedPeers: Send + Sync {
     /// memory) and returns the call, whose reply is read straight from the
     /// peer's memory.
     fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError>;
+
+    /// Like [`EmbeddedPeers::call`], ending with [`CallError::Timeout`] when
+    /// the peer still runs at `deadline`. An engine that cannot interrupt a
+    /// peer keeps the default, which ignores the deadline.
+    fn call_by(&self, peer: &str, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
+        let _ = deadline;
+        self.call(peer, request)
+    }
 }

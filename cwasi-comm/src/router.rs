@@ -92,7 +92,7 @@ impl Router {
                 .embedded
                 .get()
                 .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (the engine runs no embedded peers)")))?;
-            let pending = embedded.call(peer, request)?;
+            let pending = embedded.call_by(peer, request, deadline)?;
             self.announce(peer, Mode::Embedded, || module.display().to_string());
             return Ok(pending);
         }

@@ -147,6 +147,25 @@ fn a_call_past_its_deadline_times_out_and_the_next_call_succeeds() {
 }
 
 #[test]
+fn an_embedded_peer_still_running_at_the_deadline_is_stopped_and_replaced() {
+    let image = test_image_with_peers("call-load", &["echo-server"]).unwrap();
+    let ctd = Containerd::start(SHIM.as_ref(), &[]).unwrap();
+    ctd.import(&image).unwrap();
+    let out = run_caller(
+        &ctd,
+        "embedded-deadline",
+        &image,
+        &["--annotation", "cwasi.io/embed=echo=/echo-server.wasm"],
+        &["/call-load.wasm", "--timeout-ms", "500", "echo=spin:5000", "echo=after"],
+    );
+    let calls = outcomes(&out, "echo");
+    assert_eq!(calls.len(), 2, "{out}");
+    let (ok, ms, status) = calls[0];
+    assert!(!ok && status == "Timeout" && (400..=800).contains(&ms), "{out}");
+    assert_eq!((calls[1].0, calls[1].2), (true, "after"), "{out}");
+}
+
+#[test]
 fn a_function_calling_itself_is_refused_at_once_and_a_cycle_ends_by_the_deadline() {
     let (ctd, images) = containerd_with(&["relay", "call-load"]);
     for name in ["relay-a", "relay-b"] {

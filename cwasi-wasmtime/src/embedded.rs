@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use cwasi_comm::{CallError, EmbeddedPeers, PendingReply};
 use cwasi_engine::EmbeddedModule;
@@ -22,6 +23,7 @@ use wasmtime::{Engine, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
+use crate::deadline::{self, DeadlinePassed};
 use crate::limits::GuestLimiter;
 use crate::module_loader;
 
@@ -68,6 +70,8 @@ pub(crate) struct Exchange {
 
 #[derive(Default)]
 struct ExchangeState {
+    /// The deadline of the call being served; the peer traps past it.
+    deadline: Option<Instant>,
     request: Option<RawBytes>,
     request_taken: bool,
     reply: Option<RawBytes>,
@@ -86,9 +90,17 @@ impl Exchange {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn offer(&self, request: &[u8]) {
+    fn offer(&self, request: &[u8], deadline: Option<Instant>) {
         let mut state = self.lock();
-        *state = ExchangeState { request: Some(RawBytes::new(request)), ..Default::default() };
+        *state = ExchangeState { request: Some(RawBytes::new(request)), deadline, ..Default::default() };
+    }
+
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        self.lock().deadline = deadline;
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.lock().deadline
     }
 
     fn withdraw(&self) -> Outcome {
@@ -155,6 +167,9 @@ impl ParkedPeer {
         match self.run.as_mut().poll(&mut context) {
             Poll::Pending => Ok(()),
             Poll::Ready(Ok(())) => Err(CallError::PeerFailed(format!("embedded peer {peer} returned instead of serving"))),
+            Poll::Ready(Err(e)) if e.downcast_ref::<DeadlinePassed>().is_some() => {
+                Err(CallError::Timeout(format!("embedded peer {peer} still ran at the call's deadline")))
+            }
             Poll::Ready(Err(e)) => Err(CallError::PeerFailed(match e.downcast_ref::<I32Exit>() {
                 Some(exit) => format!("embedded peer {peer} exited with status {}", exit.0),
                 None => format!("embedded peer {peer} trapped: {e:?}"),
@@ -202,8 +217,9 @@ impl WasmtimeEmbedded {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(peer)?.pop()
     }
 
-    /// Instantiates `peer` and runs it until it parks, waiting for a request.
-    fn spawn(&self, peer: &str) -> Result<ParkedPeer, CallError> {
+    /// Instantiates `peer` and runs it until it parks, waiting for a request
+    /// (by `deadline`, when given).
+    fn spawn(&self, peer: &str, deadline: Option<Instant>) -> Result<ParkedPeer, CallError> {
         let template = self
             .templates
             .get(peer)
@@ -223,6 +239,9 @@ impl WasmtimeEmbedded {
             PeerState { wasi, limiter: GuestLimiter::new(self.memory_limit), exchange: exchange.clone() },
         );
         store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_callback(deadline::check_every_tick(|state: &PeerState| state.exchange.deadline()));
+        store.set_epoch_deadline(1);
+        exchange.set_deadline(deadline);
         let run: PeerRun = Box::pin(async move {
             let instance = template.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -237,11 +256,21 @@ impl WasmtimeEmbedded {
 
 impl EmbeddedPeers for WasmtimeEmbedded {
     fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
+        self.call_until(peer, request, None)
+    }
+
+    fn call_by(&self, peer: &str, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
+        self.call_until(peer, request, Some(deadline))
+    }
+}
+
+impl WasmtimeEmbedded {
+    fn call_until(&self, peer: &str, request: &[u8], deadline: Option<Instant>) -> Result<Box<dyn PendingReply>, CallError> {
         let mut parked = match self.take_idle(peer) {
             Some(parked) => parked,
-            None => self.spawn(peer)?,
+            None => self.spawn(peer, deadline)?,
         };
-        parked.exchange.offer(request);
+        parked.exchange.offer(request, deadline);
         let resumed = parked.resume(peer);
         let outcome = parked.exchange.withdraw();
         // A peer that trapped or exited is dropped here; the next call starts a new one.

@@ -5,6 +5,7 @@
 //! context from the [`cwasi_engine::GuestSpec`], caps linear memory and calls
 //! the entry point. It moves bytes and nothing else: no transport code here.
 
+mod deadline;
 mod embedded;
 mod embedded_host;
 mod host_api;

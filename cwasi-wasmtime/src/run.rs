@@ -24,9 +24,12 @@ impl WasmtimeEngine {
     pub fn new() -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // Lets an embedded peer be stopped at its caller's deadline.
+        config.epoch_interruption(true);
         let engine = wasmtime::Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("creating the wasmtime engine")?;
+        crate::deadline::start_epoch_ticker(&engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
         let compat = module_loader::compat_tag(&engine);
         Ok(Self { engine, compat })
     }
@@ -94,6 +97,8 @@ impl Engine for WasmtimeEngine {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        // The guest itself has no deadline: only its container's life bounds it.
+        store.set_epoch_deadline(crate::deadline::NEVER);
         let mut linker = Linker::new(&self.engine);
         p1::add_to_linker_sync(&mut linker, |state: &mut GuestState| &mut state.wasi)?;
         crate::host_api::add_to_linker(&mut linker)?;

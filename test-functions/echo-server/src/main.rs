@@ -1,6 +1,7 @@
 //! Serves calls: echoes each request. A request `sleep:<ms>` first sleeps
 //! that long; `fail:<message>` fails with that message; `panic:<message>`
-//! panics (a trap); `whoami` answers the `REPLICA` environment variable.
+//! panics (a trap); `spin:<ms>` computes (no host call to wait in) that long;
+//! `whoami` answers the `REPLICA` environment variable.
 use std::time::Duration;
 
 fn main() {
@@ -8,6 +9,14 @@ fn main() {
         if let Some(ms) = request.strip_prefix(b"sleep:") {
             let ms = std::str::from_utf8(ms).ok().and_then(|m| m.parse().ok()).unwrap_or(0);
             std::thread::sleep(Duration::from_millis(ms));
+        }
+        if let Some(ms) = request.strip_prefix(b"spin:") {
+            let ms = std::str::from_utf8(ms).ok().and_then(|m| m.parse().ok()).unwrap_or(0);
+            let until = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut spins = 0u64;
+            while std::time::Instant::now() < until {
+                spins = std::hint::black_box(spins.wrapping_add(1));
+            }
         }
         if request == b"whoami" {
             return Ok(std::env::var("REPLICA").unwrap_or_else(|_| "unknown".into()).into_bytes());
