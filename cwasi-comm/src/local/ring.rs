@@ -133,16 +133,24 @@ impl<'a> Ring<'a> {
     ) -> Result<(), SlotWait> {
         let n = self.slot_count as u32;
         let head = self.ctl.head.value.load(Ordering::Relaxed);
-        let give_up = patience.map(|p| Instant::now() + p);
         let tick = patience.map_or(LIVENESS_TICK, |p| p.min(LIVENESS_TICK));
+        // Started at the first check, after the spin: a slot that is free at
+        // once (every small message) costs no clock read.
+        let mut give_up: Option<Instant> = None;
         self.ctl.tail.wait_until(
             |tail| head.wrapping_sub(tail) < n,
             tick,
             || {
                 check().map_err(SlotWait::Failed)?;
+                let Some(patience) = patience else { return Ok(()) };
+                let now = Instant::now();
                 match give_up {
-                    Some(at) if Instant::now() >= at => Err(SlotWait::Stalled),
-                    _ => Ok(()),
+                    Some(at) if now >= at => Err(SlotWait::Stalled),
+                    Some(_) => Ok(()),
+                    None => {
+                        give_up = Some(now + patience);
+                        Ok(())
+                    }
                 }
             },
         )?;
