@@ -83,6 +83,7 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
             .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_REPLY, serve_reply))
             .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_FAIL, serve_fail))
             .and_then(|b| b.with_func::<(i32, i32, i32, i32, i32), i32>(abi::CALL_START, forbidden))
+            .and_then(|b| b.with_func::<(i32, i32, i32, i32, i32, i32), i32>(abi::CALL_START_TIMEOUT, forbidden))
             .and_then(|b| b.with_func::<(i32, i32), i32>(abi::CALL_WAIT, forbidden))
             .and_then(|b| b.with_func::<(i32, i32, i32), i32>(abi::CALL_READ, forbidden))
             .map_err(|e| failed(peer, e))?;

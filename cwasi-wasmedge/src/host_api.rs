@@ -12,6 +12,7 @@ pub(crate) fn import_object(host: GuestHost) -> anyhow::Result<ImportObject<Gues
     let mut builder = ImportObjectBuilder::new(abi::MODULE, host)?;
     builder
         .with_func::<(i32, i32, i32, i32, i32), i32>(abi::CALL_START, call_start)?
+        .with_func::<(i32, i32, i32, i32, i32, i32), i32>(abi::CALL_START_TIMEOUT, call_start_timeout)?
         .with_func::<(i32, i32), i32>(abi::CALL_WAIT, call_wait)?
         .with_func::<(i32, i32, i32), i32>(abi::CALL_READ, call_read)?
         .with_func::<i32, i32>(abi::SERVE_NEXT, serve_next)?
@@ -47,6 +48,11 @@ pub(crate) fn done(status: i32) -> HostResult {
 fn call_start(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
     let a = ints(&args);
     done(with_memory(frame, |m| guest_abi::call_start(host, m, a[0], a[1], a[2], a[3], a[4])))
+}
+
+fn call_start_timeout(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+    let a = ints(&args);
+    done(with_memory(frame, |m| guest_abi::call_start_timeout(host, m, a[0], a[1], a[2], a[3], a[4], a[5])))
 }
 
 fn call_wait(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {

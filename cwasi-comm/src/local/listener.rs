@@ -35,6 +35,10 @@ pub(crate) const MAX_FAILURE_MESSAGE: usize = 4096;
 /// leaves the rest of the reply to a pump thread. A reading caller frees a
 /// 256 KiB slot in tens of microseconds.
 const REPLY_PATIENCE: Duration = Duration::from_millis(2);
+/// Most replies one function delivers from pump threads at once; past it, a
+/// caller that does not read its reply loses its call (`PeerGone`) rather
+/// than costing the function another thread and copy.
+const MAX_PUMPS: usize = 64;
 
 /// Listens on a Unix socket for callers on this node.
 pub struct LocalListener {
@@ -143,7 +147,13 @@ impl LocalRequest {
     /// stays busy (takes no new request) until the caller has it all.
     fn pump(self, rest: Vec<u8>) {
         let shared = self.shared.clone();
-        shared.pumps.fetch_add(1, Ordering::AcqRel);
+        if shared.pumps.fetch_add(1, Ordering::AcqRel) >= MAX_PUMPS {
+            shared.pumps.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(caller = %self.connection.caller, "too many unread replies; dropping this caller's call");
+            self.connection.gone.store(true, Ordering::Release);
+            self.connection.busy.store(false, Ordering::Release);
+            return;
+        }
         let connection = self.connection.clone();
         let deliver = move || {
             if connection.segment.reply().send_rest(&rest, &mut || connection.check_alive()).is_err() {
