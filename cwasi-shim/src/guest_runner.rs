@@ -42,7 +42,17 @@ pub fn launch_env(launch: &GuestLaunch) -> anyhow::Result<Vec<(String, String)>>
         env.push((LOG_PATH_ENV.to_owned(), path.to_string_lossy().into_owned()));
     }
     // LD_LIBRARY_PATH: an engine's shared library (libwasmedge) may live there.
-    for passed in [LOG_FILTER_ENV, cwasi_comm::local::SPIN_ENV, cwasi_comm::remote::RETRY_ENV, "LD_LIBRARY_PATH"] {
+    // SSL_CERT_FILE/SSL_CERT_DIR: where rustls finds the system's CA store for rediss://.
+    let passed_on = [
+        LOG_FILTER_ENV,
+        cwasi_comm::local::SPIN_ENV,
+        cwasi_comm::remote::RETRY_ENV,
+        cwasi_comm::remote::CA_FILE_ENV,
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "LD_LIBRARY_PATH",
+    ];
+    for passed in passed_on {
         if let Ok(value) = std::env::var(passed) {
             env.push((passed.to_owned(), value));
         }

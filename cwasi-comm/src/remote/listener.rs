@@ -224,14 +224,14 @@ impl Source {
 
     fn recover_entry(&mut self, stream: &str, consumer: &str) -> Result<Option<Entry>, CallError> {
         let own: Value = self.link.run("XREADGROUP 0", |c| {
-            redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg(&consumer).arg("COUNT").arg(1)
-                .arg("STREAMS").arg(&stream).arg("0").query(c)
+            redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(1)
+                .arg("STREAMS").arg(stream).arg("0").query(c)
         })?;
         if let Some(entry) = first_read_entry(&own) {
             return Ok(Some(entry));
         }
         let claimed: Value = self.link.run("XAUTOCLAIM", |c| {
-            redis::cmd("XAUTOCLAIM").arg(&stream).arg(GROUP).arg(&consumer)
+            redis::cmd("XAUTOCLAIM").arg(stream).arg(GROUP).arg(consumer)
                 .arg(CLAIM_IDLE.as_millis() as u64).arg("0-0").arg("COUNT").arg(1).query(c)
         })?;
         let claimed = first_claimed_entry(&claimed);
