@@ -30,7 +30,7 @@ fn producer_gets_every_digest_right_from_a_local_sha256_server() {
         .unwrap()
         .ok()
         .unwrap();
-    for size in sizes.iter().copied() {
+    for &size in sizes {
         assert!(out.stdout.contains(&format!("ok size={size} sha256=")), "{size}: {out:?}");
     }
     assert!(ctd.logged_call("sha256", "local"), "no mode=local in the log:\n{}", ctd.log());
@@ -114,6 +114,26 @@ fn a_peer_outside_the_allow_list_is_forbidden() {
         .run("caller-fail", &images[1], &["--rm", "--annotation", "cwasi.io/peers=echo"], &["/caller.wasm", "echo", "fail:no thanks"])
         .unwrap();
     assert_eq!(out.code, Some(6), "{out:?}");
+}
+
+#[test]
+fn without_a_redis_a_misspelt_peer_is_unknown_at_once() {
+    // The rig leaves CWASI_REDIS_URL unset, as on an edge node without Redis:
+    // remote mode is off, so nothing waits for a Redis that is not there.
+    let (ctd, images) = containerd_with(&["echo-server", "caller"]);
+    serve(&ctd, &images[0], "echo");
+    let out = ctd
+        .run("caller-misspelt", &images[1], &["--rm", "--annotation", "cwasi.io/peers=*"], &["/caller.wasm", "ehco", "hi"])
+        .unwrap();
+    assert_eq!(out.code, Some(5), "{out:?}");
+    let line = out.stdout.lines().find(|l| l.starts_with("error: UnknownPeer")).unwrap_or_else(|| panic!("{out:?}"));
+    let micros: u64 = line
+        .rsplit_once("(after ")
+        .and_then(|(_, rest)| rest.strip_suffix(" us)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {line:?}"));
+    assert!(micros < 100_000, "UnknownPeer took {micros} µs: {line}");
+    assert!(!ctd.log().contains("unreachable"), "a Redis was tried:\n{}", ctd.log());
 }
 
 #[test]
