@@ -93,16 +93,10 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
         .iter()
         .map(|&payload| {
             let runs = iterations(payload, quick).0.clamp(3, 200);
-            baseline::redis_set_get_median_ns(&rig.redis.url(), payload, runs).map(|median_ns| RawRedis { payload, median_ns })
+            baseline::redis_set_get_median_ns(&rig.redis_url(), payload, runs).map(|median_ns| RawRedis { payload, median_ns })
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(Matrix { rows, raw_redis })
 }
 
-pub fn human(bytes: usize) -> String {
-    match bytes {
-        b if b >= MIB => format!("{} MiB", b / MIB),
-        b if b >= KIB => format!("{} KiB", b / KIB),
-        b => format!("{b} B"),
-    }
-}
+pub use cwasi_testkit::human_bytes as human;

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
+use cwasi_testkit::human_latency as latency;
 use plotters::prelude::*;
 
 use crate::matrix::{Matrix, Row, human};
@@ -17,16 +18,11 @@ pub struct Report {
     pub start: Option<StartTimes>,
 }
 
+/// One line of the plot: its name, colour and (payload, ms) points.
+type Series = (String, RGBColor, Vec<(f64, f64)>);
+
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
-}
-
-/// Latency with a unit that keeps three significant digits readable.
-fn latency(ns: u64) -> String {
-    match ns {
-        n if n < 100_000 => format!("{:.2} µs", n as f64 / 1e3),
-        n => format!("{:.2} ms", ms(n)),
-    }
 }
 
 impl Report {
@@ -176,7 +172,7 @@ fn plot(matrix: &Matrix, path: &Path) -> anyhow::Result<()> {
             .x_label_formatter(&|x| human(*x as usize))
             .y_label_formatter(&|y| latency((y * 1e6) as u64))
             .draw()?;
-        let mut series: Vec<(String, RGBColor, Vec<(f64, f64)>)> = BenchMode::ALL
+        let mut series: Vec<Series> = BenchMode::ALL
             .iter()
             .zip(colors)
             .map(|(mode, color)| {

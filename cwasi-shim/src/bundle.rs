@@ -22,6 +22,9 @@ const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 const CRI_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 
 /// What a container asks the shim to do.
+// One per container, built once and moved into the guest: boxing the large
+// variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Workload {
     /// Run a WebAssembly function.

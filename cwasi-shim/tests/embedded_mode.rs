@@ -29,7 +29,7 @@ fn producer_gets_every_digest_right_from_an_embedded_sha256_peer() {
         .unwrap()
         .ok()
         .unwrap();
-    for size in sizes.iter().copied() {
+    for &size in sizes {
         assert!(out.stdout.contains(&format!("ok size={size} sha256=")), "{size}: {out:?}");
     }
     assert!(ctd.logged_call("sha256", "embedded"), "no mode=embedded in the log:\n{}", ctd.log());

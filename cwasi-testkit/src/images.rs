@@ -112,7 +112,8 @@ fn build_test_functions() -> anyhow::Result<PathBuf> {
     let target_dir = root.join("target/test-functions");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        // Quiet: errors still show, "Finished" lines do not clutter the demo.
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
         .arg(root.join("test-functions/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
