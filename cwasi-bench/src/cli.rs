@@ -43,14 +43,24 @@ pub fn parse(args: &[String]) -> anyhow::Result<Command> {
             "--quick" => options.quick = true,
             "--runs" => {
                 let runs = value()?;
-                options.runs = runs.parse().ok().filter(|&n| n > 0).with_context(|| format!("--runs takes a positive number, got {runs:?}"))?;
+                options.runs = runs
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("--runs takes a positive number, got {runs:?}"))?;
             }
             "--payloads" => {
                 let sizes = value()?;
                 options.payloads = Some(
                     sizes
                         .split(',')
-                        .map(|p| p.trim().parse::<usize>().ok().filter(|&n| n > 0).with_context(|| format!("bad payload size {p:?}")))
+                        .map(|p| {
+                            p.trim()
+                                .parse::<usize>()
+                                .ok()
+                                .filter(|&n| n > 0)
+                                .with_context(|| format!("bad payload size {p:?}"))
+                        })
                         .collect::<anyhow::Result<_>>()?,
                 );
             }

@@ -51,6 +51,10 @@ fn run(options: cli::Options) -> anyhow::Result<()> {
     let dir = cwasi_testkit::workspace_root().join("target/bench");
     report.write(&dir)?;
     print!("{}", report.markdown());
-    eprintln!("wrote {}/report.md, report.csv{}", dir.display(), if report.matrix.is_some() { ", report.svg" } else { "" });
+    eprintln!(
+        "wrote {}/report.md, report.csv{}",
+        dir.display(),
+        if report.matrix.is_some() { ", report.svg" } else { "" }
+    );
     Ok(())
 }

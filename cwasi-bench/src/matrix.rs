@@ -78,7 +78,8 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
         eprint!("\r\x1b[K[{}/{}] {} {} {}", i + 1, cells.len(), mode.name(), shape.name(), human(payload));
         let (n, seconds) = iterations(payload, quick);
         let timings = rig.measure(mode, shape, payload, n, seconds)?;
-        let memcpy_ns = baseline::memcpy_median_ns(shape.bytes_moved(payload), if payload >= 10 * MIB { 5 } else { 51 });
+        let memcpy_ns =
+            baseline::memcpy_median_ns(shape.bytes_moved(payload), if payload >= 10 * MIB { 5 } else { 51 });
         rows.push(Row { mode, shape, payload, timings, memcpy_ns, redis_baseline_ns: None });
     }
     eprintln!();
@@ -93,7 +94,8 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
         .iter()
         .map(|&payload| {
             let runs = iterations(payload, quick).0.clamp(3, 200);
-            baseline::redis_set_get_median_ns(&rig.redis_url(), payload, runs).map(|median_ns| RawRedis { payload, median_ns })
+            baseline::redis_set_get_median_ns(&rig.redis_url(), payload, runs)
+                .map(|median_ns| RawRedis { payload, median_ns })
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(Matrix { rows, raw_redis })

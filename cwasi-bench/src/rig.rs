@@ -69,7 +69,14 @@ impl Rig {
     }
 
     /// Runs one `bench-caller` on node A and returns its timings.
-    pub fn measure(&self, mode: BenchMode, shape: Shape, size: usize, iterations: usize, max_seconds: f64) -> anyhow::Result<CallTimings> {
+    pub fn measure(
+        &self,
+        mode: BenchMode,
+        shape: Shape,
+        size: usize,
+        iterations: usize,
+        max_seconds: f64,
+    ) -> anyhow::Result<CallTimings> {
         let id = format!("bench-{}-{}-{size}", mode.name(), shape.name().replace(' ', ""));
         Ok(self.nodes.bench_call(&id, mode, shape.functions(), size, iterations, max_seconds)?.timings)
     }

@@ -34,10 +34,7 @@ pub struct GuestLaunch {
 
 /// The environment of the guest process (it starts with an empty one).
 pub fn launch_env(launch: &GuestLaunch) -> anyhow::Result<Vec<(String, String)>> {
-    let mut env = vec![(
-        LAUNCH_ENV.to_owned(),
-        serde_json::to_string(launch).context("encoding the guest launch")?,
-    )];
+    let mut env = vec![(LAUNCH_ENV.to_owned(), serde_json::to_string(launch).context("encoding the guest launch")?)];
     if let Some(path) = &launch.log_path {
         env.push((LOG_PATH_ENV.to_owned(), path.to_string_lossy().into_owned()));
     }

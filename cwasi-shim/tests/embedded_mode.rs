@@ -23,7 +23,13 @@ fn producer_gets_every_digest_right_from_an_embedded_sha256_peer() {
         .run(
             "producer-embedded",
             &image,
-            &["--rm", "--annotation", "cwasi.io/embed=sha256=/sha256-server.wasm", "--annotation", "cwasi.io/peers=sha256"],
+            &[
+                "--rm",
+                "--annotation",
+                "cwasi.io/embed=sha256=/sha256-server.wasm",
+                "--annotation",
+                "cwasi.io/peers=sha256",
+            ],
             &command,
         )
         .unwrap()

@@ -156,13 +156,23 @@ fn redis_down_is_a_typed_error_and_serving_recovers_when_it_returns() {
     let call = |id: &str| {
         node_a
             .containerd
-            .run(id, &caller, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo,nobody"]), &["/caller.wasm", "echo", "hello"])
+            .run(
+                id,
+                &caller,
+                &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo,nobody"]),
+                &["/caller.wasm", "echo", "hello"],
+            )
             .unwrap()
     };
     assert!(call("call-up").ok().unwrap().stdout.contains("reply: hello"));
     let unknown = node_a
         .containerd
-        .run("call-nobody", &caller, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=nobody"]), &["/caller.wasm", "nobody", "x"])
+        .run(
+            "call-nobody",
+            &caller,
+            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=nobody"]),
+            &["/caller.wasm", "nobody", "x"],
+        )
         .unwrap();
     assert_eq!(unknown.code, Some(5), "{unknown:?}");
 
@@ -194,7 +204,12 @@ fn a_password_protected_redis_works_and_the_password_stays_out_of_logs() {
     let node_a = Node::start("node-a", &redis.url(), &[&caller]);
     let out = node_a
         .containerd
-        .run("call-auth", &caller, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]), &["/caller.wasm", "echo", "hello"])
+        .run(
+            "call-auth",
+            &caller,
+            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]),
+            &["/caller.wasm", "echo", "hello"],
+        )
         .unwrap()
         .ok()
         .unwrap();
@@ -217,7 +232,12 @@ fn rediss_works_with_the_ca_named_in_cwasi_redis_ca_file_and_fails_without_it() 
     node_b.serve(&server, "echo");
     let node_a = Node::start_with_env("node-a", &redis.url(), &[&caller], &trusting);
     let flags = node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]);
-    let out = node_a.containerd.run("call-tls", &caller, &flags, &["/caller.wasm", "echo", "over", "tls"]).unwrap().ok().unwrap();
+    let out = node_a
+        .containerd
+        .run("call-tls", &caller, &flags, &["/caller.wasm", "echo", "over", "tls"])
+        .unwrap()
+        .ok()
+        .unwrap();
     assert!(out.stdout.contains("reply: over") && out.stdout.contains("reply: tls"), "{out:?}");
     assert!(node_a.containerd.logged_call("echo", "remote"), "{}", node_a.containerd.log());
 

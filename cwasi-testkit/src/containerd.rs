@@ -163,14 +163,11 @@ state = "{state}"
 
     /// Runs `ctr` in `namespace` (`k8s.io` is the CRI plugin's).
     pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> anyhow::Result<CtrOutput> {
-        self.ctr_command_in(namespace, args)
-            .output()
-            .context("running ctr")
-            .map(|out| CtrOutput {
-                code: out.status.code(),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            })
+        self.ctr_command_in(namespace, args).output().context("running ctr").map(|out| CtrOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 
     /// A `ctr` command ready to be spawned (for commands that run in the background).
@@ -180,12 +177,7 @@ state = "{state}"
 
     fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", namespace])
-            .args(args)
-            .stdin(Stdio::null());
+        command.arg("--address").arg(&self.socket).args(["--namespace", namespace]).args(args).stdin(Stdio::null());
         command
     }
 
@@ -194,9 +186,7 @@ state = "{state}"
     }
 
     pub fn import_in(&self, namespace: &str, image: &TestImage) -> anyhow::Result<()> {
-        self.ctr_in(namespace, &["images", "import", "--all-platforms", &image.tar.to_string_lossy()])?
-            .ok()
-            .map(drop)
+        self.ctr_in(namespace, &["images", "import", "--all-platforms", &image.tar.to_string_lossy()])?.ok().map(drop)
     }
 
     /// `ctr run --rm` of `image` through the cwasi runtime; `flags` go before

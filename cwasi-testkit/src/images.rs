@@ -1,6 +1,6 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, bail};
@@ -123,7 +123,9 @@ fn build_test_functions() -> anyhow::Result<PathBuf> {
         .status()
         .context("running cargo for test-functions")?;
     if !status.success() {
-        bail!("building test-functions failed ({status}); is the wasm32-wasip1 target installed? (rustup target add wasm32-wasip1)");
+        bail!(
+            "building test-functions failed ({status}); is the wasm32-wasip1 target installed? (rustup target add wasm32-wasip1)"
+        );
     }
     Ok(target_dir.join("wasm32-wasip1/release"))
 }

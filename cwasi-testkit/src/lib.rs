@@ -15,11 +15,13 @@ mod two_nodes;
 mod units;
 
 pub use containerd::{Containerd, CtrOutput, RUNTIME};
+pub use images::{
+    TestImage, pause_image, test_image, test_image_for_kubernetes, test_image_with_peers, workspace_root,
+};
 pub use redis_server::{RedisServer, TlsFiles};
 pub use teardown::on_interrupt;
 pub use two_nodes::{CallTimings, Measured, Route, TwoNodes};
 pub use units::{human_bytes, human_latency};
-pub use images::{TestImage, pause_image, test_image, test_image_for_kubernetes, test_image_with_peers, workspace_root};
 
 /// The engine a shim binary runs guests on (`wasmtime` or `wasmedge`).
 pub fn shim_engine(shim: &std::path::Path) -> String {

@@ -1,5 +1,5 @@
-use std::net::TcpStream;
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -143,7 +143,10 @@ impl RedisServer {
     /// Stops the server as an operator would (SIGTERM: it flushes its data).
     pub fn stop(&mut self) {
         if let Some((mut child, registered)) = self.process.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             drop(registered);
             let _ = child.wait();
         }

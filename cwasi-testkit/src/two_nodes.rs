@@ -100,7 +100,9 @@ impl TwoNodes {
         };
         let (node_a, annotations_a) = node("node-a")?;
         let (node_b, annotations_b) = node("node-b")?;
-        for (containerd, annotations, route) in [(&node_a, &annotations_a, Route::Local), (&node_b, &annotations_b, Route::Remote)] {
+        for (containerd, annotations, route) in
+            [(&node_a, &annotations_a, Route::Local), (&node_b, &annotations_b, Route::Remote)]
+        {
             let flags: Vec<&str> = annotations.iter().flat_map(|a| ["--annotation", a.as_str()]).collect();
             for (function, module) in servers {
                 let image = &server_images.iter().find(|(m, _)| m == module).expect("image built above").1;
@@ -177,7 +179,8 @@ mod tests {
 
     #[test]
     fn timings_are_read_from_the_bench_line() {
-        let t = parse_timings("bench peers=lsink size=1024 n=20 min_ns=1 median_ns=2500 p99_ns=9000 max_ns=9100").unwrap();
+        let t =
+            parse_timings("bench peers=lsink size=1024 n=20 min_ns=1 median_ns=2500 p99_ns=9000 max_ns=9100").unwrap();
         assert_eq!((t.median_ns, t.p99_ns, t.samples), (2500, 9000, 20));
         assert!(parse_timings("bench peers=lsink n=20").is_err());
     }

@@ -60,7 +60,15 @@ impl Channel for RemoteChannel {
         // Retried over reconnects; a request added twice has one id and is handled once.
         lock(&self.link).run("XADD", |c| {
             let mut entry = redis::cmd("XADD");
-            entry.arg(&self.stream).arg("*").arg("id").arg(&id).arg("reply").arg(&reply_key).arg("caller").arg(&self.caller);
+            entry
+                .arg(&self.stream)
+                .arg("*")
+                .arg("id")
+                .arg(&id)
+                .arg("reply")
+                .arg(&reply_key)
+                .arg("caller")
+                .arg(&self.caller);
             if request.len() <= keys::INLINE_BODY_MAX {
                 entry.arg("body").arg(request);
                 return entry.query::<Value>(c);

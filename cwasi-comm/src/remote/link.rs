@@ -29,10 +29,8 @@ pub struct RedisLink {
 impl RedisLink {
     pub fn new(url: &str) -> Result<Self, CallError> {
         let client = client(url, std::env::var_os(CA_FILE_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))?;
-        let retry_for = std::env::var(RETRY_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(DEFAULT_RETRY, Duration::from_millis);
+        let retry_for =
+            std::env::var(RETRY_ENV).ok().and_then(|v| v.parse().ok()).map_or(DEFAULT_RETRY, Duration::from_millis);
         Ok(Self { client, shown_url: redact(url), connection: None, retry_for })
     }
 
@@ -42,7 +40,11 @@ impl RedisLink {
 
     /// Runs `op`, reconnecting and retrying while Redis is unreachable or
     /// still loading, for at most the retry window.
-    pub fn run<T>(&mut self, what: &str, mut op: impl FnMut(&mut Connection) -> RedisResult<T>) -> Result<T, CallError> {
+    pub fn run<T>(
+        &mut self,
+        what: &str,
+        mut op: impl FnMut(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, CallError> {
         let deadline = Instant::now() + self.retry_for;
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -92,9 +94,8 @@ fn client(url: &str, ca_file: Option<PathBuf>) -> Result<redis::Client, CallErro
             let root_cert = std::fs::read(&path)
                 .map_err(|e| CallError::Redis(format!("cannot read {CA_FILE_ENV} {}: {e}", path.display())))?;
             let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
-            redis::Client::build_with_tls(info, certificates).map_err(|e| {
-                CallError::Redis(format!("{CA_FILE_ENV} {} for {}: {e}", path.display(), redact(url)))
-            })
+            redis::Client::build_with_tls(info, certificates)
+                .map_err(|e| CallError::Redis(format!("{CA_FILE_ENV} {} for {}: {e}", path.display(), redact(url))))
         }
         _ => redis::Client::open(info).map_err(bad_url),
     }

@@ -103,9 +103,10 @@ mod tests {
 
     #[test]
     fn a_full_command_line_is_understood() {
-        let args = parse_str("--name r:1 --out o.tar --entrypoint /f.wasm --env A=1 --platform linux/amd64 f.wasm=/f.wasm")
-            .unwrap()
-            .unwrap();
+        let args =
+            parse_str("--name r:1 --out o.tar --entrypoint /f.wasm --env A=1 --platform linux/amd64 f.wasm=/f.wasm")
+                .unwrap()
+                .unwrap();
         assert_eq!(args.name, "r:1");
         assert_eq!(args.out, PathBuf::from("o.tar"));
         assert_eq!(args.entrypoint, ["/f.wasm"]);

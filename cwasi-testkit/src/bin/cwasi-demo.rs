@@ -85,7 +85,10 @@ fn run() -> anyhow::Result<()> {
     println!("Median round trip over the calls of each run; speed-up over the Redis-only route. \"cwasi chose\"");
     println!("is the mode the shim logged for the call (\"calling peer ... mode=...\"). Hashing 10 MiB in the");
     println!("guest takes the same time on every route; echo shows the transport alone (10 MiB out and back).");
-    println!("Demo took {:.0} s. The full benchmark (every mode, 1 KiB to 100 MiB, fan-out, start times):", started.elapsed().as_secs_f64());
+    println!(
+        "Demo took {:.0} s. The full benchmark (every mode, 1 KiB to 100 MiB, fan-out, start times):",
+        started.elapsed().as_secs_f64()
+    );
     println!("  make bench");
     Ok(())
 }
