@@ -82,8 +82,21 @@ impl Status {
     pub fn from_code(code: i32) -> Option<Status> {
         use Status::*;
         [
-            Ok, BadPointer, Forbidden, UnknownPeer, PeerGone, TooLarge, BadHandle, Transport,
-            NotServing, PeerFailed, LengthMismatch, NoRequest, BadName, Timeout, SelfCall,
+            Ok,
+            BadPointer,
+            Forbidden,
+            UnknownPeer,
+            PeerGone,
+            TooLarge,
+            BadHandle,
+            Transport,
+            NotServing,
+            PeerFailed,
+            LengthMismatch,
+            NoRequest,
+            BadName,
+            Timeout,
+            SelfCall,
         ]
         .into_iter()
         .find(|s| *s as i32 == code)

@@ -9,51 +9,52 @@
 //! - `cwasi-bench all`: both, into one report.
 
 mod baseline;
+mod cli;
 mod machine;
 mod matrix;
 mod report;
 mod rig;
 mod start_time;
 
-use anyhow::{Context, bail};
-
 fn main() {
-    if let Err(e) = run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match cli::parse(&args) {
+        Ok(cli::Command::Run(options)) => options,
+        Ok(cli::Command::Help) => {
+            println!("{}", cli::USAGE);
+            return;
+        }
+        Err(e) => {
+            eprintln!("cwasi-bench: {e:#}\n{}", cli::USAGE);
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(options) {
         eprintln!("cwasi-bench: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let runs = match args.iter().position(|a| a == "--runs") {
-        Some(i) => args.get(i + 1).context("--runs needs a number")?.parse()?,
-        None => 20,
-    };
-    let quick = args.iter().any(|a| a == "--quick");
-    let payloads = match args.iter().position(|a| a == "--payloads") {
-        Some(i) => Some(
-            args.get(i + 1)
-                .context("--payloads needs sizes in bytes, comma-separated")?
-                .split(',')
-                .map(|p| p.parse::<usize>().with_context(|| format!("bad payload size {p:?}")))
-                .collect::<anyhow::Result<Vec<_>>>()?,
-        ),
-        None => None,
-    };
+fn run(options: cli::Options) -> anyhow::Result<()> {
+    let cli::Options { benchmark, quick, runs, payloads } = options;
+    // Ctrl-C stops the private containerd and redis-server instances too.
+    cwasi_testkit::on_interrupt()?;
     let mut report = report::Report::new(machine::describe(), quick);
-    match args.first().map(String::as_str) {
-        Some("matrix") => report.matrix = Some(matrix::run(quick, payloads)?),
-        Some("start") => report.start = Some(start_time::run(runs)?),
-        None | Some("all") => {
+    match benchmark {
+        cli::Benchmark::Matrix => report.matrix = Some(matrix::run(quick, payloads)?),
+        cli::Benchmark::Start => report.start = Some(start_time::run(runs)?),
+        cli::Benchmark::All => {
             report.start = Some(start_time::run(runs)?);
             report.matrix = Some(matrix::run(quick, payloads)?);
         }
-        Some(other) => bail!("unknown benchmark {other:?} (known: matrix, start, all)"),
     }
     let dir = cwasi_testkit::workspace_root().join("target/bench");
     report.write(&dir)?;
     print!("{}", report.markdown());
-    eprintln!("wrote {}/report.md, report.csv{}", dir.display(), if report.matrix.is_some() { ", report.svg" } else { "" });
+    eprintln!(
+        "wrote {}/report.md, report.csv{}",
+        dir.display(),
+        if report.matrix.is_some() { ", report.svg" } else { "" }
+    );
     Ok(())
 }

@@ -78,7 +78,8 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
         eprint!("\r\x1b[K[{}/{}] {} {} {}", i + 1, cells.len(), mode.name(), shape.name(), human(payload));
         let (n, seconds) = iterations(payload, quick);
         let timings = rig.measure(mode, shape, payload, n, seconds)?;
-        let memcpy_ns = baseline::memcpy_median_ns(shape.bytes_moved(payload), if payload >= 10 * MIB { 5 } else { 51 });
+        let memcpy_ns =
+            baseline::memcpy_median_ns(shape.bytes_moved(payload), if payload >= 10 * MIB { 5 } else { 51 });
         rows.push(Row { mode, shape, payload, timings, memcpy_ns, redis_baseline_ns: None });
     }
     eprintln!();
@@ -93,16 +94,11 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
         .iter()
         .map(|&payload| {
             let runs = iterations(payload, quick).0.clamp(3, 200);
-            baseline::redis_set_get_median_ns(&rig.redis.url(), payload, runs).map(|median_ns| RawRedis { payload, median_ns })
+            baseline::redis_set_get_median_ns(&rig.redis_url(), payload, runs)
+                .map(|median_ns| RawRedis { payload, median_ns })
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(Matrix { rows, raw_redis })
 }
 
-pub fn human(bytes: usize) -> String {
-    match bytes {
-        b if b >= MIB => format!("{} MiB", b / MIB),
-        b if b >= KIB => format!("{} KiB", b / KIB),
-        b => format!("{b} B"),
-    }
-}
+pub use cwasi_testkit::human_bytes as human;

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
+use cwasi_testkit::human_latency as latency;
 use plotters::prelude::*;
 
 use crate::matrix::{Matrix, Row, human};
@@ -17,16 +18,11 @@ pub struct Report {
     pub start: Option<StartTimes>,
 }
 
+/// One line of the plot: its name, colour and (payload, ms) points.
+type Series = (String, RGBColor, Vec<(f64, f64)>);
+
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
-}
-
-/// Latency with a unit that keeps three significant digits readable.
-fn latency(ns: u64) -> String {
-    match ns {
-        n if n < 100_000 => format!("{:.2} µs", n as f64 / 1e3),
-        n => format!("{:.2} ms", ms(n)),
-    }
 }
 
 impl Report {
@@ -62,7 +58,10 @@ impl Report {
                     row.x_redis_baseline().map_or("–".to_owned(), |x| format!("{x:.3}")),
                 );
             }
-            let _ = writeln!(md, "\nRemote mode (sequential, other node) against a raw Redis SET+GET of the same bytes (`redis` crate):\n");
+            let _ = writeln!(
+                md,
+                "\nRemote mode (sequential, other node) against a raw Redis SET+GET of the same bytes (`redis` crate):\n"
+            );
             let _ = writeln!(md, "| payload | remote | raw SET+GET | remote / raw |");
             let _ = writeln!(md, "|---|---|---|---|");
             for raw in &matrix.raw_redis {
@@ -79,10 +78,15 @@ impl Report {
             }
         }
         if let Some(start) = &self.start {
-            let _ = writeln!(md, "\nContainer start, `ctr run --rm` of hello to its exit, median of {} runs:\n", start.runs);
+            let _ = writeln!(
+                md,
+                "\nContainer start, `ctr run --rm` of hello to its exit, median of {} runs:\n",
+                start.runs
+            );
             let _ = writeln!(md, "| shim | median |");
             let _ = writeln!(md, "|---|---|");
-            let _ = writeln!(md, "| cwasi, module compiled at start (empty cache) | {:.1} ms |", start.cwasi_compiling_ms);
+            let _ =
+                writeln!(md, "| cwasi, module compiled at start (empty cache) | {:.1} ms |", start.cwasi_compiling_ms);
             let _ = writeln!(md, "| cwasi, module from the cache | {:.1} ms |", start.cwasi_cached_ms);
             match start.runwasi_ms {
                 Some(runwasi) => {
@@ -98,7 +102,8 @@ impl Report {
     }
 
     fn csv(&self) -> String {
-        let mut csv = String::from("mode,shape,payload_bytes,samples,median_ns,p99_ns,gb_per_s,x_memcpy,x_redis_baseline\n");
+        let mut csv =
+            String::from("mode,shape,payload_bytes,samples,median_ns,p99_ns,gb_per_s,x_memcpy,x_redis_baseline\n");
         for row in self.matrix.iter().flat_map(|m| &m.rows) {
             let _ = writeln!(
                 csv,
@@ -118,8 +123,14 @@ impl Report {
             let _ = writeln!(csv, "raw-redis-set-get,sequential,{},,{},,,,", raw.payload, raw.median_ns);
         }
         if let Some(start) = &self.start {
-            let _ = writeln!(csv, "start-cwasi-compiling,start,,{},{},,,,", start.runs, (start.cwasi_compiling_ms * 1e6) as u64);
-            let _ = writeln!(csv, "start-cwasi-cached,start,,{},{},,,,", start.runs, (start.cwasi_cached_ms * 1e6) as u64);
+            let _ = writeln!(
+                csv,
+                "start-cwasi-compiling,start,,{},{},,,,",
+                start.runs,
+                (start.cwasi_compiling_ms * 1e6) as u64
+            );
+            let _ =
+                writeln!(csv, "start-cwasi-cached,start,,{},{},,,,", start.runs, (start.cwasi_cached_ms * 1e6) as u64);
             if let Some(runwasi) = start.runwasi_ms {
                 let _ = writeln!(csv, "start-runwasi,start,,{},{},,,,", start.runs, (runwasi * 1e6) as u64);
             }
@@ -147,7 +158,12 @@ fn plot(matrix: &Matrix, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1280, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 2));
-    let colors = [RGBColor(0x1b, 0x9e, 0x77), RGBColor(0xd9, 0x5f, 0x02), RGBColor(0x75, 0x70, 0xb3), RGBColor(0xe7, 0x29, 0x8a)];
+    let colors = [
+        RGBColor(0x1b, 0x9e, 0x77),
+        RGBColor(0xd9, 0x5f, 0x02),
+        RGBColor(0x75, 0x70, 0xb3),
+        RGBColor(0xe7, 0x29, 0x8a),
+    ];
     for (panel, shape) in panels.iter().zip([Shape::Sequential, Shape::FanOut4]) {
         let rows: Vec<&Row> = matrix.rows.iter().filter(|r| r.shape == shape).collect();
         if rows.is_empty() {
@@ -176,11 +192,15 @@ fn plot(matrix: &Matrix, path: &Path) -> anyhow::Result<()> {
             .x_label_formatter(&|x| human(*x as usize))
             .y_label_formatter(&|y| latency((y * 1e6) as u64))
             .draw()?;
-        let mut series: Vec<(String, RGBColor, Vec<(f64, f64)>)> = BenchMode::ALL
+        let mut series: Vec<Series> = BenchMode::ALL
             .iter()
             .zip(colors)
             .map(|(mode, color)| {
-                let points = rows.iter().filter(|r| r.mode == *mode).map(|r| (r.payload as f64, ms(r.timings.median_ns))).collect();
+                let points = rows
+                    .iter()
+                    .filter(|r| r.mode == *mode)
+                    .map(|r| (r.payload as f64, ms(r.timings.median_ns)))
+                    .collect();
                 (mode.name().to_owned(), color, points)
             })
             .collect();

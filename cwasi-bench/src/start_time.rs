@@ -27,7 +27,10 @@ pub fn run(runs: usize) -> anyhow::Result<StartTimes> {
     if runwasi.exists() {
         shims.push((RUNWASI_BINARY, runwasi.as_path()));
     } else {
-        eprintln!("start time: {} not built (make bench builds it); skipping the runwasi comparison", runwasi.display());
+        eprintln!(
+            "start time: {} not built (make bench builds it); skipping the runwasi comparison",
+            runwasi.display()
+        );
     }
     let image = test_image("hello")?;
     let containerd = Containerd::start_with_shims(&shims, &[])?;
@@ -66,4 +69,3 @@ fn median_ms(runs: usize, mut one: impl FnMut(usize) -> anyhow::Result<Duration>
     times.sort();
     Ok(times[times.len() / 2].as_secs_f64() * 1e3)
 }
-

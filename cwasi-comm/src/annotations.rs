@@ -35,11 +35,7 @@ pub enum AnnotationError {
     #[error("unknown annotation {0:?} (known: {known})", known = KNOWN.join(", "))]
     Unknown(String),
     #[error("annotation {key}: {reason} (value {value:?})")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        reason: &'static str,
-    },
+    Invalid { key: &'static str, value: String, reason: &'static str },
 }
 
 /// A way to reach a peer; `cwasi.io/mode` can force one per peer.
@@ -161,10 +157,7 @@ impl FunctionConfig {
         default_name: &str,
         default_node: &str,
     ) -> Result<Self, AnnotationError> {
-        if let Some(key) = annotations
-            .keys()
-            .find(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str()))
-        {
+        if let Some(key) = annotations.keys().find(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str())) {
             return Err(AnnotationError::Unknown(key.clone()));
         }
         let get = |key: &str| annotations.get(key).map(|v| v.trim());
@@ -182,9 +175,7 @@ impl FunctionConfig {
             None | Some("") => PeerPolicy::None,
             Some("*") => PeerPolicy::AnyInNamespace,
             Some(list) => PeerPolicy::Only(
-                list_items(list)
-                    .map(|p| valid_name(PEERS, p).map(str::to_owned))
-                    .collect::<Result<_, _>>()?,
+                list_items(list).map(|p| valid_name(PEERS, p).map(str::to_owned)).collect::<Result<_, _>>()?,
             ),
         };
         let embed = match get(EMBED) {
@@ -205,9 +196,7 @@ impl FunctionConfig {
         };
         let redis_url = match get(REDIS) {
             None => None,
-            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                Some(url.to_owned())
-            }
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Some(url.to_owned()),
             Some(url) => return Err(invalid(REDIS, url, "expected a redis:// or rediss:// URL")),
         };
         let forced_modes = match get(MODE) {
@@ -215,9 +204,8 @@ impl FunctionConfig {
             Some(list) => key_values(MODE, list)?
                 .into_iter()
                 .map(|(peer, mode)| {
-                    let mode = mode
-                        .parse()
-                        .map_err(|()| invalid(MODE, mode, "mode must be embedded, local or remote"))?;
+                    let mode =
+                        mode.parse().map_err(|()| invalid(MODE, mode, "mode must be embedded, local or remote"))?;
                     Ok((peer.to_owned(), mode))
                 })
                 .collect::<Result<_, _>>()?,
@@ -252,11 +240,7 @@ impl FunctionConfig {
 }
 
 fn invalid(key: &'static str, value: &str, reason: &'static str) -> AnnotationError {
-    AnnotationError::Invalid {
-        key,
-        value: value.to_owned(),
-        reason,
-    }
+    AnnotationError::Invalid { key, value: value.to_owned(), reason }
 }
 
 /// Function and node names end up in file names and Redis keys: keep them plain.
@@ -275,9 +259,7 @@ fn list_items(list: &str) -> impl Iterator<Item = &str> {
 fn key_values<'a>(key: &'static str, list: &'a str) -> Result<Vec<(&'a str, &'a str)>, AnnotationError> {
     list_items(list)
         .map(|item| {
-            let (k, v) = item
-                .split_once('=')
-                .ok_or_else(|| invalid(key, item, "expected name=value"))?;
+            let (k, v) = item.split_once('=').ok_or_else(|| invalid(key, item, "expected name=value"))?;
             Ok((valid_name(key, k.trim())?, v.trim()))
         })
         .collect()

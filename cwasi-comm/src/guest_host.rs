@@ -92,15 +92,15 @@ impl GuestHost {
 
     pub fn serve_fail(&mut self, message: &[u8]) -> Result<(), Status> {
         let request = self.current.take().ok_or(Status::NoRequest)?;
-        request
-            .fail(&String::from_utf8_lossy(message))
-            .map_err(|e| self.report("reply to", "", e))
+        request.fail(&String::from_utf8_lossy(message)).map_err(|e| self.report("reply to", "", e))
     }
 
     fn report(&self, what: &str, peer: &str, error: CallError) -> Status {
         let status = error.status();
         match status {
-            Status::Forbidden | Status::UnknownPeer | Status::SelfCall => tracing::warn!(peer = %peer, "{what} failed: {error}"),
+            Status::Forbidden | Status::UnknownPeer | Status::SelfCall => {
+                tracing::warn!(peer = %peer, "{what} failed: {error}")
+            }
             _ => tracing::info!(peer = %peer, "{what} failed: {error}"),
         }
         status

@@ -57,11 +57,7 @@ impl NodeRegistry {
         let lock_path = dir.join(format!("{pid}.lock"));
         let file = File::create(&lock_path)?;
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| io::Error::from(errno))?;
-        Ok(Registration {
-            socket_path: dir.join(format!("{pid}.sock")),
-            lock_path,
-            _lock: lock,
-        })
+        Ok(Registration { socket_path: dir.join(format!("{pid}.sock")), lock_path, _lock: lock })
     }
 
     /// Sockets of the live instances of `function`; stale entries are removed.

@@ -74,7 +74,12 @@ impl Router {
 
     /// Sends `request` to `peer` and returns the call in flight; it ends at
     /// `deadline` at the latest.
-    pub fn call(self: &Arc<Self>, peer: &str, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
+    pub fn call(
+        self: &Arc<Self>,
+        peer: &str,
+        request: &[u8],
+        deadline: Instant,
+    ) -> Result<Box<dyn PendingReply>, CallError> {
         if !self.me.peers.allows(peer) {
             return Err(CallError::Forbidden { caller: self.me.name.clone(), peer: peer.to_owned() });
         }
@@ -99,12 +104,7 @@ impl Router {
         if matches!(forced, None | Some(Mode::Local))
             && let Some(pending) = self.call_local(peer, request, deadline, LOCAL_ATTEMPTS)?
         {
-            return Ok(Box::new(RoutedCall {
-                router: self.clone(),
-                peer: peer.to_owned(),
-                deadline,
-                inner: pending,
-            }));
+            return Ok(Box::new(RoutedCall { router: self.clone(), peer: peer.to_owned(), deadline, inner: pending }));
         }
         if matches!(forced, None | Some(Mode::Remote))
             && let Some(link) = self.redis_link()?
@@ -336,8 +336,11 @@ mod tests {
         assert_eq!(fake.calls.lock().unwrap().as_slice(), &[("sha".to_owned(), b"bytes".to_vec())]);
 
         // Forced to local: nothing serves `sha` on this node and remote mode is off.
-        let (router, _run) =
-            router_with(&[("cwasi.io/peers", "*"), ("cwasi.io/embed", "sha=/sha.wasm"), ("cwasi.io/mode", "sha=local")]);
+        let (router, _run) = router_with(&[
+            ("cwasi.io/peers", "*"),
+            ("cwasi.io/embed", "sha=/sha.wasm"),
+            ("cwasi.io/mode", "sha=local"),
+        ]);
         router.attach_embedded(fake.clone());
         assert!(matches!(router.call("sha", b"x", router.deadline(None)), Err(CallError::UnknownPeer(_))));
         assert_eq!(fake.calls.lock().unwrap().len(), 1, "the forced mode must not reach the engine");

@@ -39,17 +39,12 @@ impl ModuleCache {
 
     pub fn artifact_for(&self, module_bytes: &[u8]) -> CachedArtifact {
         let module_sha256 = hex::encode(Sha256::digest(module_bytes));
-        CachedArtifact {
-            path: self.dir.join(format!("{module_sha256}.bin")),
-            module_sha256,
-        }
+        CachedArtifact { path: self.dir.join(format!("{module_sha256}.bin")), module_sha256 }
     }
 
     /// Writes an artifact atomically: readers see the old state or the whole file.
     pub fn store(&self, artifact: &CachedArtifact, bytes: &[u8]) -> anyhow::Result<()> {
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", artifact.module_sha256, std::process::id()));
+        let tmp = self.dir.join(format!(".{}.{}.tmp", artifact.module_sha256, std::process::id()));
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -57,11 +52,8 @@ impl ModuleCache {
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_data())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &artifact.path)
-            .with_context(|| format!("renaming {} into place", tmp.display()))?;
+        file.write_all(bytes).and_then(|()| file.sync_data()).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &artifact.path).with_context(|| format!("renaming {} into place", tmp.display()))?;
         Ok(())
     }
 }

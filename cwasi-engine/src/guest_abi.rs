@@ -16,7 +16,15 @@ fn status(result: Result<(), Status>) -> i32 {
     }
 }
 
-pub fn call_start(host: &mut GuestHost, memory: &mut [u8], peer: i32, peer_len: i32, req: i32, req_len: i32, handle_out: i32) -> i32 {
+pub fn call_start(
+    host: &mut GuestHost,
+    memory: &mut [u8],
+    peer: i32,
+    peer_len: i32,
+    req: i32,
+    req_len: i32,
+    handle_out: i32,
+) -> i32 {
     start(host, memory, peer, peer_len, req, req_len, None, handle_out)
 }
 
@@ -53,7 +61,8 @@ fn start(
     status((|| {
         // Check the out-pointer before sending anything.
         guest_slice(memory, handle_out, 4)?;
-        let handle = host.call_start(guest_slice(memory, peer, peer_len)?, guest_slice(memory, req, req_len)?, timeout)?;
+        let handle =
+            host.call_start(guest_slice(memory, peer, peer_len)?, guest_slice(memory, req, req_len)?, timeout)?;
         write_u32(memory, handle_out, handle)
     })())
 }

@@ -17,8 +17,8 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest, ImageConfigurationBuilder,
-    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder, Sha256Digest,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest, ImageConfigurationBuilder, ImageIndexBuilder,
+    ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder, Sha256Digest,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -95,7 +95,8 @@ impl ImageSpec {
         let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
         let mut manifests = Vec::new();
         for (os, architecture) in &self.platforms {
-            let (manifest_desc, config_json, manifest_json) = self.manifest_for(os, architecture, &layer, &layer_digest)?;
+            let (manifest_desc, config_json, manifest_json) =
+                self.manifest_for(os, architecture, &layer, &layer_digest)?;
             blobs.push((sha256(&config_json), config_json));
             blobs.push((manifest_desc.digest().clone(), manifest_json));
             manifests.push(manifest_desc);
@@ -160,12 +161,7 @@ impl ImageSpec {
         let config = ImageConfigurationBuilder::default()
             .architecture(Arch::from(architecture))
             .os(Os::from(os))
-            .rootfs(
-                RootFsBuilder::default()
-                    .typ("layers")
-                    .diff_ids(vec![layer_digest.to_string()])
-                    .build()?,
-            )
+            .rootfs(RootFsBuilder::default().typ("layers").diff_ids(vec![layer_digest.to_string()]).build()?)
             .config(
                 ConfigBuilder::default()
                     .entrypoint(self.entrypoint.clone())
@@ -229,9 +225,7 @@ fn append(archive: &mut tar::Builder<impl Write>, path: &str, data: &[u8]) -> an
     header.set_mode(0o644);
     header.set_mtime(0);
     header.set_entry_type(tar::EntryType::Regular);
-    archive
-        .append_data(&mut header, path, data)
-        .with_context(|| format!("adding {path} to the tarball"))
+    archive.append_data(&mut header, path, data).with_context(|| format!("adding {path} to the tarball"))
 }
 
 fn append_dir(archive: &mut tar::Builder<impl Write>, path: &str) -> anyhow::Result<()> {
@@ -240,9 +234,7 @@ fn append_dir(archive: &mut tar::Builder<impl Write>, path: &str) -> anyhow::Res
     header.set_mode(0o755);
     header.set_mtime(0);
     header.set_entry_type(tar::EntryType::Directory);
-    archive
-        .append_data(&mut header, path, std::io::empty())
-        .with_context(|| format!("adding {path} to the tarball"))
+    archive.append_data(&mut header, path, std::io::empty()).with_context(|| format!("adding {path} to the tarball"))
 }
 
 #[cfg(test)]
@@ -277,9 +269,11 @@ mod tests {
         for (name, data) in names.iter().filter(|(n, _)| n.starts_with("blobs/sha256/") && !n.ends_with('/')) {
             assert_eq!(name.trim_start_matches("blobs/sha256/"), hex::encode(Sha256::digest(data)));
         }
-        let manifest_blob = &names[&format!("blobs/sha256/{}", manifest["digest"].as_str().unwrap().trim_start_matches("sha256:"))];
+        let manifest_blob =
+            &names[&format!("blobs/sha256/{}", manifest["digest"].as_str().unwrap().trim_start_matches("sha256:"))];
         let manifest: serde_json::Value = serde_json::from_slice(manifest_blob).unwrap();
-        let config_blob = &names[&format!("blobs/sha256/{}", manifest["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:"))];
+        let config_blob = &names
+            [&format!("blobs/sha256/{}", manifest["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:"))];
         let config: serde_json::Value = serde_json::from_slice(config_blob).unwrap();
         assert_eq!(config["os"], "wasip1");
         assert_eq!(config["architecture"], "wasm");
@@ -314,7 +308,9 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap()))
+            .map(|m| {
+                format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap())
+            })
             .collect();
         assert_eq!(platforms, ["wasip1/wasm", "linux/amd64"]);
         let linux = blob(&nested["manifests"][1]["digest"]);

@@ -24,13 +24,13 @@ const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 const CRI_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 
 /// What a container asks the shim to do.
+// One per container, built once and moved into the guest: boxing the large
+// variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Workload {
     /// Run a WebAssembly function.
-    Function {
-        guest: GuestSpec,
-        function: FunctionConfig,
-    },
+    Function { guest: GuestSpec, function: FunctionConfig },
     /// A container without wasm (a pod's pause container): it exists until killed.
     Sandbox,
 }
@@ -73,10 +73,8 @@ pub fn load(bundle: &Path, containerd_namespace: &str, settings: &ShimSettings) 
         .or_else(|| module.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "function".to_owned());
     let mut function = FunctionConfig::from_annotations(&annotations, &default_name, &host_name())?;
-    function.namespace = annotations
-        .get(CRI_SANDBOX_NAMESPACE)
-        .cloned()
-        .unwrap_or_else(|| containerd_namespace.to_owned());
+    function.namespace =
+        annotations.get(CRI_SANDBOX_NAMESPACE).cloned().unwrap_or_else(|| containerd_namespace.to_owned());
     if function.redis_url.is_none() {
         function.redis_url = settings.redis_url.clone();
     }
@@ -114,11 +112,9 @@ pub fn load(bundle: &Path, containerd_namespace: &str, settings: &ShimSettings) 
         .collect();
     // A function may want to know who it is (logs, replies); the image's
     // own settings win.
-    for (key, value) in [
-        ("CWASI_FUNCTION", &function.name),
-        ("CWASI_NODE", &function.node),
-        ("CWASI_NAMESPACE", &function.namespace),
-    ] {
+    for (key, value) in
+        [("CWASI_FUNCTION", &function.name), ("CWASI_NODE", &function.node), ("CWASI_NAMESPACE", &function.namespace)]
+    {
         if !env.iter().any(|(k, _)| k == key) {
             env.push((key.to_owned(), value.clone()));
         }
@@ -159,17 +155,12 @@ fn resolve_in_rootfs(rootfs: &Path, cwd: &Path, path: &str) -> anyhow::Result<Pa
     if in_container.components().any(|c| c == Component::ParentDir) {
         bail!("{path:?} must not contain '..'");
     }
-    let relative: PathBuf = in_container
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .collect();
+    let relative: PathBuf = in_container.components().filter(|c| matches!(c, Component::Normal(_))).collect();
     let candidate = rootfs.join(relative);
-    let resolved = candidate.canonicalize().with_context(|| {
-        format!("{} not found in the container's rootfs", in_container.display())
-    })?;
-    let rootfs = rootfs
+    let resolved = candidate
         .canonicalize()
-        .with_context(|| format!("rootfs {} is missing", rootfs.display()))?;
+        .with_context(|| format!("{} not found in the container's rootfs", in_container.display()))?;
+    let rootfs = rootfs.canonicalize().with_context(|| format!("rootfs {} is missing", rootfs.display()))?;
     if !resolved.starts_with(&rootfs) {
         bail!("{} points outside the container's rootfs", in_container.display());
     }
@@ -186,8 +177,7 @@ fn is_wasm(path: &Path) -> anyhow::Result<bool> {
 /// on /dev) mean nothing to a WASI guest, and WASI cannot preopen a single file.
 fn bind_mount_preopen(mount: &Mount) -> Option<Preopen> {
     let options = mount.options().clone().unwrap_or_default();
-    let is_bind = mount.typ().as_deref() == Some("bind")
-        || options.iter().any(|o| o == "bind" || o == "rbind");
+    let is_bind = mount.typ().as_deref() == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind");
     let source = mount.source().as_ref()?;
     if !is_bind || !source.is_dir() {
         return None;
@@ -200,11 +190,8 @@ fn bind_mount_preopen(mount: &Mount) -> Option<Preopen> {
 }
 
 fn host_name() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".to_owned())
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".to_owned())
 }
-
 
 #[cfg(test)]
 mod tests {

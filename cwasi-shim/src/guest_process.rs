@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 
 use anyhow::Context;
-use futures::FutureExt as _;
-use containerd_shimkit::sandbox::sync::WaitableCell;
 use chrono::{DateTime, Utc};
+use containerd_shimkit::sandbox::sync::WaitableCell;
+use futures::FutureExt as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -42,9 +42,8 @@ impl GuestProcess {
     ) -> anyhow::Result<Self> {
         // containerd-shim's reaper collects every child's status and publishes
         // it; subscribe before the child exists so its exit cannot be missed.
-        let subscription =
-            containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)
-                .map_err(|e| anyhow::anyhow!("subscribing to process exits: {e}"))?;
+        let subscription = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)
+            .map_err(|e| anyhow::anyhow!("subscribing to process exits: {e}"))?;
 
         let exe = std::env::current_exe().context("locating the shim binary")?;
         let mut command = Command::new(exe);
@@ -59,9 +58,7 @@ impl GuestProcess {
         // prctl syscall, which is async-signal-safe and touches no memory of
         // the parent. It ties the guest's life to the shim's.
         unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-            });
+            command.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
         }
         let child = spawn_from_long_lived_thread(command).context("starting the guest process")?;
         let pid = Pid::from_raw(child.id() as i32);

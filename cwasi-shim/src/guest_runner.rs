@@ -36,15 +36,22 @@ pub struct GuestLaunch {
 
 /// The environment of the guest process (it starts with an empty one).
 pub fn launch_env(launch: &GuestLaunch) -> anyhow::Result<Vec<(String, String)>> {
-    let mut env = vec![(
-        LAUNCH_ENV.to_owned(),
-        serde_json::to_string(launch).context("encoding the guest launch")?,
-    )];
+    let mut env = vec![(LAUNCH_ENV.to_owned(), serde_json::to_string(launch).context("encoding the guest launch")?)];
     if let Some(path) = &launch.log_path {
         env.push((LOG_PATH_ENV.to_owned(), path.to_string_lossy().into_owned()));
     }
     // LD_LIBRARY_PATH: an engine's shared library (libwasmedge) may live there.
-    for passed in [LOG_FILTER_ENV, cwasi_comm::local::SPIN_ENV, cwasi_comm::remote::RETRY_ENV, "LD_LIBRARY_PATH"] {
+    // SSL_CERT_FILE/SSL_CERT_DIR: where rustls finds the system's CA store for rediss://.
+    let passed_on = [
+        LOG_FILTER_ENV,
+        cwasi_comm::local::SPIN_ENV,
+        cwasi_comm::remote::RETRY_ENV,
+        cwasi_comm::remote::CA_FILE_ENV,
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "LD_LIBRARY_PATH",
+    ];
+    for passed in passed_on {
         if let Ok(value) = std::env::var(passed) {
             env.push((passed.to_owned(), value));
         }
@@ -100,9 +107,9 @@ fn guest_hosts(launch: &GuestLaunch) -> anyhow::Result<Vec<GuestHost>> {
     let function = &launch.function;
     let registry = NodeRegistry::new(&launch.run_dir, &function.node, &function.namespace);
     let server = if function.serve {
-        Some(Arc::new(FunctionServer::start(function, &registry, function.redis_url.as_deref()).with_context(|| {
-            format!("registering {} on node {} in {}", function.name, function.node, launch.run_dir.display())
-        })?))
+        Some(Arc::new(FunctionServer::start(function, &registry, function.redis_url.as_deref()).with_context(
+            || format!("registering {} on node {} in {}", function.name, function.node, launch.run_dir.display()),
+        )?))
     } else {
         None
     };

@@ -34,7 +34,7 @@ impl Instance for CwasiInstance {
                 call_timeout: settings::call_timeout(),
             },
         )
-            .map_err(|e| Error::InvalidArgument(format!("container {id}: {e:#}")))?;
+        .map_err(|e| Error::InvalidArgument(format!("container {id}: {e:#}")))?;
         match &workload {
             Workload::Function { guest, function } => tracing::info!(
                 container = %id,
@@ -87,9 +87,7 @@ impl Instance for CwasiInstance {
             .ok_or_else(|| Error::InvalidArgument(format!("invalid signal {signal}")))?;
         tracing::info!(container = %self.id, %signal, "kill");
         match &*self.lock_process() {
-            Some(process) => process
-                .signal(signal)
-                .map_err(|e| Error::Others(format!("{e:#}"))),
+            Some(process) => process.signal(signal).map_err(|e| Error::Others(format!("{e:#}"))),
             None => {
                 // A sandbox (or a container never started) ends on a stopping signal.
                 if matches!(signal, Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT) {
@@ -105,10 +103,7 @@ impl Instance for CwasiInstance {
         // can remove the snapshot. Not mounted (no rootfs mounts) is fine.
         match nix::mount::umount2(&self.rootfs, nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-            Err(e) => Err(Error::Others(format!(
-                "unmounting {}: {e}",
-                self.rootfs.display()
-            ))),
+            Err(e) => Err(Error::Others(format!("unmounting {}: {e}", self.rootfs.display()))),
         }
     }
 

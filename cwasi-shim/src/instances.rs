@@ -33,13 +33,11 @@ pub fn run_all(guest: &GuestSpec, hosts: Vec<GuestHost>, run: fn(&GuestSpec, Gue
     let (ended, first) = mpsc::channel();
     for (index, host) in hosts.into_iter().enumerate() {
         let (share, ended) = (share.clone(), ended.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("cwasi-instance-{index}"))
-            .spawn(move || {
-                let status = run(&share, host);
-                tracing::info!(instance = index, status, "handler instance ended");
-                let _ = ended.send(status);
-            });
+        let spawned = std::thread::Builder::new().name(format!("cwasi-instance-{index}")).spawn(move || {
+            let status = run(&share, host);
+            tracing::info!(instance = index, status, "handler instance ended");
+            let _ = ended.send(status);
+        });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start handler instance {index}");
             eprintln!("cwasi: cannot start handler instance {index}: {e}");

@@ -24,14 +24,19 @@ pub fn run_dir() -> PathBuf {
 }
 
 /// The Redis URL of remote mode when a function has no `cwasi.io/redis`
-/// annotation; `none` turns remote mode off on this node.
+/// annotation. Remote mode is opt-in: unset, empty or `none` leaves it off,
+/// so on a node without Redis a call to a peer that is neither embedded nor
+/// on the node is `UnknownPeer` at once instead of a retried connection.
 pub const REDIS_URL_ENV: &str = "CWASI_REDIS_URL";
 
 pub fn redis_url() -> Option<String> {
-    match std::env::var(REDIS_URL_ENV) {
-        Ok(url) if url == "none" => None,
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => Some(cwasi_comm::remote::DEFAULT_REDIS_URL.to_owned()),
+    redis_url_from(std::env::var(REDIS_URL_ENV).ok().as_deref())
+}
+
+fn redis_url_from(value: Option<&str>) -> Option<String> {
+    match value.map(str::trim) {
+        None | Some("" | "none") => None,
+        Some(url) => Some(url.to_owned()),
     }
 }
 
@@ -45,4 +50,18 @@ pub fn call_timeout() -> std::time::Duration {
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map_or(cwasi_comm::DEFAULT_CALL_TIMEOUT, std::time::Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_mode_is_off_unless_a_redis_is_named() {
+        assert_eq!(redis_url_from(None), None);
+        assert_eq!(redis_url_from(Some("")), None);
+        assert_eq!(redis_url_from(Some("none")), None);
+        assert_eq!(redis_url_from(Some("redis://10.0.0.1:6379")).as_deref(), Some("redis://10.0.0.1:6379"));
+        assert_eq!(redis_url_from(Some("rediss://h:6380")).as_deref(), Some("rediss://h:6380"));
+    }
 }

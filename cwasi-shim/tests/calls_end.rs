@@ -59,9 +59,7 @@ fn outcomes<'a>(stdout: &'a str, peer: &str) -> Vec<(bool, u64, &'a str)> {
 
 fn summary(stdout: &str) -> (u64, u64) {
     let line = stdout.lines().find(|l| l.starts_with("summary ")).unwrap_or_else(|| panic!("no summary in {stdout}"));
-    let number = |key: &str| {
-        line.split(' ').find_map(|kv| kv.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap()
-    };
+    let number = |key: &str| line.split(' ').find_map(|kv| kv.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap();
     (number("ok="), number("err="))
 }
 
@@ -89,7 +87,8 @@ fn large_calls_in_flight_to_one_local_function_all_complete() {
     let (ctd, images) = containerd_with(&["echo-server", "inflight"]);
     ctd.serve(&images[0], "echo", &[]).unwrap();
     for n in ["2", "8"] {
-        let out = run_caller(&ctd, &format!("inflight-{n}"), &images[1], &[], &["/inflight.wasm", "echo", n, THREE_MIB]);
+        let out =
+            run_caller(&ctd, &format!("inflight-{n}"), &images[1], &[], &["/inflight.wasm", "echo", n, THREE_MIB]);
         assert!(out.contains(&format!("inflight ok n={n}")), "{out}");
     }
     assert!(ctd.logged_call("echo", "local"), "{}", ctd.log());
@@ -169,14 +168,21 @@ fn an_embedded_peer_still_running_at_the_deadline_is_stopped_and_replaced() {
 fn a_function_calling_itself_is_refused_at_once_and_a_cycle_ends_by_the_deadline() {
     let (ctd, images) = containerd_with(&["relay", "call-load"]);
     for name in ["relay-a", "relay-b"] {
-        ctd.serve(&images[0], name, &["--annotation", "cwasi.io/peers=*", "--annotation", "cwasi.io/timeout=2s"]).unwrap();
+        ctd.serve(&images[0], name, &["--annotation", "cwasi.io/peers=*", "--annotation", "cwasi.io/timeout=2s"])
+            .unwrap();
     }
     let out = run_caller(&ctd, "self-call", &images[1], &[], &["/call-load.wasm", "relay-a=relay-a:x"]);
     let (ok, ms, reply) = outcomes(&out, "relay-a")[0];
     assert!(ok && reply == "error SelfCall" && ms < 1000, "{out}");
 
     // relay-a calls relay-b, which calls relay-a, busy waiting for relay-b.
-    let out = run_caller(&ctd, "cycle", &images[1], &[], &["/call-load.wasm", "--timeout-ms", "10000", "relay-a=relay-b,relay-a:x"]);
+    let out = run_caller(
+        &ctd,
+        "cycle",
+        &images[1],
+        &[],
+        &["/call-load.wasm", "--timeout-ms", "10000", "relay-a=relay-b,relay-a:x"],
+    );
     let (_, ms, reply) = outcomes(&out, "relay-a")[0];
     assert!(reply.contains("Timeout"), "{out}");
     assert!(ms <= 2600, "the cycle ended after {ms} ms, the functions' deadline is 2 s: {out}");
@@ -186,7 +192,13 @@ fn a_function_calling_itself_is_refused_at_once_and_a_cycle_ends_by_the_deadline
 fn two_thousand_calls_across_a_replacement_of_the_serving_container_all_succeed() {
     let (ctd, images) = containerd_with(&["echo-server", "call-load"]);
     serve_replica(&ctd, &images[0], "echo", "echo-v1", &[]);
-    let caller = spawn_caller(&ctd, "steady-caller", &images[1], &[], &["/call-load.wasm", "--count", "2000", "--pause-ms", "2", "echo=x"]);
+    let caller = spawn_caller(
+        &ctd,
+        "steady-caller",
+        &images[1],
+        &[],
+        &["/call-load.wasm", "--count", "2000", "--pause-ms", "2", "echo=x"],
+    );
     ctd.wait_for_log(&["calling peer", "peer=echo"], READY).unwrap();
     sleep(Duration::from_millis(500));
     // A rolling restart: the new container starts, then the old one stops.
@@ -195,7 +207,12 @@ fn two_thousand_calls_across_a_replacement_of_the_serving_container_all_succeed(
     ctd.ctr(&["task", "kill", "echo-v1"]).unwrap().ok().unwrap();
     let out = caller.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(summary(&stdout), (2000, 0), "{}", stdout.lines().filter(|l| l.starts_with("err")).collect::<Vec<_>>().join("\n"));
+    assert_eq!(
+        summary(&stdout),
+        (2000, 0),
+        "{}",
+        stdout.lines().filter(|l| l.starts_with("err")).collect::<Vec<_>>().join("\n")
+    );
     ctd.wait_for_log(&["guest process exited", "exit_code=143"], READY).unwrap();
 }
 
@@ -209,7 +226,13 @@ fn replicas_share_calls_and_a_killed_one_fails_only_the_call_it_had_started() {
     let (a, b) = (replies.iter().filter(|r| **r == "a").count(), replies.iter().filter(|r| **r == "b").count());
     assert!(a >= 5 && b >= 5 && a + b == 20, "a={a} b={b}: {out}");
 
-    let caller = spawn_caller(&ctd, "under-load", &images[1], &[], &["/call-load.wasm", "--count", "1500", "--pause-ms", "2", "echo=whoami"]);
+    let caller = spawn_caller(
+        &ctd,
+        "under-load",
+        &images[1],
+        &[],
+        &["/call-load.wasm", "--count", "1500", "--pause-ms", "2", "echo=whoami"],
+    );
     ctd.wait_for_log(&["calling peer", "peer=echo", "container=under-load"], READY).unwrap();
     sleep(Duration::from_millis(1000));
     ctd.ctr(&["task", "kill", "--signal", "SIGKILL", "echo-a"]).unwrap().ok().unwrap();

@@ -30,7 +30,8 @@ fn example_workflow_pods_use_the_runtime_class_and_valid_cwasi_annotations() {
         assert!(matches!(kind, "Deployment" | "Job"), "{kind}");
         let template = &doc["spec"]["template"];
         assert_eq!(template["spec"]["runtimeClassName"], "cwasi", "{doc:?}");
-        let annotations: HashMap<String, String> = serde_yaml::from_value(template["metadata"]["annotations"].clone()).unwrap();
+        let annotations: HashMap<String, String> =
+            serde_yaml::from_value(template["metadata"]["annotations"].clone()).unwrap();
         // The shim would refuse a container with a malformed cwasi.io annotation.
         FunctionConfig::from_annotations(&annotations, "default", "node").unwrap();
         let container = &template["spec"]["containers"][0];

@@ -23,13 +23,19 @@ fn producer_gets_every_digest_right_from_an_embedded_sha256_peer() {
         .run(
             "producer-embedded",
             &image,
-            &["--rm", "--annotation", "cwasi.io/embed=sha256=/sha256-server.wasm", "--annotation", "cwasi.io/peers=sha256"],
+            &[
+                "--rm",
+                "--annotation",
+                "cwasi.io/embed=sha256=/sha256-server.wasm",
+                "--annotation",
+                "cwasi.io/peers=sha256",
+            ],
             &command,
         )
         .unwrap()
         .ok()
         .unwrap();
-    for size in sizes.iter().copied() {
+    for &size in sizes {
         assert!(out.stdout.contains(&format!("ok size={size} sha256=")), "{size}: {out:?}");
     }
     assert!(ctd.logged_call("sha256", "embedded"), "no mode=embedded in the log:\n{}", ctd.log());

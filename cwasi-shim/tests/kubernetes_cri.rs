@@ -21,7 +21,8 @@ const HANDLER: &str = "cwasi";
 fn containerd_with_cri(functions: &[&str]) -> (Containerd, HashMap<String, String>) {
     let snippet = std::fs::read_to_string(workspace_root().join("deploy/containerd/cwasi-runtime-1.6.toml")).unwrap();
     let pause = pause_image().unwrap();
-    let containerd = Containerd::start_cri(SHIM.as_ref(), &pause.reference, &snippet).expect("containerd with CRI starts");
+    let containerd =
+        Containerd::start_cri(SHIM.as_ref(), &pause.reference, &snippet).expect("containerd with CRI starts");
     containerd.import_in("k8s.io", &pause).unwrap();
     let mut references = HashMap::new();
     for function in functions {
@@ -65,7 +66,10 @@ impl Kubelet {
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
                     // Host network: no CNI plugin is needed for these pods.
-                    namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -93,9 +97,7 @@ impl Kubelet {
             sandbox_config: Some(pod.config.clone()),
         };
         let id = self.runtime.block_on(self.client.create_container(request)).unwrap().into_inner().container_id;
-        self.runtime
-            .block_on(self.client.start_container(StartContainerRequest { container_id: id.clone() }))
-            .unwrap();
+        self.runtime.block_on(self.client.start_container(StartContainerRequest { container_id: id.clone() })).unwrap();
         (id, Path::new(&pod.config.log_directory).join(format!("{name}.log")))
     }
 
@@ -104,7 +106,8 @@ impl Kubelet {
         let deadline = Instant::now() + timeout;
         loop {
             let request = ContainerStatusRequest { container_id: id.to_owned(), verbose: false };
-            let status = self.runtime.block_on(self.client.container_status(request)).unwrap().into_inner().status.unwrap();
+            let status =
+                self.runtime.block_on(self.client.container_status(request)).unwrap().into_inner().status.unwrap();
             if status.state == ContainerState::ContainerExited as i32 {
                 return status.exit_code;
             }
@@ -148,7 +151,8 @@ fn two_pods_call_each_other_in_local_mode_through_cri() {
     containerd.wait_for_log(&["serving", "function=sha256"], Duration::from_secs(30)).unwrap();
 
     let producer = kubelet.run_pod("producer", &[("cwasi.io/function", "producer"), ("cwasi.io/peers", "sha256")]);
-    let (id, log) = kubelet.start_container(&producer, "producer", &images["producer"], &["sha256", "0", "4096", "1048576"]);
+    let (id, log) =
+        kubelet.start_container(&producer, "producer", &images["producer"], &["sha256", "0", "4096", "1048576"]);
     let exit_code = kubelet.wait_exited(&id, Duration::from_secs(60));
     let log = std::fs::read_to_string(log).unwrap();
     assert_eq!(exit_code, 0, "{log}");

@@ -51,7 +51,14 @@ fn wait_running(ctd: &Containerd, id: &str) {
 
 /// Runs `id` attached (as `ctr run --rm` does), kills it with `signal` and
 /// returns `ctr run`'s exit status and the time from the kill to that exit.
-fn kill_running_guest(ctd: &Containerd, image: &TestImage, id: &str, flags: &[&str], command: &[&str], signal: &str) -> (Option<i32>, Duration) {
+fn kill_running_guest(
+    ctd: &Containerd,
+    image: &TestImage,
+    id: &str,
+    flags: &[&str],
+    command: &[&str],
+    signal: &str,
+) -> (Option<i32>, Duration) {
     let mut flags = flags.to_vec();
     flags.push("--rm");
     let mut run = ctd
@@ -81,9 +88,7 @@ fn spinning_guest_stops_within_a_second_on_sigterm_and_sigkill() {
 fn guest_over_its_memory_limit_fails_clearly_and_the_shim_survives() {
     let (ctd, images) = containerd_with(&["memory-hog", "hello"]);
     let limit = (64u64 << 20).to_string();
-    let out = ctd
-        .run("hog-1", &images[0], &["--rm", "--memory-limit", &limit], &["/memory-hog.wasm", "512"])
-        .unwrap();
+    let out = ctd.run("hog-1", &images[0], &["--rm", "--memory-limit", &limit], &["/memory-hog.wasm", "512"]).unwrap();
     assert_ne!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("exceeded its memory limit"), "{out:?}");
     assert!(out.stderr.contains(&limit), "{out:?}");
@@ -131,7 +136,13 @@ fn second_start_of_a_module_loads_it_from_the_cache() {
     ctd.run("cache-2", &images[0], &["--rm"], &[]).unwrap().ok().unwrap();
     let log = ctd.log();
     let compiled = log.lines().filter(|l| l.contains("compiled module")).count();
-    let hits = log.lines().filter(|l| l.contains("module ready") && l.contains("cache=\"hit\"") || l.contains("module ready") && l.contains("cache=hit")).count();
+    let hits = log
+        .lines()
+        .filter(|l| {
+            l.contains("module ready") && l.contains("cache=\"hit\"")
+                || l.contains("module ready") && l.contains("cache=hit")
+        })
+        .count();
     assert_eq!(compiled, 1, "{log}");
     assert_eq!(hits, 1, "{log}");
 }

@@ -30,7 +30,7 @@ fn producer_gets_every_digest_right_from_a_local_sha256_server() {
         .unwrap()
         .ok()
         .unwrap();
-    for size in sizes.iter().copied() {
+    for &size in sizes {
         assert!(out.stdout.contains(&format!("ok size={size} sha256=")), "{size}: {out:?}");
     }
     assert!(ctd.logged_call("sha256", "local"), "no mode=local in the log:\n{}", ctd.log());
@@ -92,28 +92,67 @@ fn eight_concurrent_callers_each_get_their_own_reply() {
 fn a_peer_outside_the_allow_list_is_forbidden() {
     let (ctd, images) = containerd_with(&["echo-server", "caller"]);
     serve(&ctd, &images[0], "echo");
-    for (id, flags) in [
-        ("caller-other", vec!["--rm", "--annotation", "cwasi.io/peers=someone-else"]),
-        ("caller-none", vec!["--rm"]),
-    ] {
+    for (id, flags) in
+        [("caller-other", vec!["--rm", "--annotation", "cwasi.io/peers=someone-else"]), ("caller-none", vec!["--rm"])]
+    {
         let out = ctd.run(id, &images[1], &flags, &["/caller.wasm", "echo", "hi"]).unwrap();
         assert_eq!(out.code, Some(3), "{id}: {out:?}");
         assert!(out.stdout.contains("Forbidden"), "{id}: {out:?}");
     }
     let out = ctd
-        .run("caller-unknown", &images[1], &["--rm", "--annotation", "cwasi.io/peers=*"], &["/caller.wasm", "nobody", "hi"])
+        .run(
+            "caller-unknown",
+            &images[1],
+            &["--rm", "--annotation", "cwasi.io/peers=*"],
+            &["/caller.wasm", "nobody", "hi"],
+        )
         .unwrap();
     assert_eq!(out.code, Some(5), "{out:?}");
     let out = ctd
-        .run("caller-echo", &images[1], &["--rm", "--annotation", "cwasi.io/peers=echo"], &["/caller.wasm", "echo", "hi"])
+        .run(
+            "caller-echo",
+            &images[1],
+            &["--rm", "--annotation", "cwasi.io/peers=echo"],
+            &["/caller.wasm", "echo", "hi"],
+        )
         .unwrap()
         .ok()
         .unwrap();
     assert!(out.stdout.contains("reply: hi"), "{out:?}");
     let out = ctd
-        .run("caller-fail", &images[1], &["--rm", "--annotation", "cwasi.io/peers=echo"], &["/caller.wasm", "echo", "fail:no thanks"])
+        .run(
+            "caller-fail",
+            &images[1],
+            &["--rm", "--annotation", "cwasi.io/peers=echo"],
+            &["/caller.wasm", "echo", "fail:no thanks"],
+        )
         .unwrap();
     assert_eq!(out.code, Some(6), "{out:?}");
+}
+
+#[test]
+fn without_a_redis_a_misspelt_peer_is_unknown_at_once() {
+    // The rig leaves CWASI_REDIS_URL unset, as on an edge node without Redis:
+    // remote mode is off, so nothing waits for a Redis that is not there.
+    let (ctd, images) = containerd_with(&["echo-server", "caller"]);
+    serve(&ctd, &images[0], "echo");
+    let out = ctd
+        .run(
+            "caller-misspelt",
+            &images[1],
+            &["--rm", "--annotation", "cwasi.io/peers=*"],
+            &["/caller.wasm", "ehco", "hi"],
+        )
+        .unwrap();
+    assert_eq!(out.code, Some(5), "{out:?}");
+    let line = out.stdout.lines().find(|l| l.starts_with("error: UnknownPeer")).unwrap_or_else(|| panic!("{out:?}"));
+    let micros: u64 = line
+        .rsplit_once("(after ")
+        .and_then(|(_, rest)| rest.strip_suffix(" us)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {line:?}"));
+    assert!(micros < 100_000, "UnknownPeer took {micros} µs: {line}");
+    assert!(!ctd.log().contains("unreachable"), "a Redis was tried:\n{}", ctd.log());
 }
 
 #[test]
@@ -167,7 +206,12 @@ fn garbage_on_a_function_socket_is_dropped_and_the_function_keeps_serving() {
 
     ctd.wait_for_log(&["dropping a connection that failed the handshake"], READY).unwrap();
     let out = ctd
-        .run("caller-after", &images[1], &["--rm", "--annotation", "cwasi.io/peers=echo"], &["/caller.wasm", "echo", "still serving"])
+        .run(
+            "caller-after",
+            &images[1],
+            &["--rm", "--annotation", "cwasi.io/peers=echo"],
+            &["/caller.wasm", "echo", "still serving"],
+        )
         .unwrap()
         .ok()
         .unwrap();

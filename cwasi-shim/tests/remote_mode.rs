@@ -16,7 +16,12 @@ struct Node {
 
 impl Node {
     fn start(name: &str, redis_url: &str, images: &[&TestImage]) -> Node {
-        let containerd = Containerd::start(SHIM.as_ref(), &[]).expect("private containerd starts");
+        Self::start_with_env(name, redis_url, images, &[])
+    }
+
+    /// `env` goes to containerd and so to the shim (e.g. `CWASI_REDIS_CA_FILE`).
+    fn start_with_env(name: &str, redis_url: &str, images: &[&TestImage], env: &[(&str, &str)]) -> Node {
+        let containerd = Containerd::start(SHIM.as_ref(), env).expect("private containerd starts");
         for image in images {
             containerd.import(image).expect("image imports");
         }
@@ -57,7 +62,7 @@ fn producer_on_node_a_gets_every_digest_right_from_sha256_on_node_b() {
         .unwrap()
         .ok()
         .unwrap();
-    for size in sizes.iter().copied() {
+    for &size in sizes {
         assert!(out.stdout.contains(&format!("ok size={size} sha256=")), "{size}: {out:?}");
     }
     let log = node_a.containerd.log();
@@ -151,13 +156,23 @@ fn redis_down_is_a_typed_error_and_serving_recovers_when_it_returns() {
     let call = |id: &str| {
         node_a
             .containerd
-            .run(id, &caller, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo,nobody"]), &["/caller.wasm", "echo", "hello"])
+            .run(
+                id,
+                &caller,
+                &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo,nobody"]),
+                &["/caller.wasm", "echo", "hello"],
+            )
             .unwrap()
     };
     assert!(call("call-up").ok().unwrap().stdout.contains("reply: hello"));
     let unknown = node_a
         .containerd
-        .run("call-nobody", &caller, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=nobody"]), &["/caller.wasm", "nobody", "x"])
+        .run(
+            "call-nobody",
+            &caller,
+            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=nobody"]),
+            &["/caller.wasm", "nobody", "x"],
+        )
         .unwrap();
     assert_eq!(unknown.code, Some(5), "{unknown:?}");
 
@@ -189,7 +204,12 @@ fn a_password_protected_redis_works_and_the_password_stays_out_of_logs() {
     let node_a = Node::start("node-a", &redis.url(), &[&caller]);
     let out = node_a
         .containerd
-        .run("call-auth", &caller, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]), &["/caller.wasm", "echo", "hello"])
+        .run(
+            "call-auth",
+            &caller,
+            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]),
+            &["/caller.wasm", "echo", "hello"],
+        )
         .unwrap()
         .ok()
         .unwrap();
@@ -199,4 +219,35 @@ fn a_password_protected_redis_works_and_the_password_stays_out_of_logs() {
         let guest_lines: String = log.lines().filter(|l| l.contains("guest{")).collect::<Vec<_>>().join("\n");
         assert!(!guest_lines.contains("s3cret-pw"), "the password leaked into the log:\n{guest_lines}");
     }
+}
+
+#[test]
+fn rediss_works_with_the_ca_named_in_cwasi_redis_ca_file_and_fails_without_it() {
+    let redis = RedisServer::start_tls().unwrap();
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+    let ca = redis.tls_files().unwrap().ca_cert.to_string_lossy().into_owned();
+    let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
+    let trusting = [("CWASI_REDIS_CA_FILE", ca.as_str())];
+    let node_b = Node::start_with_env("node-b", &redis.url(), &[&server], &trusting);
+    node_b.serve(&server, "echo");
+    let node_a = Node::start_with_env("node-a", &redis.url(), &[&caller], &trusting);
+    let flags = node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]);
+    let out = node_a
+        .containerd
+        .run("call-tls", &caller, &flags, &["/caller.wasm", "echo", "over", "tls"])
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert!(out.stdout.contains("reply: over") && out.stdout.contains("reply: tls"), "{out:?}");
+    assert!(node_a.containerd.logged_call("echo", "remote"), "{}", node_a.containerd.log());
+
+    // Without the CA the server's certificate is refused (the system store
+    // does not know the test CA): the call fails instead of trusting it.
+    let node_c = Node::start_with_env("node-c", &redis.url(), &[&caller], &[("CWASI_REDIS_RETRY_MS", "300")]);
+    let flags = node_c.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]);
+    let out = node_c.containerd.run("call-untrusted", &caller, &flags, &["/caller.wasm", "echo", "hello"]).unwrap();
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stdout.contains("Transport"), "{out:?}");
+    let log = node_c.containerd.log();
+    assert!(log.contains("certificate") || log.contains("UnknownIssuer"), "no certificate error in the log:\n{log}");
 }

@@ -4,11 +4,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use crate::images::TestImage;
-use crate::mounts::unmount_below;
+use crate::teardown::{Registered, Teardown, register};
 
 /// The runtime type of the cwasi shim.
 pub const RUNTIME: &str = "io.containerd.cwasi.v1";
@@ -20,6 +18,8 @@ pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Child,
     socket: PathBuf,
+    /// In the live list that [`crate::on_interrupt`] tears down.
+    registered: Option<Registered>,
 }
 
 /// What one `ctr` command did.
@@ -114,15 +114,16 @@ state = "{state}"
             // Each test rig compiles modules into its own cache.
             .env("CWASI_CACHE_DIR", dir.path().join("cache"))
             .env("CWASI_RUN_DIR", dir.path().join("run"))
-            // No remote mode unless a test names a Redis (env or cwasi.io/redis).
-            .env("CWASI_REDIS_URL", "none")
+            // CWASI_REDIS_URL stays unset, as on a node without Redis: remote
+            // mode is off unless a test names a Redis (env or cwasi.io/redis).
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting containerd (Debian package `containerd`)")?;
-        let containerd = Self { dir, daemon, socket };
+        let registered = Some(register(Teardown { pid: daemon.id(), dir: dir.path().to_owned() }));
+        let containerd = Self { dir, daemon, socket, registered };
         containerd.wait_ready()?;
         Ok(containerd)
     }
@@ -162,14 +163,11 @@ state = "{state}"
 
     /// Runs `ctr` in `namespace` (`k8s.io` is the CRI plugin's).
     pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> anyhow::Result<CtrOutput> {
-        self.ctr_command_in(namespace, args)
-            .output()
-            .context("running ctr")
-            .map(|out| CtrOutput {
-                code: out.status.code(),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            })
+        self.ctr_command_in(namespace, args).output().context("running ctr").map(|out| CtrOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 
     /// A `ctr` command ready to be spawned (for commands that run in the background).
@@ -179,12 +177,7 @@ state = "{state}"
 
     fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", namespace])
-            .args(args)
-            .stdin(Stdio::null());
+        command.arg("--address").arg(&self.socket).args(["--namespace", namespace]).args(args).stdin(Stdio::null());
         command
     }
 
@@ -193,9 +186,7 @@ state = "{state}"
     }
 
     pub fn import_in(&self, namespace: &str, image: &TestImage) -> anyhow::Result<()> {
-        self.ctr_in(namespace, &["images", "import", "--all-platforms", &image.tar.to_string_lossy()])?
-            .ok()
-            .map(drop)
+        self.ctr_in(namespace, &["images", "import", "--all-platforms", &image.tar.to_string_lossy()])?.ok().map(drop)
     }
 
     /// `ctr run --rm` of `image` through the cwasi runtime; `flags` go before
@@ -242,6 +233,17 @@ state = "{state}"
     pub fn logged_call(&self, peer: &str, mode: &str) -> bool {
         let (peer, mode) = (format!("peer={peer}"), format!("mode={mode}"));
         self.log().lines().any(|l| l.contains("calling peer") && l.contains(&peer) && l.contains(&mode))
+    }
+
+    /// The mode the router of container `id` chose for `peer`, from its
+    /// first-call log line (`calling peer peer=… mode=…`).
+    pub fn logged_mode(&self, id: &str, peer: &str) -> Option<String> {
+        let (container, peer) = (format!("container={id}"), format!("peer={peer}"));
+        self.log().lines().filter(|l| l.contains("calling peer")).find_map(|line| {
+            let fields = || line.split(|c: char| c.is_whitespace() || matches!(c, '{' | '}' | ':' | '"'));
+            let ours = fields().any(|f| f == container) && fields().any(|f| f == peer);
+            ours.then(|| fields().find_map(|f| f.strip_prefix("mode=")).map(str::to_owned)).flatten()
+        })
     }
 
     /// Starts `image` detached (`ctr run -d`): for functions that serve.
@@ -293,45 +295,16 @@ state = "{state}"
         }
         found
     }
-
-    /// Processes started for this containerd (shims, their helpers), found
-    /// by our directory in their command line.
-    fn leftover_pids(&self) -> Vec<Pid> {
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        let Ok(procs) = fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        procs
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
-            })
-            .map(Pid::from_raw)
-            .filter(|pid| pid.as_raw() as u32 != self.daemon.id())
-            .collect()
-    }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // The daemon first, so it starts no cleanup shims while we work.
+        // The daemon first, so it starts no cleanup shims while we work; it
+        // is reaped last, so its pid stays ours while it is in the live list.
+        let teardown = Teardown { pid: self.daemon.id(), dir: self.dir.path().to_owned() };
         let _ = self.daemon.kill();
+        teardown.sweep();
+        self.registered.take();
         let _ = self.daemon.wait();
-        // Shims outlive containerd by design, and a shim's helper processes
-        // (its zygote, `shim delete` runs) can outlive the shim: sweep until
-        // none is left. Guest processes die with their shim (PDEATHSIG).
-        for _ in 0..20 {
-            let pids = self.leftover_pids();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let _ = kill(pid, Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        unmount_below(self.dir.path());
     }
 }

@@ -1,6 +1,6 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, bail};
@@ -112,7 +112,8 @@ fn build_test_functions() -> anyhow::Result<PathBuf> {
     let target_dir = root.join("target/test-functions");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        // Quiet: errors still show, "Finished" lines do not clutter the demo.
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
         .arg(root.join("test-functions/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
@@ -122,7 +123,9 @@ fn build_test_functions() -> anyhow::Result<PathBuf> {
         .status()
         .context("running cargo for test-functions")?;
     if !status.success() {
-        bail!("building test-functions failed ({status}); is the wasm32-wasip1 target installed? (rustup target add wasm32-wasip1)");
+        bail!(
+            "building test-functions failed ({status}); is the wasm32-wasip1 target installed? (rustup target add wasm32-wasip1)"
+        );
     }
     Ok(target_dir.join("wasm32-wasip1/release"))
 }

@@ -1,5 +1,6 @@
-//! Test rig for cwasi: a private containerd driven through `ctr`, and the
-//! OCI images of the guest functions in `test-functions/`.
+//! Test rig for cwasi: a private containerd driven through `ctr`, a private
+//! redis-server, two nodes and a Redis for the demo and the benchmarks, and
+//! the OCI images of the guest functions in `test-functions/`.
 //!
 //! Everything a [`Containerd`] creates lives under one temporary directory
 //! (root, state, sockets, logs) and is torn down when it is dropped: tasks,
@@ -9,10 +10,18 @@ mod containerd;
 mod images;
 mod mounts;
 mod redis_server;
+mod teardown;
+mod two_nodes;
+mod units;
 
 pub use containerd::{Containerd, CtrOutput, RUNTIME};
-pub use redis_server::RedisServer;
-pub use images::{TestImage, pause_image, test_image, test_image_for_kubernetes, test_image_with_peers, workspace_root};
+pub use images::{
+    TestImage, pause_image, test_image, test_image_for_kubernetes, test_image_with_peers, workspace_root,
+};
+pub use redis_server::{RedisServer, TlsFiles};
+pub use teardown::on_interrupt;
+pub use two_nodes::{CallTimings, Measured, Route, TwoNodes};
+pub use units::{human_bytes, human_latency};
 
 /// The engine a shim binary runs guests on (`wasmtime` or `wasmedge`).
 pub fn shim_engine(shim: &std::path::Path) -> String {

@@ -1,19 +1,23 @@
-use std::net::TcpStream;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::teardown::{Registered, Teardown, register};
+
 /// A private `redis-server` (Debian package) on a free loopback port, with
-/// its data in a temporary directory.
+/// its data in a temporary directory; plain, with a password, or TLS only.
 pub struct RedisServer {
     dir: tempfile::TempDir,
     port: u16,
     durable: bool,
     password: Option<String>,
-    process: Option<Child>,
+    tls: Option<TlsFiles>,
+    /// The running server, in the live list that [`crate::on_interrupt`] tears down.
+    process: Option<(Child, Registered)>,
 }
 
 impl RedisServer {
@@ -26,7 +30,7 @@ impl RedisServer {
     pub fn start_with(durable: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("cwasi-redis-").tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut server = Self { dir, port, durable, password: None, process: None };
+        let mut server = Self { dir, port, durable, password: None, tls: None, process: None };
         server.launch()?;
         Ok(server)
     }
@@ -35,17 +39,37 @@ impl RedisServer {
     pub fn start_with_password(password: &str) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("cwasi-redis-").tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut server = Self { dir, port, durable: false, password: Some(password.to_owned()), process: None };
+        let mut server =
+            Self { dir, port, durable: false, password: Some(password.to_owned()), tls: None, process: None };
         server.launch()?;
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:<port>`, with `:<password>@` when it has one.
+    /// A server that speaks TLS only (`--tls-port`, no plain port), with a
+    /// certificate for `127.0.0.1` and `localhost` from a CA made for it
+    /// ([`RedisServer::tls_files`]); clients need no certificate.
+    pub fn start_tls() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("cwasi-redis-").tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let tls = TlsFiles::create(dir.path())?;
+        let mut server = Self { dir, port, durable: false, password: None, tls: Some(tls), process: None };
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:<port>` (`rediss://` with TLS), with
+    /// `:<password>@` when it has one.
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(password) => format!("{scheme}://:{password}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// The CA and server certificate of a TLS server.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -55,7 +79,27 @@ impl RedisServer {
     fn launch(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("redis.log"))?;
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(match &self.tls {
+                None => vec!["--port".into(), self.port.to_string()],
+                Some(tls) => {
+                    let path = |p: &Path| p.to_string_lossy().into_owned();
+                    vec![
+                        "--port".into(),
+                        "0".into(),
+                        "--tls-port".into(),
+                        self.port.to_string(),
+                        "--tls-cert-file".into(),
+                        path(&tls.server_cert),
+                        "--tls-key-file".into(),
+                        path(&tls.server_key),
+                        "--tls-ca-cert-file".into(),
+                        path(&tls.ca_cert),
+                        "--tls-auth-clients".into(),
+                        "no".into(),
+                    ]
+                }
+            })
             .args(if self.durable {
                 ["--appendonly", "yes", "--appendfsync", "always"]
             } else {
@@ -71,7 +115,8 @@ impl RedisServer {
             .stderr(log)
             .spawn()
             .context("starting redis-server (Debian package `redis-server`)")?;
-        self.process = Some(child);
+        let registered = register(Teardown { pid: child.id(), dir: self.dir.path().to_owned() });
+        self.process = Some((child, registered));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.answers_ping() {
             if Instant::now() > deadline {
@@ -83,6 +128,11 @@ impl RedisServer {
     }
 
     fn answers_ping(&self) -> bool {
+        if self.tls.is_some() {
+            // Listening is as far as plain TCP gets; the log says when it is ready.
+            let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+            return log.contains("Ready to accept connections") && TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        }
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
         // Any answer will do (a password-protected server answers NOAUTH).
@@ -92,8 +142,12 @@ impl RedisServer {
 
     /// Stops the server as an operator would (SIGTERM: it flushes its data).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        if let Some((mut child, registered)) = self.process.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            drop(registered);
             let _ = child.wait();
         }
     }
@@ -107,9 +161,44 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.process.take() {
+        if let Some((mut child, registered)) = self.process.take() {
             let _ = child.kill();
+            drop(registered);
             let _ = child.wait();
         }
+    }
+}
+
+/// A CA and a server certificate signed by it, as PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificate: what clients trust (`CWASI_REDIS_CA_FILE`).
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Writes `ca.pem`, `server.pem` and `server.key` into `dir`.
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "cwasi test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let server_key = KeyPair::generate()?;
+        let mut server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        server.distinguished_name.push(DnType::CommonName, "localhost");
+        let server = server.signed_by(&server_key, &ca)?;
+        let files = Self {
+            ca_cert: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        };
+        std::fs::write(&files.ca_cert, ca.pem())?;
+        std::fs::write(&files.server_cert, server.pem())?;
+        std::fs::write(&files.server_key, server_key.serialize_pem())?;
+        Ok(files)
     }
 }

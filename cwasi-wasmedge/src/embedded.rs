@@ -141,7 +141,12 @@ fn serve_read(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFram
     }))
 }
 
-fn serve_reply(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+fn serve_reply(
+    exchange: &mut Exchange,
+    _: &mut Instance,
+    frame: &mut CallingFrame,
+    args: Vec<WasmValue>,
+) -> HostResult {
     let a = ints(&args);
     done(with_memory(frame, |m| {
         to_status(guest_slice(m, a[0], a[1]).map(|reply| exchange.reply = Some(reply.to_vec())))
@@ -151,7 +156,9 @@ fn serve_reply(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFra
 fn serve_fail(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
     let a = ints(&args);
     done(with_memory(frame, |m| {
-        to_status(guest_slice(m, a[0], a[1]).map(|msg| exchange.failure = Some(String::from_utf8_lossy(msg).into_owned())))
+        to_status(
+            guest_slice(m, a[0], a[1]).map(|msg| exchange.failure = Some(String::from_utf8_lossy(msg).into_owned())),
+        )
     }))
 }
 

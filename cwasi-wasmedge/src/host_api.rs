@@ -50,7 +50,12 @@ fn call_start(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, 
     done(with_memory(frame, |m| guest_abi::call_start(host, m, a[0], a[1], a[2], a[3], a[4])))
 }
 
-fn call_start_timeout(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+fn call_start_timeout(
+    host: &mut GuestHost,
+    _: &mut Instance,
+    frame: &mut CallingFrame,
+    args: Vec<WasmValue>,
+) -> HostResult {
     let a = ints(&args);
     done(with_memory(frame, |m| guest_abi::call_start_timeout(host, m, a[0], a[1], a[2], a[3], a[4], a[5])))
 }

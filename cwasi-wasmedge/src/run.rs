@@ -83,9 +83,8 @@ impl Engine for WasmEdgeEngine {
             vm.run_func(None, "_initialize", []).map_err(wasmedge_error).context("calling _initialize")?;
         }
         let outcome = vm.run_func(None, entry, []);
-        let memory_bytes = vm
-            .active_module()
-            .and_then(|m| m.get_memory_ref("memory").ok().map(|mem| mem.size() as u64 * PAGE));
+        let memory_bytes =
+            vm.active_module().and_then(|m| m.get_memory_ref("memory").ok().map(|mem| mem.size() as u64 * PAGE));
         drop(vm);
         // WasmEdge counts `proc_exit` as a successful end of the run: the
         // status is in the WASI module either way.

@@ -166,7 +166,9 @@ impl ParkedPeer {
         let mut context = Context::from_waker(Waker::noop());
         match self.run.as_mut().poll(&mut context) {
             Poll::Pending => Ok(()),
-            Poll::Ready(Ok(())) => Err(CallError::PeerFailed(format!("embedded peer {peer} returned instead of serving"))),
+            Poll::Ready(Ok(())) => {
+                Err(CallError::PeerFailed(format!("embedded peer {peer} returned instead of serving")))
+            }
             Poll::Ready(Err(e)) if e.downcast_ref::<DeadlinePassed>().is_some() => {
                 Err(CallError::Timeout(format!("embedded peer {peer} still ran at the call's deadline")))
             }
@@ -265,7 +267,12 @@ impl EmbeddedPeers for WasmtimeEmbedded {
 }
 
 impl WasmtimeEmbedded {
-    fn call_until(&self, peer: &str, request: &[u8], deadline: Option<Instant>) -> Result<Box<dyn PendingReply>, CallError> {
+    fn call_until(
+        &self,
+        peer: &str,
+        request: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<Box<dyn PendingReply>, CallError> {
         let mut parked = match self.take_idle(peer) {
             Some(parked) => parked,
             None => self.spawn(peer, deadline)?,
@@ -286,9 +293,9 @@ impl WasmtimeEmbedded {
                 park(&self.idle, peer, parked);
                 Err(CallError::PeerFailed(message))
             }
-            Outcome::NoAnswer => Err(CallError::PeerFailed(format!(
-                "embedded peer {peer} asked for the next request without answering"
-            ))),
+            Outcome::NoAnswer => {
+                Err(CallError::PeerFailed(format!("embedded peer {peer} asked for the next request without answering")))
+            }
         }
     }
 }

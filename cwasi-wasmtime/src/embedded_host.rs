@@ -46,11 +46,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<PeerState>) -> wasmtime::Result<
     linker.func_wrap(abi::MODULE, abi::CALL_START, |_: PeerCaller<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| {
         Status::Forbidden as i32
     })?;
-    linker.func_wrap(abi::MODULE, abi::CALL_START_TIMEOUT, |_: PeerCaller<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| {
-        Status::Forbidden as i32
-    })?;
+    linker.func_wrap(
+        abi::MODULE,
+        abi::CALL_START_TIMEOUT,
+        |_: PeerCaller<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| Status::Forbidden as i32,
+    )?;
     linker.func_wrap(abi::MODULE, abi::CALL_WAIT, |_: PeerCaller<'_>, _: i32, _: i32| Status::BadHandle as i32)?;
-    linker.func_wrap(abi::MODULE, abi::CALL_READ, |_: PeerCaller<'_>, _: i32, _: i32, _: i32| Status::BadHandle as i32)?;
+    linker
+        .func_wrap(abi::MODULE, abi::CALL_READ, |_: PeerCaller<'_>, _: i32, _: i32, _: i32| Status::BadHandle as i32)?;
     Ok(())
 }
 

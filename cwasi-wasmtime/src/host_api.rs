@@ -10,12 +10,24 @@ use crate::run::GuestState;
 type GuestCaller<'a> = Caller<'a, GuestState>;
 
 pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
-    linker.func_wrap(abi::MODULE, abi::CALL_START, |mut c: GuestCaller<'_>, peer: i32, peer_len: i32, req: i32, req_len: i32, handle_out: i32| {
-        with_memory(&mut c, |memory, host| guest_abi::call_start(host, memory, peer, peer_len, req, req_len, handle_out))
-    })?;
-    linker.func_wrap(abi::MODULE, abi::CALL_START_TIMEOUT, |mut c: GuestCaller<'_>, peer: i32, peer_len: i32, req: i32, req_len: i32, timeout_ms: i32, handle_out: i32| {
-        with_memory(&mut c, |memory, host| guest_abi::call_start_timeout(host, memory, peer, peer_len, req, req_len, timeout_ms, handle_out))
-    })?;
+    linker.func_wrap(
+        abi::MODULE,
+        abi::CALL_START,
+        |mut c: GuestCaller<'_>, peer: i32, peer_len: i32, req: i32, req_len: i32, handle_out: i32| {
+            with_memory(&mut c, |memory, host| {
+                guest_abi::call_start(host, memory, peer, peer_len, req, req_len, handle_out)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        abi::MODULE,
+        abi::CALL_START_TIMEOUT,
+        |mut c: GuestCaller<'_>, peer: i32, peer_len: i32, req: i32, req_len: i32, timeout_ms: i32, handle_out: i32| {
+            with_memory(&mut c, |memory, host| {
+                guest_abi::call_start_timeout(host, memory, peer, peer_len, req, req_len, timeout_ms, handle_out)
+            })
+        },
+    )?;
     linker.func_wrap(abi::MODULE, abi::CALL_WAIT, |mut c: GuestCaller<'_>, handle: i32, len_out: i32| {
         with_memory(&mut c, |memory, host| guest_abi::call_wait(host, memory, handle, len_out))
     })?;

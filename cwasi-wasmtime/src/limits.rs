@@ -11,10 +11,7 @@ pub(crate) struct GuestLimiter {
 
 impl GuestLimiter {
     pub(crate) fn new(memory_limit: Option<u64>) -> Self {
-        Self {
-            memory_limit: memory_limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
-            denied_growth: None,
-        }
+        Self { memory_limit: memory_limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)), denied_growth: None }
     }
 
     pub(crate) fn limit(&self) -> Option<usize> {
@@ -23,12 +20,7 @@ impl GuestLimiter {
 }
 
 impl ResourceLimiter for GuestLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         match self.memory_limit {
             Some(limit) if desired > limit => {
                 self.denied_growth = Some(desired);
@@ -38,12 +30,7 @@ impl ResourceLimiter for GuestLimiter {
         }
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        _desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(true)
     }
 }

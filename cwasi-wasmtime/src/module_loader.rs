@@ -29,8 +29,7 @@ pub(crate) fn load(
     module_path: &Path,
     cache_root: Option<&Path>,
 ) -> anyhow::Result<(Module, ModuleSource)> {
-    let bytes = std::fs::read(module_path)
-        .with_context(|| format!("reading module {}", module_path.display()))?;
+    let bytes = std::fs::read(module_path).with_context(|| format!("reading module {}", module_path.display()))?;
     let cache = cache_root.and_then(|root| {
         ModuleCache::new(root, "wasmtime", compat)
             .map_err(|e| tracing::warn!(error = %format!("{e:#}"), "module cache unusable"))
@@ -63,10 +62,7 @@ pub(crate) fn load(
         "compiled module"
     );
     if let (Some(cache), Some(artifact)) = (cache, artifact) {
-        let stored = module
-            .serialize()
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| cache.store(&artifact, &bytes));
+        let stored = module.serialize().map_err(anyhow::Error::from).and_then(|bytes| cache.store(&artifact, &bytes));
         if let Err(e) = stored {
             tracing::warn!(error = %format!("{e:#}"), "could not store compiled module");
         }

@@ -1,6 +1,6 @@
 use anyhow::Context as _;
-use wasmtime::error::Context as _;
 use cwasi_engine::{Engine, GuestExit, GuestHost, GuestSpec};
+use wasmtime::error::Context as _;
 use wasmtime::{Config, Linker, Store, Val};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -26,9 +26,8 @@ impl WasmtimeEngine {
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         // Lets an embedded peer be stopped at its caller's deadline.
         config.epoch_interruption(true);
-        let engine = wasmtime::Engine::new(&config)
-            .map_err(anyhow::Error::from)
-            .context("creating the wasmtime engine")?;
+        let engine =
+            wasmtime::Engine::new(&config).map_err(anyhow::Error::from).context("creating the wasmtime engine")?;
         crate::deadline::start_epoch_ticker(&engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
         let compat = module_loader::compat_tag(&engine);
         Ok(Self { engine, compat })
@@ -42,20 +41,10 @@ impl WasmtimeEngine {
             // The guest owns this process: blocking its one thread is what it asked for.
             .allow_blocking_current_thread(true);
         for preopen in &guest.preopens {
-            let perms = if preopen.read_only {
-                FsPerms::ReadOnly
-            } else {
-                FsPerms::ReadWrite
-            };
+            let perms = if preopen.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
             wasi.preopened_dir(&preopen.host_path, &preopen.guest_path, perms)
                 .map_err(anyhow::Error::from)
-                .with_context(|| {
-                    format!(
-                        "preopening {} as {}",
-                        preopen.host_path.display(),
-                        preopen.guest_path
-                    )
-                })?;
+                .with_context(|| format!("preopening {} as {}", preopen.host_path.display(), preopen.guest_path))?;
         }
         Ok(wasi.build_p1())
     }
@@ -67,12 +56,8 @@ impl Engine for WasmtimeEngine {
     }
 
     fn run(&self, guest: &GuestSpec, host: GuestHost) -> anyhow::Result<GuestExit> {
-        let (module, source) = module_loader::load(
-            &self.engine,
-            &self.compat,
-            &guest.module,
-            guest.cache_dir.as_deref(),
-        )?;
+        let (module, source) =
+            module_loader::load(&self.engine, &self.compat, &guest.module, guest.cache_dir.as_deref())?;
         tracing::info!(
             module = %guest.module.display(),
             cache = if source == ModuleSource::Cache { "hit" } else { "miss" },
@@ -90,11 +75,8 @@ impl Engine for WasmtimeEngine {
             host.router().attach_embedded(std::sync::Arc::new(embedded));
         }
 
-        let state = GuestState {
-            wasi: Self::wasi_context(guest)?,
-            limiter: GuestLimiter::new(guest.memory_limit),
-            host,
-        };
+        let state =
+            GuestState { wasi: Self::wasi_context(guest)?, limiter: GuestLimiter::new(guest.memory_limit), host };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         // The guest itself has no deadline: only its container's life bounds it.
@@ -127,8 +109,7 @@ fn call_entry(
     if entry.is_some()
         && let Some(init) = instance.get_func(&mut *store, "_initialize")
     {
-        init.call(&mut *store, &[], &mut [])
-            .context("calling _initialize")?;
+        init.call(&mut *store, &[], &mut []).context("calling _initialize")?;
     }
     let func = instance
         .get_func(&mut *store, name)
@@ -150,10 +131,7 @@ fn trapped(error: wasmtime::Error, limiter: &GuestLimiter) -> GuestExit {
         ),
         _ => format!("{error:?}"),
     };
-    GuestExit::Trapped {
-        message,
-        memory_limit_hit: limiter.denied_growth.is_some(),
-    }
+    GuestExit::Trapped { message, memory_limit_hit: limiter.denied_growth.is_some() }
 }
 
 #[cfg(test)]
@@ -195,9 +173,7 @@ mod tests {
     #[test]
     fn trap_is_reported_with_its_message() {
         let exit = run_wat(r#"(module (func (export "_start") unreachable))"#, None);
-        let GuestExit::Trapped { message, memory_limit_hit } = exit else {
-            panic!("expected a trap, got {exit:?}")
-        };
+        let GuestExit::Trapped { message, memory_limit_hit } = exit else { panic!("expected a trap, got {exit:?}") };
         assert!(message.contains("unreachable"), "{message}");
         assert!(!memory_limit_hit);
     }
@@ -210,9 +186,7 @@ mod tests {
                   (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))))"#,
             Some(2 * 65536),
         );
-        let GuestExit::Trapped { message, memory_limit_hit } = exit else {
-            panic!("expected a trap, got {exit:?}")
-        };
+        let GuestExit::Trapped { message, memory_limit_hit } = exit else { panic!("expected a trap, got {exit:?}") };
         assert!(memory_limit_hit);
         assert!(message.contains("memory limit"), "{message}");
         assert!(message.contains("131072"), "{message}");

@@ -66,12 +66,7 @@ impl Connection {
 
 impl LocalChannel {
     pub fn new(peer: &str, caller: &str, socket_path: PathBuf) -> Self {
-        Self {
-            peer: Arc::from(peer),
-            caller: caller.to_owned(),
-            socket_path,
-            idle: Arc::new(Mutex::new(Vec::new())),
-        }
+        Self { peer: Arc::from(peer), caller: caller.to_owned(), socket_path, idle: Arc::new(Mutex::new(Vec::new())) }
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -82,9 +77,8 @@ impl LocalChannel {
         if let Some(connection) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok(connection);
         }
-        Connection::open(&self.socket_path, &self.caller).map_err(|e| {
-            CallError::Unreachable(format!("{} at {}: {e}", self.peer, self.socket_path.display()))
-        })
+        Connection::open(&self.socket_path, &self.caller)
+            .map_err(|e| CallError::Unreachable(format!("{} at {}: {e}", self.peer, self.socket_path.display())))
     }
 }
 
@@ -98,12 +92,8 @@ impl Channel for LocalChannel {
         let ring = connection.segment.request();
         let start = ring.head();
         ring.clear_taken();
-        let sent = ring.send(
-            request,
-            0,
-            &mut || connection.check(&self.peer, deadline),
-            || connection.doorbell.counter().bump(),
-        );
+        let sent = ring
+            .send(request, 0, &mut || connection.check(&self.peer, deadline), || connection.doorbell.counter().bump());
         match sent {
             Ok(()) => {}
             // Nobody took it: the caller still has the bytes; try elsewhere.

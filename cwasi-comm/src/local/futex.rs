@@ -26,10 +26,7 @@ pub const SPIN_ENV: &str = "CWASI_SPIN_US";
 fn spin_budget() -> Duration {
     static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *SPIN.get_or_init(|| {
-        std::env::var(SPIN_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(DEFAULT_SPIN, Duration::from_micros)
+        std::env::var(SPIN_ENV).ok().and_then(|v| v.parse().ok()).map_or(DEFAULT_SPIN, Duration::from_micros)
     })
 }
 
@@ -93,10 +90,8 @@ impl SharedCounter {
 }
 
 fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let timeout = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
+    let timeout =
+        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     // SAFETY: `word` is a live, aligned AtomicU32 for the whole call and the
     // kernel only reads it; `timeout` outlives the call. Not FUTEX_PRIVATE:
     // the word lives in memory shared with another process. Spurious or
@@ -146,9 +141,7 @@ mod tests {
                 counter.publish(5);
             })
         };
-        let seen = counter
-            .wait_until(|v| v == 5, Duration::from_secs(5), || Ok::<(), ()>(()))
-            .unwrap();
+        let seen = counter.wait_until(|v| v == 5, Duration::from_secs(5), || Ok::<(), ()>(())).unwrap();
         assert_eq!(seen, 5);
         publisher.join().unwrap();
     }
@@ -157,10 +150,14 @@ mod tests {
     fn check_error_ends_the_wait() {
         let counter = SharedCounter::new();
         let mut ticks = 0;
-        let result = counter.wait_until(|v| v == 1, Duration::from_millis(1), || {
-            ticks += 1;
-            if ticks == 3 { Err("gone") } else { Ok(()) }
-        });
+        let result = counter.wait_until(
+            |v| v == 1,
+            Duration::from_millis(1),
+            || {
+                ticks += 1;
+                if ticks == 3 { Err("gone") } else { Ok(()) }
+            },
+        );
         assert_eq!(result, Err("gone"));
     }
 }

@@ -184,12 +184,8 @@ impl LocalRequest {
 impl LocalListener {
     /// Binds `path` (replacing a stale socket file) and starts accepting.
     pub fn bind(path: &Path, function: &str) -> io::Result<Self> {
-        let socket = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )?;
+        let socket =
+            socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
         let _ = std::fs::remove_file(path);
         bind(socket.as_raw_fd(), &UnixAddr::new(path)?)?;
         listen(&socket, Backlog::new(128)?)?;
@@ -205,9 +201,7 @@ impl LocalListener {
         });
         let poller = {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("cwasi-local-accept".into())
-                .spawn(move || shared.poll_loop(socket))?
+            std::thread::Builder::new().name("cwasi-local-accept".into()).spawn(move || shared.poll_loop(socket))?
         };
         Ok(Self { shared, poller: Some(poller) })
     }
@@ -351,13 +345,6 @@ impl Shared {
         let (caller, segment_fd) = handshake::recv_hello(&socket)?;
         let segment = Segment::open(segment_fd)?;
         handshake::send_welcome(&socket, &self.doorbell_fd)?;
-        Ok(Connection {
-            caller,
-            socket,
-            segment,
-            gone: AtomicBool::new(false),
-            busy: AtomicBool::new(false),
-        })
+        Ok(Connection { caller, socket, segment, gone: AtomicBool::new(false), busy: AtomicBool::new(false) })
     }
 }
-

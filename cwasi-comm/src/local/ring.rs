@@ -89,7 +89,11 @@ impl<'a> Ring<'a> {
     }
 
     /// Sends the rest of a message that [`Ring::send_patiently`] left stalled.
-    pub(crate) fn send_rest(&self, rest: &[u8], check: &mut dyn FnMut() -> Result<(), CallError>) -> Result<(), CallError> {
+    pub(crate) fn send_rest(
+        &self,
+        rest: &[u8],
+        check: &mut dyn FnMut() -> Result<(), CallError>,
+    ) -> Result<(), CallError> {
         if rest.is_empty() {
             // A stalled empty message never got its slot.
             return match self.push(&[], check, None::<fn()>, None) {

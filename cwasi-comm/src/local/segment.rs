@@ -79,10 +79,7 @@ impl Segment {
     pub(crate) fn create(slot_bytes: usize, slot_count: usize) -> io::Result<(Self, OwnedFd)> {
         assert!((MIN_SLOT_BYTES..=MAX_SLOT_BYTES).contains(&slot_bytes));
         assert!((1..=MAX_SLOTS).contains(&slot_count));
-        let fd = memfd_create(
-            c"cwasi-segment",
-            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
-        )?;
+        let fd = memfd_create(c"cwasi-segment", MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING)?;
         let len = total_len(slot_bytes, slot_count);
         let file = File::from(fd);
         file.set_len(len as u64)?;
@@ -177,10 +174,7 @@ unsafe impl Sync for Doorbell {}
 
 impl Doorbell {
     pub(crate) fn create() -> io::Result<(Self, OwnedFd)> {
-        let fd = memfd_create(
-            c"cwasi-doorbell",
-            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
-        )?;
+        let fd = memfd_create(c"cwasi-doorbell", MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING)?;
         let file = File::from(fd);
         file.set_len(HEADER_BYTES as u64)?;
         seal(&file)?;

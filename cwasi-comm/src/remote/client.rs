@@ -61,7 +61,15 @@ impl Channel for RemoteChannel {
         // Retried over reconnects; a request added twice has one id and is handled once.
         lock(&self.link).run("XADD", |c| {
             let mut entry = redis::cmd("XADD");
-            entry.arg(&self.stream).arg("*").arg("id").arg(&id).arg("reply").arg(&reply_key).arg("caller").arg(&self.caller);
+            entry
+                .arg(&self.stream)
+                .arg("*")
+                .arg("id")
+                .arg(&id)
+                .arg("reply")
+                .arg(&reply_key)
+                .arg("caller")
+                .arg(&self.caller);
             if request.len() <= keys::INLINE_BODY_MAX {
                 entry.arg("body").arg(request);
                 return entry.query::<Value>(c);
@@ -80,7 +88,13 @@ impl Channel for RemoteChannel {
                 .add_command(entry)
                 .query::<Value>(c)
         })?;
-        Ok(Box::new(RemotePending { link: self.link.clone(), peer: self.peer.clone(), reply_key, reply: None, deadline }))
+        Ok(Box::new(RemotePending {
+            link: self.link.clone(),
+            peer: self.peer.clone(),
+            reply_key,
+            reply: None,
+            deadline,
+        }))
     }
 }
 
@@ -109,7 +123,13 @@ impl PendingReply for RemotePending {
             // It blocks at most REPLY_POLL at a time so a dead connection is noticed.
             let block = left.min(REPLY_POLL).as_secs_f64().max(0.001);
             let moved: Option<Vec<u8>> = lock(&self.link).run("BLMOVE", |c| {
-                redis::cmd("BLMOVE").arg(&self.reply_key).arg(&self.reply_key).arg("LEFT").arg("LEFT").arg(block).query(c)
+                redis::cmd("BLMOVE")
+                    .arg(&self.reply_key)
+                    .arg(&self.reply_key)
+                    .arg("LEFT")
+                    .arg("LEFT")
+                    .arg(block)
+                    .query(c)
             })?;
             if let Some(element) = moved {
                 // Best effort: the list also expires on its own.

@@ -1,16 +1,19 @@
 //! A Redis connection that reconnects, with a bounded retry.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, RedisResult};
 
 use crate::CallError;
 
-pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// How long an operation keeps retrying while Redis is unreachable;
 /// `CWASI_REDIS_RETRY_MS` overrides it.
 const DEFAULT_RETRY: Duration = Duration::from_secs(5);
 pub const RETRY_ENV: &str = "CWASI_REDIS_RETRY_MS";
+/// A PEM file of the CA certificates that `rediss://` servers are checked
+/// against instead of the system's store (a private CA, as tests use).
+pub const CA_FILE_ENV: &str = "CWASI_REDIS_CA_FILE";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longer than any blocking command we send (they block at most 1 s).
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,13 +28,9 @@ pub struct RedisLink {
 
 impl RedisLink {
     pub fn new(url: &str) -> Result<Self, CallError> {
-        let client = connection_info(url)
-            .and_then(redis::Client::open)
-            .map_err(|e| CallError::Redis(format!("bad Redis URL {}: {e}", redact(url))))?;
-        let retry_for = std::env::var(RETRY_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(DEFAULT_RETRY, Duration::from_millis);
+        let client = client(url, std::env::var_os(CA_FILE_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))?;
+        let retry_for =
+            std::env::var(RETRY_ENV).ok().and_then(|v| v.parse().ok()).map_or(DEFAULT_RETRY, Duration::from_millis);
         Ok(Self { client, shown_url: redact(url), connection: None, retry_for })
     }
 
@@ -41,7 +40,11 @@ impl RedisLink {
 
     /// Runs `op`, reconnecting and retrying while Redis is unreachable or
     /// still loading, for at most the retry window.
-    pub fn run<T>(&mut self, what: &str, mut op: impl FnMut(&mut Connection) -> RedisResult<T>) -> Result<T, CallError> {
+    pub fn run<T>(
+        &mut self,
+        what: &str,
+        mut op: impl FnMut(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, CallError> {
         let deadline = Instant::now() + self.retry_for;
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -72,6 +75,29 @@ impl RedisLink {
             self.connection = Some(connection);
         }
         Ok(self.connection.as_mut().expect("just connected"))
+    }
+}
+
+/// A client for `url`; a `rediss://` one trusts the PEM CA certificates in
+/// `ca_file` when given, else the system's CA store.
+fn client(url: &str, ca_file: Option<PathBuf>) -> Result<redis::Client, CallError> {
+    let bad_url = |e: RedisError| CallError::Redis(format!("bad Redis URL {}: {e}", redact(url)));
+    let info = connection_info(url).map_err(bad_url)?;
+    let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    if tls {
+        // rustls needs one crypto provider for the process; ring is the one
+        // built in. An error only says one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match ca_file {
+        Some(path) if tls => {
+            let root_cert = std::fs::read(&path)
+                .map_err(|e| CallError::Redis(format!("cannot read {CA_FILE_ENV} {}: {e}", path.display())))?;
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+            redis::Client::build_with_tls(info, certificates)
+                .map_err(|e| CallError::Redis(format!("{CA_FILE_ENV} {} for {}: {e}", path.display(), redact(url))))
+        }
+        _ => redis::Client::open(info).map_err(bad_url),
     }
 }
 
@@ -109,6 +135,17 @@ mod tests {
         assert_eq!(redact("redis://:pw@10.0.0.1:6379"), "redis://***@10.0.0.1:6379");
         assert_eq!(redact("rediss://user:pw@h/0"), "rediss://***@h/0");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn a_ca_file_applies_to_rediss_only_and_a_missing_one_is_named() {
+        let missing = PathBuf::from("/nonexistent/cwasi-ca.pem");
+        let Err(error) = client("rediss://127.0.0.1:6380", Some(missing.clone())) else {
+            panic!("a missing CA file must be an error");
+        };
+        assert!(matches!(error, CallError::Redis(ref m) if m.contains("/nonexistent/cwasi-ca.pem")), "{error}");
+        assert!(client("redis://127.0.0.1:6379", Some(missing)).is_ok());
+        assert!(client("rediss://127.0.0.1:6380", None).is_ok());
     }
 
     #[test]

@@ -216,23 +216,48 @@ impl Source {
         // An error here (NOGROUP when Redis lost its data, say) makes `run`
         // create the group again before the next read.
         let new: Value = self.link.run("XREADGROUP >", |c| {
-            redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg(&consumer).arg("COUNT").arg(1)
-                .arg("BLOCK").arg(1000).arg("STREAMS").arg(&stream).arg(">").query(c)
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">")
+                .query(c)
         })?;
         Ok(first_read_entry(&new))
     }
 
     fn recover_entry(&mut self, stream: &str, consumer: &str) -> Result<Option<Entry>, CallError> {
         let own: Value = self.link.run("XREADGROUP 0", |c| {
-            redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(1)
-                .arg("STREAMS").arg(stream).arg("0").query(c)
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg("0")
+                .query(c)
         })?;
         if let Some(entry) = first_read_entry(&own) {
             return Ok(Some(entry));
         }
         let claimed: Value = self.link.run("XAUTOCLAIM", |c| {
-            redis::cmd("XAUTOCLAIM").arg(stream).arg(GROUP).arg(consumer)
-                .arg(CLAIM_IDLE.as_millis() as u64).arg("0-0").arg("COUNT").arg(1).query(c)
+            redis::cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(CLAIM_IDLE.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(1)
+                .query(c)
         })?;
         let claimed = first_claimed_entry(&claimed);
         if let Some(entry) = &claimed {
@@ -338,7 +363,9 @@ fn parse_entries(entries: &Value) -> Option<Entry> {
         let fields = kv
             .chunks(2)
             .filter_map(|chunk| match chunk {
-                [Value::BulkString(k), Value::BulkString(v)] => Some((String::from_utf8_lossy(k).into_owned(), v.clone())),
+                [Value::BulkString(k), Value::BulkString(v)] => {
+                    Some((String::from_utf8_lossy(k).into_owned(), v.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -356,15 +383,19 @@ mod tests {
 
     #[test]
     fn parses_read_and_claim_replies_and_skips_deleted_entries() {
-        let entry = Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("id"), bulk("r1"), bulk("body"), bulk("xyz")])]);
+        let entry =
+            Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("id"), bulk("r1"), bulk("body"), bulk("xyz")])]);
         let deleted = Value::Array(vec![bulk("0-1"), Value::Nil]);
-        let read = Value::Array(vec![Value::Array(vec![bulk("stream"), Value::Array(vec![deleted.clone(), entry.clone()])])]);
+        let read =
+            Value::Array(vec![Value::Array(vec![bulk("stream"), Value::Array(vec![deleted.clone(), entry.clone()])])]);
         let parsed = first_read_entry(&read).unwrap();
         assert_eq!(parsed.stream_id, "1-0");
         assert_eq!(parsed.fields["body"], b"xyz");
         let claimed = Value::Array(vec![bulk("0-0"), Value::Array(vec![entry]), Value::Array(vec![])]);
         assert_eq!(first_claimed_entry(&claimed).unwrap().fields["id"], b"r1");
         assert!(first_read_entry(&Value::Nil).is_none());
-        assert!(first_claimed_entry(&Value::Array(vec![bulk("0-0"), Value::Array(vec![]), Value::Array(vec![])])).is_none());
+        assert!(
+            first_claimed_entry(&Value::Array(vec![bulk("0-0"), Value::Array(vec![]), Value::Array(vec![])])).is_none()
+        );
     }
 }

@@ -18,5 +18,5 @@ mod link;
 mod listener;
 
 pub use client::RemoteChannel;
-pub use link::{DEFAULT_REDIS_URL, RETRY_ENV, RedisLink, connection_info};
+pub use link::{CA_FILE_ENV, RETRY_ENV, RedisLink, connection_info};
 pub use listener::{RemoteListener, RemoteRequest};

@@ -1,6 +1,7 @@
 //! `caller PEER TEXT...`: calls PEER with each TEXT in turn and prints each
-//! reply or error. It goes on after an error; the exit status tells the
-//! first error (3 forbidden, 4 peer gone, 5 unknown peer, 6 peer failed, 2 other).
+//! reply or error (an error with how long the call took, `after N us`). It
+//! goes on after an error; the exit status tells the first error
+//! (3 forbidden, 4 peer gone, 5 unknown peer, 6 peer failed, 2 other).
 use cwasi_guest::Status;
 
 fn main() {
@@ -11,10 +12,11 @@ fn main() {
     };
     let mut status = 0;
     for text in texts {
+        let started = std::time::Instant::now();
         match cwasi_guest::call(peer, text.as_bytes()) {
             Ok(reply) => println!("reply: {}", String::from_utf8_lossy(&reply)),
             Err(e) => {
-                println!("error: {e}");
+                println!("error: {e} (after {} us)", started.elapsed().as_micros());
                 if status == 0 {
                     status = match e.status() {
                         Status::Forbidden => 3,
