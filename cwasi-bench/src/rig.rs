@@ -14,6 +14,9 @@ pub enum Shape {
     FanOut4,
     /// A sends to an echo and gets the same bytes back.
     RoundTrip,
+    /// A sends four calls at once to one function that runs four handler
+    /// instances (`cwasi.io/concurrency: 4`).
+    FanOut4ToOne,
 }
 
 impl Shape {
@@ -22,6 +25,7 @@ impl Shape {
             Shape::Sequential => "sequential",
             Shape::FanOut4 => "fan-out 4",
             Shape::RoundTrip => "round trip",
+            Shape::FanOut4ToOne => "fan-out 4 to one",
         }
     }
 
@@ -29,7 +33,7 @@ impl Shape {
     pub fn bytes_moved(self, payload: usize) -> usize {
         match self {
             Shape::Sequential => payload,
-            Shape::FanOut4 => 4 * payload,
+            Shape::FanOut4 | Shape::FanOut4ToOne => 4 * payload,
             Shape::RoundTrip => 2 * payload,
         }
     }
@@ -40,6 +44,7 @@ impl Shape {
             Shape::Sequential => &["sink"],
             Shape::FanOut4 => &["sink-1", "sink-2", "sink-3", "sink-4"],
             Shape::RoundTrip => &["echo"],
+            Shape::FanOut4ToOne => &["sink-x4", "sink-x4", "sink-x4", "sink-x4"],
         }
     }
 }
@@ -48,14 +53,15 @@ pub struct Rig {
     nodes: TwoNodes,
 }
 
-/// The functions every node serves: (name, test function).
-const SERVERS: [(&str, &str); 6] = [
-    ("sink", "sink-server"),
-    ("sink-1", "sink-server"),
-    ("sink-2", "sink-server"),
-    ("sink-3", "sink-server"),
-    ("sink-4", "sink-server"),
-    ("echo", "echo-server"),
+/// The functions every node serves: (name, test function, annotations).
+const SERVERS: [(&str, &str, &[&str]); 7] = [
+    ("sink", "sink-server", &[]),
+    ("sink-1", "sink-server", &[]),
+    ("sink-2", "sink-server", &[]),
+    ("sink-3", "sink-server", &[]),
+    ("sink-4", "sink-server", &[]),
+    ("echo", "echo-server", &[]),
+    ("sink-x4", "sink-server", &["cwasi.io/concurrency=4"]),
 ];
 
 impl Rig {

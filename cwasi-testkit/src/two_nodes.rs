@@ -79,13 +79,13 @@ pub struct TwoNodes {
 
 impl TwoNodes {
     /// Starts Redis and both nodes, imports the images, and serves each
-    /// `(function, test function)` of `servers` on node A as `l<function>`
-    /// and on node B as `r<function>`. The caller is the `bench-caller`
+    /// `(function, test function, extra annotations)` of `servers` on node A
+    /// as `l<function>` and on node B as `r<function>`. The caller is the `bench-caller`
     /// test function, shipping every server module for embedded calls.
-    pub fn start(shim: &Path, servers: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub fn start(shim: &Path, servers: &[(&str, &str, &[&str])]) -> anyhow::Result<Self> {
         anyhow::ensure!(shim.exists(), "{} is missing: run `make build` first", shim.display());
         let redis = RedisServer::start_with(false)?;
-        let mut modules: Vec<&str> = servers.iter().map(|(_, module)| *module).collect();
+        let mut modules: Vec<&str> = servers.iter().map(|(_, module, _)| *module).collect();
         modules.sort_unstable();
         modules.dedup();
         let caller = test_image_with_peers("bench-caller", &modules)?;
@@ -103,18 +103,23 @@ impl TwoNodes {
         for (containerd, annotations, route) in
             [(&node_a, &annotations_a, Route::Local), (&node_b, &annotations_b, Route::Remote)]
         {
-            let flags: Vec<&str> = annotations.iter().flat_map(|a| ["--annotation", a.as_str()]).collect();
-            for (function, module) in servers {
+            for (function, module, extra) in servers {
                 let image = &server_images.iter().find(|(m, _)| m == module).expect("image built above").1;
                 let name = route.peer(function);
+                let flags: Vec<&str> = annotations
+                    .iter()
+                    .map(String::as_str)
+                    .chain(extra.iter().copied())
+                    .flat_map(|a| ["--annotation", a])
+                    .collect();
                 containerd.serve(image, &name, &flags).with_context(|| format!("starting {name}"))?;
             }
-            for (function, _) in servers {
+            for (function, _, _) in servers {
                 let name = format!("function={}", route.peer(function));
                 containerd.wait_for_log(&["remote serving ready", &name], Duration::from_secs(30))?;
             }
         }
-        let servers = servers.iter().map(|(f, m)| (f.to_string(), m.to_string())).collect();
+        let servers = servers.iter().map(|(f, m, _)| (f.to_string(), m.to_string())).collect();
         Ok(Self { redis, node_a, node_b, caller, servers, annotations_a })
     }
 

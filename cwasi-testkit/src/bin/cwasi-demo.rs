@@ -40,7 +40,7 @@ fn run() -> anyhow::Result<()> {
     println!("cwasi demo: a caller sends bytes to a sha256 function and gets their digest back, by four routes.");
     println!("Starting two private containerd nodes (A, B) with the cwasi shim, a private redis-server, and");
     println!("sha256 (and echo) on both nodes ...");
-    let nodes = TwoNodes::start(&shim, &[("sha256", "sha256-server"), ("echo", "echo-server")])?;
+    let nodes = TwoNodes::start(&shim, &[("sha256", "sha256-server", &[]), ("echo", "echo-server", &[])])?;
     let mut rows = Vec::new();
     for route in Route::ALL {
         println!("calling from node A: {} ...", description(route));
