@@ -15,6 +15,8 @@ use cwasi_comm::{FunctionConfig, FunctionServer, GuestHost, NodeRegistry, Router
 use cwasi_engine::{Engine, GuestExit, GuestSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::confinement::Confinement;
+
 pub const SUBCOMMAND: &str = "__cwasi-run-guest";
 const LAUNCH_ENV: &str = "CWASI_GUEST_LAUNCH";
 /// The shim's log FIFO: guest-process logs join the shim's in containerd's log.
@@ -30,6 +32,8 @@ pub struct GuestLaunch {
     /// Root of the node registry.
     pub run_dir: PathBuf,
     pub log_path: Option<PathBuf>,
+    /// The spec's process isolation, applied before the engine starts.
+    pub confinement: Confinement,
 }
 
 /// The environment of the guest process (it starts with an empty one).
@@ -79,7 +83,16 @@ pub fn main() -> i32 {
         function = %launch.function.name
     )
     .entered();
-    let status = match guest_host(&launch) {
+    // Namespaces first, while this process is single-threaded and before
+    // it opens a socket; the user switch, capabilities and seccomp after
+    // the host side is connected (the node registry is root's), before
+    // any guest code runs.
+    let host = launch
+        .confinement
+        .enter_namespaces()
+        .and_then(|()| guest_host(&launch))
+        .and_then(|host| launch.confinement.apply().map(|()| host));
+    let status = match host {
         Ok(host) => run(&launch.guest, host),
         Err(e) => {
             tracing::error!("{e:#}");
