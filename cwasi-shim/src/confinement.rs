@@ -189,7 +189,15 @@ impl Confinement {
             libcontainer::capabilities::drop_privileges(&bounding, &syscall)
                 .context("process.capabilities.bounding")?;
         }
+        let shim = nix::unistd::getppid();
         self.switch_user()?;
+        // A change of credentials clears the parent-death signal: arm it
+        // again, and leave if the shim died in between.
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .context("process.user: re-arming the parent-death signal")?;
+        if nix::unistd::getppid() != shim {
+            bail!("the shim exited while the guest was starting");
+        }
         if let Some(caps) = &self.capabilities {
             let mut rest = caps.clone();
             rest.set_bounding(None);

@@ -347,7 +347,18 @@ fn guest_runs_as_the_spec_user_under_seccomp_without_the_shims_descriptors() {
         fds.iter().all(|fd| !fd.contains("socket:")),
         "the guest holds sockets: {fds:?}"
     );
-    stop(&ctd, "spin-user");
+
+    // The user switch cleared the parent-death signal; the guest re-armed it
+    // and still dies with its shim.
+    let shim: i32 = status_field(pid, "PPid").parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the guest dies with its shim", || {
+        fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |s| s.contains("State:\tZ"))
+    });
 }
 
 #[test]

@@ -192,10 +192,11 @@ impl ContainerCgroup {
                     Err(e)
                         if e.raw_os_error() == Some(libc_ebusy()) && Instant::now() < deadline =>
                     {
-                        std::thread::sleep(Duration::from_millis(10));
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                     Err(e) => {
-                        return Err(e).with_context(|| format!("removing cgroup {}", dir.display()));
+                        return Err(e)
+                            .with_context(|| format!("removing cgroup {}", dir.display()));
                     }
                 }
             }
@@ -217,7 +218,7 @@ fn create_v1(
     let mut memory_dir = None;
     for hierarchy in hierarchies {
         let dir = hierarchy.mount.join(relative);
-        create_dir(&dir)?;
+        create_leaf(&dir)?;
         if hierarchy.controllers.iter().any(|c| c == "cpuset") {
             inherit_cpuset(&hierarchy.mount, relative)?;
         }
@@ -262,10 +263,15 @@ fn create_v2(
     wanted.dedup();
     // Each level hands the controllers down to the next one.
     let mut dir = root.to_path_buf();
-    for component in relative.components() {
+    let levels = relative.components().count();
+    for (level, component) in relative.components().enumerate() {
         enable_controllers(&dir, &wanted)?;
         dir.push(component);
-        create_dir(&dir)?;
+        if level + 1 == levels {
+            create_leaf(&dir)?
+        } else {
+            create_dir(&dir)?
+        }
     }
     for w in writes {
         write_limit(&dir, w)?;
@@ -275,6 +281,15 @@ fn create_v2(
         dirs: vec![dir],
         version: Version::V2,
     })
+}
+
+/// Creates the container's own directory (and missing parents).
+fn create_leaf(dir: &Path) -> anyhow::Result<()> {
+    // A container id can come back (ctr run of the same id after a shim
+    // was killed): start from fresh defaults, not the last one's limits.
+    // A cgroup that still has processes stays (rmdir fails) and is reused.
+    let _ = fs::remove_dir(dir);
+    create_dir(dir)
 }
 
 fn create_dir(dir: &Path) -> anyhow::Result<()> {
