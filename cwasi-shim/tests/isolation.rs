@@ -293,6 +293,7 @@ fn guest_runs_as_the_spec_user_under_seccomp_without_the_shims_descriptors() {
     spec["process"]["user"] =
         serde_json::json!({ "uid": 1000, "gid": 1000, "additionalGids": [1001, 1002] });
     spec["process"]["oomScoreAdj"] = serde_json::json!(456);
+    spec["linux"]["cgroupsPath"] = serde_json::json!("/cwasi-test/spin-user");
     spec["process"]["noNewPrivileges"] = serde_json::json!(true);
     spec["process"]["capabilities"] = serde_json::json!({
         "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
@@ -344,12 +345,14 @@ fn guest_runs_as_the_spec_user_under_seccomp_without_the_shims_descriptors() {
         fds.push(format!("{}->{target}", entry.file_name().to_string_lossy()));
     }
     assert!(
-        fds.iter().all(|fd| !fd.contains("socket:") && !fd.contains("pipe:")),
+        fds.iter()
+            .all(|fd| !fd.contains("socket:") && !fd.contains("pipe:")),
         "the guest holds a socket or pipe it did not open: {fds:?}"
     );
 
     // The user switch cleared the parent-death signal; the guest re-armed it
     // and still dies with its shim.
+    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let shim: i32 = status_field(pid, "PPid").parse().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim),
@@ -359,6 +362,22 @@ fn guest_runs_as_the_spec_user_under_seccomp_without_the_shims_descriptors() {
     wait_until("the guest dies with its shim", || {
         fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |s| s.contains("State:\tZ"))
     });
+    // Nobody deletes a task whose shim was killed: remove its cgroup here.
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        if let Some(controller) = controllers
+            .split(',')
+            .next()
+            .filter(|c| !c.is_empty() && !c.contains('='))
+        {
+            let _ = fs::remove_dir(format!("/sys/fs/cgroup/{controller}{path}"));
+        }
+    }
 }
 
 #[test]
