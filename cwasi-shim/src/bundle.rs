@@ -35,12 +35,21 @@ pub enum Workload {
     Sandbox,
 }
 
-/// Reads `<bundle>/config.json` and resolves the module inside the rootfs.
+/// Reads `<bundle>/config.json`.
+pub fn read_spec(bundle: &Path) -> anyhow::Result<Spec> {
+    let config = bundle.join("config.json");
+    Spec::load(&config).with_context(|| format!("reading {}", config.display()))
+}
+
+/// Resolves what `spec` runs: the module inside the rootfs, or a sandbox.
 /// Functions of a pod live in its Kubernetes namespace, others in their
 /// containerd namespace.
-pub fn load(bundle: &Path, containerd_namespace: &str, settings: &ShimSettings) -> anyhow::Result<Workload> {
-    let config = bundle.join("config.json");
-    let spec = Spec::load(&config).with_context(|| format!("reading {}", config.display()))?;
+pub fn load(
+    bundle: &Path,
+    spec: &Spec,
+    containerd_namespace: &str,
+    settings: &ShimSettings,
+) -> anyhow::Result<Workload> {
     let annotations = spec.annotations().clone().unwrap_or_default();
     if annotations.get(CRI_CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
         return Ok(Workload::Sandbox);

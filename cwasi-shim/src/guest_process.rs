@@ -5,11 +5,12 @@
 //! a guest wherever it is — spinning in wasm or blocked in a host call — and
 //! so that nothing a guest does can take the shim down.
 
+use std::ffi::CString;
 use std::fs::File;
-use std::io;
+use std::io::{self, Write as _};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -18,6 +19,7 @@ use futures::FutureExt as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::cgroup::ContainerCgroup;
 use crate::guest_runner::{self, GuestLaunch};
 
 /// Container stdio as opened from containerd's FIFOs; `None` is `/dev/null`.
@@ -35,9 +37,12 @@ pub struct GuestProcess {
 }
 
 impl GuestProcess {
+    /// Starts the guest process inside `cgroup` (joined between fork and
+    /// exec, so no guest code ever runs outside it).
     pub fn spawn(
         launch: &GuestLaunch,
         stdio: GuestStdio,
+        cgroup: Arc<ContainerCgroup>,
         exit: WaitableCell<(u32, DateTime<Utc>)>,
     ) -> anyhow::Result<Self> {
         // containerd-shim's reaper collects every child's status and publishes
@@ -45,6 +50,8 @@ impl GuestProcess {
         let subscription = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)
             .map_err(|e| anyhow::anyhow!("subscribing to process exits: {e}"))?;
 
+        // Where an exit reason the guest cannot report (an OOM kill) goes.
+        let reason_out = stdio.stderr.as_ref().and_then(|f| f.try_clone().ok());
         let exe = std::env::current_exe().context("locating the shim binary")?;
         let mut command = Command::new(exe);
         command
@@ -54,11 +61,19 @@ impl GuestProcess {
             .stdin(stdio.stdin.map_or_else(Stdio::null, Stdio::from))
             .stdout(stdio.stdout.map_or_else(Stdio::null, Stdio::from))
             .stderr(stdio.stderr.map_or_else(Stdio::null, Stdio::from));
-        // SAFETY: the closure runs between fork and exec and only makes the
-        // prctl syscall, which is async-signal-safe and touches no memory of
-        // the parent. It ties the guest's life to the shim's.
+        let procs_files = cgroup.procs_files();
+        // SAFETY: the closure runs between fork and exec. It allocates
+        // nothing (the paths are prepared above) and makes only raw,
+        // async-signal-safe syscalls (prctl, open, write, close, close_range)
+        // on memory the child owns.
         unsafe {
-            command.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
+            command.pre_exec(move || {
+                // Tie the guest's life to the shim's.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+                join_cgroup(&procs_files)?;
+                close_inherited_descriptors();
+                Ok(())
+            });
         }
         let child = spawn_from_long_lived_thread(command).context("starting the guest process")?;
         let pid = Pid::from_raw(child.id() as i32);
@@ -82,6 +97,16 @@ impl GuestProcess {
                     }
                 };
                 tracing::info!(pid = pid.as_raw(), exit_code = code, "guest process exited");
+                if code == 128 + Signal::SIGKILL as i32 && cgroup.oom_kills().unwrap_or(0) > 0 {
+                    let limit = cgroup.memory_limit().unwrap_or_default();
+                    let reason = format!(
+                        "cwasi: the guest was killed by the kernel's OOM killer: the container reached its memory limit (linux.resources.memory.limit, {limit} bytes)"
+                    );
+                    tracing::error!(pid = pid.as_raw(), "{reason}");
+                    if let Some(mut out) = reason_out {
+                        let _ = writeln!(out, "{reason}");
+                    }
+                }
                 let _ = exit_cell.set((code as u32, Utc::now()));
             })
             .context("starting the guest exit watcher")?;
@@ -101,6 +126,38 @@ impl GuestProcess {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("sending {signal} to guest {}", self.pid)),
         }
+    }
+}
+
+/// Moves the calling (forked, not yet exec'd) process into the container's
+/// cgroup: writing `0` to `cgroup.procs` means "this process".
+fn join_cgroup(procs_files: &[CString]) -> io::Result<()> {
+    for file in procs_files {
+        // SAFETY: `file` is a NUL-terminated path that outlives the call.
+        let fd = unsafe { libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: writes one byte from a static buffer to the fd opened above.
+        let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+        let error = io::Error::last_os_error();
+        // SAFETY: closes the fd opened above, which nothing else uses.
+        unsafe { libc::close(fd) };
+        if written != 1 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Marks every descriptor above stdio close-on-exec, so the guest inherits
+/// none of the shim's (its ttrpc socket, other containers' FIFOs). Kernels
+/// before 5.11 lack the flag; the guest then inherits what is not
+/// close-on-exec already.
+fn close_inherited_descriptors() {
+    // SAFETY: close_range takes plain integers and touches no memory.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
     }
 }
 

@@ -15,6 +15,7 @@ use cwasi_comm::{FunctionConfig, FunctionServer, GuestHost, NodeRegistry, Router
 use cwasi_engine::{Engine, GuestExit, GuestSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::confinement::Confinement;
 use crate::instances;
 
 pub const SUBCOMMAND: &str = "__cwasi-run-guest";
@@ -32,6 +33,8 @@ pub struct GuestLaunch {
     /// Root of the node registry.
     pub run_dir: PathBuf,
     pub log_path: Option<PathBuf>,
+    /// The spec's process isolation, applied before the engine starts.
+    pub confinement: Confinement,
 }
 
 /// The environment of the guest process (it starts with an empty one).
@@ -88,7 +91,18 @@ pub fn main() -> i32 {
         function = %launch.function.name
     )
     .entered();
-    let status = match guest_hosts(&launch) {
+    // Stop signals are blocked before any thread exists, so that every
+    // thread inherits the mask and only the stop handler takes them.
+    // Namespaces next, while this process is single-threaded and before it
+    // opens a socket; the user switch, capabilities and seccomp after the
+    // host side is connected (the node registry is root's), before any
+    // guest code runs.
+    let hosts = instances::block_stop_signals()
+        .context("blocking stop signals")
+        .and_then(|stop| launch.confinement.enter_namespaces().map(|()| stop))
+        .and_then(|stop| guest_hosts(&launch, stop))
+        .and_then(|hosts| launch.confinement.apply().map(|()| hosts));
+    let status = match hosts {
         Ok(hosts) => instances::run_all(&launch.guest, hosts, run),
         Err(e) => {
             tracing::error!("{e:#}");
@@ -103,7 +117,7 @@ pub fn main() -> i32 {
 /// Connects each handler instance to its peers: a router for its calls and,
 /// for a serving function, the function's one registration on this node.
 /// Also makes a stop signal drain the function first.
-fn guest_hosts(launch: &GuestLaunch) -> anyhow::Result<Vec<GuestHost>> {
+fn guest_hosts(launch: &GuestLaunch, stop: instances::StopSignals) -> anyhow::Result<Vec<GuestHost>> {
     let function = &launch.function;
     let registry = NodeRegistry::new(&launch.run_dir, &function.node, &function.namespace);
     let server = if function.serve {
@@ -113,7 +127,7 @@ fn guest_hosts(launch: &GuestLaunch) -> anyhow::Result<Vec<GuestHost>> {
     } else {
         None
     };
-    instances::handle_stop_signals(server.clone()).context("handling stop signals")?;
+    stop.handle(server.clone()).context("handling stop signals")?;
     let count = if function.serve { function.concurrency.max(1) } else { 1 };
     Ok((0..count)
         .map(|_| GuestHost::new(Arc::new(Router::new(function.clone(), registry.clone())), server.clone()))

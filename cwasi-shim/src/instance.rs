@@ -1,7 +1,7 @@
 //! [`CwasiInstance`]: runwasi's `Instance` trait, the container lifecycle.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use containerd_shimkit::sandbox::sync::WaitableCell;
@@ -9,6 +9,8 @@ use containerd_shimkit::sandbox::{Error, Instance, InstanceConfig};
 use nix::sys::signal::Signal;
 
 use crate::bundle::{self, Workload};
+use crate::cgroup::ContainerCgroup;
+use crate::confinement::Confinement;
 use crate::guest_process::{GuestProcess, GuestStdio};
 use crate::guest_runner::GuestLaunch;
 use crate::settings;
@@ -19,14 +21,21 @@ pub struct CwasiInstance {
     workload: Workload,
     config: InstanceConfig,
     rootfs: PathBuf,
+    /// The container's cgroup; a sandbox's stays empty (the shim stands in
+    /// for its pause process) but carries the pod-level limits.
+    cgroup: Arc<ContainerCgroup>,
+    confinement: Confinement,
     exit: WaitableCell<(u32, DateTime<Utc>)>,
     process: Mutex<Option<GuestProcess>>,
 }
 
 impl Instance for CwasiInstance {
     async fn new(id: String, cfg: &InstanceConfig) -> Result<Self, Error> {
+        let invalid = |e: anyhow::Error| Error::InvalidArgument(format!("container {id}: {e:#}"));
+        let spec = bundle::read_spec(&cfg.bundle).map_err(invalid)?;
         let workload = bundle::load(
             &cfg.bundle,
+            &spec,
             &cfg.namespace,
             &bundle::ShimSettings {
                 cache_dir: settings::cache_dir(),
@@ -34,7 +43,9 @@ impl Instance for CwasiInstance {
                 call_timeout: settings::call_timeout(),
             },
         )
-        .map_err(|e| Error::InvalidArgument(format!("container {id}: {e:#}")))?;
+        .map_err(invalid)?;
+        let confinement = Confinement::from_spec(&spec).map_err(invalid)?;
+        let cgroup = Arc::new(crate::cgroup::for_container(&spec, &id).map_err(invalid)?);
         match &workload {
             Workload::Function { guest, function } => tracing::info!(
                 container = %id,
@@ -50,6 +61,8 @@ impl Instance for CwasiInstance {
             id,
             workload,
             config: cfg.clone(),
+            cgroup,
+            confinement,
             exit: WaitableCell::new(),
             process: Mutex::new(None),
         })
@@ -66,13 +79,14 @@ impl Instance for CwasiInstance {
             guest: guest.clone(),
             run_dir: settings::run_dir(),
             log_path: std::env::current_dir().ok().map(|dir| dir.join("log")),
+            confinement: self.confinement.clone(),
         };
         let stdio = GuestStdio {
             stdin: self.config.open_stdin().ok(),
             stdout: self.config.open_stdout().ok(),
             stderr: self.config.open_stderr().ok(),
         };
-        let process = GuestProcess::spawn(&launch, stdio, self.exit.clone())
+        let process = GuestProcess::spawn(&launch, stdio, self.cgroup.clone(), self.exit.clone())
             .map_err(|e| Error::Others(format!("container {}: {e:#}", self.id)))?;
         let pid = process.pid();
         *self.lock_process() = Some(process);
@@ -99,6 +113,10 @@ impl Instance for CwasiInstance {
     }
 
     async fn delete(&self) -> Result<(), Error> {
+        if let Err(e) = self.cgroup.remove() {
+            // A leftover directory must not keep containerd from deleting the task.
+            tracing::error!(container = %self.id, "{e:#}");
+        }
         // The shim library mounted the rootfs at create; undo it so containerd
         // can remove the snapshot. Not mounted (no rootfs mounts) is fine.
         match nix::mount::umount2(&self.rootfs, nix::mount::MntFlags::MNT_DETACH) {

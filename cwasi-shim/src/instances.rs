@@ -47,29 +47,41 @@ pub fn run_all(guest: &GuestSpec, hosts: Vec<GuestHost>, run: fn(&GuestSpec, Gue
     first.recv().unwrap_or(1)
 }
 
-/// Makes SIGTERM and SIGINT stop the guest process gracefully. Call before
-/// any other thread starts: the signals are blocked in every thread and
-/// taken by one waiting thread.
-pub fn handle_stop_signals(server: Option<Arc<FunctionServer>>) -> anyhow::Result<()> {
+/// SIGTERM and SIGINT, blocked in the thread that made this (and every
+/// thread it starts afterwards) until [`StopSignals::handle`] takes them.
+pub struct StopSignals(SigSet);
+
+/// Blocks the stop signals. Call before any other thread starts: a thread
+/// started earlier keeps the default action, which would end the process
+/// without draining.
+pub fn block_stop_signals() -> nix::Result<StopSignals> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.thread_block()?;
-    std::thread::Builder::new().name("cwasi-stop".into()).spawn(move || {
-        let signal = loop {
-            match signals.wait() {
-                Ok(signal) => break signal,
-                Err(_) => continue,
+    Ok(StopSignals(signals))
+}
+
+impl StopSignals {
+    /// Makes a stop signal end the guest process gracefully: a serving
+    /// function drains first.
+    pub fn handle(self, server: Option<Arc<FunctionServer>>) -> std::io::Result<()> {
+        let signals = self.0;
+        std::thread::Builder::new().name("cwasi-stop".into()).spawn(move || {
+            let signal = loop {
+                if let Ok(signal) = signals.wait() {
+                    break signal;
+                }
+            };
+            if let Some(server) = server {
+                tracing::info!(%signal, "stopping: finishing the requests being handled");
+                let finished = server.drain(DRAIN_PATIENCE);
+                tracing::info!(finished, "stopped serving");
             }
-        };
-        if let Some(server) = server {
-            tracing::info!(%signal, "stopping: finishing the requests being handled");
-            let finished = server.drain(DRAIN_PATIENCE);
-            tracing::info!(finished, "stopped serving");
-        }
-        exit_now(128 + signal as i32);
-    })?;
-    Ok(())
+            exit_now(128 + signal as i32);
+        })?;
+        Ok(())
+    }
 }
 
 /// Ends the process at once with `status`, after flushing what the guest wrote.

@@ -3,6 +3,8 @@
 //! [`guest_runner::SUBCOMMAND`], is the process in which one guest runs.
 
 mod bundle;
+mod cgroup;
+mod confinement;
 mod guest_process;
 mod guest_runner;
 mod instance;

@@ -213,6 +213,8 @@ fn two_thousand_calls_across_a_replacement_of_the_serving_container_all_succeed(
         "{}",
         stdout.lines().filter(|l| l.starts_with("err")).collect::<Vec<_>>().join("\n")
     );
+    // It drained (left the registry, finished its requests) rather than died.
+    ctd.wait_for_log(&["stopped serving", "finished=true", "container=echo-v1 "], READY).unwrap();
     ctd.wait_for_log(&["guest process exited", "exit_code=143"], READY).unwrap();
 }
 

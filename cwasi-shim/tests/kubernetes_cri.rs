@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use cwasi_testkit::{Containerd, pause_image, test_image_for_kubernetes, workspace_root};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatsRequest, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, Int64Value, LinuxContainerConfig, LinuxContainerResources,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -84,11 +86,23 @@ impl Kubelet {
 
     /// Creates and starts a container; returns its id and log file.
     fn start_container(&mut self, pod: &Pod, name: &str, image: &str, args: &[&str]) -> (String, PathBuf) {
+        self.start_container_with(pod, name, image, args, None)
+    }
+
+    fn start_container_with(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        image: &str,
+        args: &[&str],
+        linux: Option<LinuxContainerConfig>,
+    ) -> (String, PathBuf) {
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata { name: name.to_owned(), attempt: 0 }),
             image: Some(ImageSpec { image: image.to_owned(), ..Default::default() }),
             args: args.iter().map(|a| a.to_string()).collect(),
             log_path: format!("{name}.log"),
+            linux,
             ..Default::default()
         };
         let request = CreateContainerRequest {
@@ -112,6 +126,21 @@ impl Kubelet {
                 return status.exit_code;
             }
             assert!(Instant::now() < deadline, "container {id} still {:?}", status.state);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The pid of a running container (from the CRI plugin's verbose status).
+    fn running_pid(&mut self, id: &str) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let request = ContainerStatusRequest { container_id: id.to_owned(), verbose: true };
+            let response = self.runtime.block_on(self.client.container_status(request)).unwrap().into_inner();
+            if response.status.as_ref().is_some_and(|s| s.state == ContainerState::ContainerRunning as i32) {
+                let info: serde_json::Value = serde_json::from_str(&response.info["info"]).unwrap();
+                return info["pid"].as_u64().unwrap() as u32;
+            }
+            assert!(Instant::now() < deadline, "container {id} never ran");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -162,4 +191,57 @@ fn two_pods_call_each_other_in_local_mode_through_cri() {
     assert!(containerd.logged_call("sha256", "local"), "{}", containerd.log());
     kubelet.remove_pod(producer);
     kubelet.remove_pod(server);
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+#[test]
+fn a_pod_with_a_user_runtime_default_seccomp_and_limits_gets_them_and_its_stats() {
+    let (containerd, images) = containerd_with_cri(&["infinite-loop"]);
+    let mut kubelet = Kubelet::connect(&containerd);
+    let pod = kubelet.run_pod("limited", &[]);
+    let linux = LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 20_000,
+            memory_limit_in_bytes: 128 << 20,
+            oom_score_adj: 789,
+            ..Default::default()
+        }),
+        security_context: Some(LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 1000 }),
+            seccomp: Some(SecurityProfile {
+                profile_type: k8s_cri::v1::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let (id, _) = kubelet.start_container_with(&pod, "spin", &images["infinite-loop"], &[], Some(linux));
+    let pid = kubelet.running_pid(&id);
+    // The process sets itself up after it starts; seccomp comes last.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_field(pid, "Seccomp") != "2" {
+        assert!(Instant::now() < deadline, "no seccomp filter on the guest");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(status_field(pid, "Uid").split_whitespace().all(|u| u == "1000"), "{}", status_field(pid, "Uid"));
+    assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap().trim(), "789");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cgroups.lines().any(|l| l.contains(":memory:") && l.ends_with(&id)), "{cgroups}");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let request = ContainerStatsRequest { container_id: id.clone() };
+    let stats = kubelet.runtime.block_on(kubelet.client.container_stats(request)).unwrap().into_inner().stats.unwrap();
+    let working_set = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
+    assert!(working_set > 0, "no memory figure in {stats:?}");
+    // The guest's own cgroup, not the shim's (which holds containerd's shims too).
+    assert!(working_set < 128 << 20, "working set {working_set} is over the container's limit");
+    kubelet.remove_pod(pod);
 }

@@ -195,8 +195,14 @@ state = "{state}"
         self.ctr(&Self::run_args(id, image, flags, command))
     }
 
+    ///
+    /// The guest shares the host's network (`--net-host`): a cwasi guest is
+    /// in its container's network namespace, and the test functions reach
+    /// the rig's Redis on the host's loopback.
     pub fn run_args<'a>(id: &'a str, image: &'a TestImage, flags: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
-        Self::run_args_with(RUNTIME, id, image, flags, command)
+        let mut all = vec!["--net-host"];
+        all.extend_from_slice(flags);
+        Self::run_args_with(RUNTIME, id, image, &all, command)
     }
 
     /// `ctr run` arguments for another runtime type (e.g. a reference shim).
