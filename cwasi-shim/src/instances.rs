@@ -66,8 +66,9 @@ impl StopSignals {
     /// Makes a stop signal end the guest process gracefully: a serving
     /// function drains first.
     pub fn handle(self, server: Option<Arc<FunctionServer>>) -> std::io::Result<()> {
-        let signals = self.0;
+        let (signals, span) = (self.0, tracing::Span::current());
         std::thread::Builder::new().name("cwasi-stop".into()).spawn(move || {
+            let _guest = span.enter();
             let signal = loop {
                 if let Ok(signal) = signals.wait() {
                     break signal;
