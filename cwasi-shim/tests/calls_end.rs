@@ -155,13 +155,26 @@ fn an_embedded_peer_still_running_at_the_deadline_is_stopped_and_replaced() {
         "embedded-deadline",
         &image,
         &["--annotation", "cwasi.io/embed=echo=/echo-server.wasm"],
-        &["/call-load.wasm", "--timeout-ms", "500", "echo=spin:5000", "echo=after"],
+        // Two rounds; between them the idle epoch ticker parks, and must wake.
+        &[
+            "/call-load.wasm",
+            "--count",
+            "2",
+            "--pause-ms",
+            "1500",
+            "--timeout-ms",
+            "500",
+            "echo=spin:5000",
+            "echo=after",
+        ],
     );
     let calls = outcomes(&out, "echo");
-    assert_eq!(calls.len(), 2, "{out}");
-    let (ok, ms, status) = calls[0];
-    assert!(!ok && status == "Timeout" && (400..=800).contains(&ms), "{out}");
-    assert_eq!((calls[1].0, calls[1].2), (true, "after"), "{out}");
+    assert_eq!(calls.len(), 4, "{out}");
+    for round in calls.chunks(2) {
+        let (ok, ms, status) = round[0];
+        assert!(!ok && status == "Timeout" && (400..=800).contains(&ms), "{out}");
+        assert_eq!((round[1].0, round[1].2), (true, "after"), "{out}");
+    }
 }
 
 #[test]

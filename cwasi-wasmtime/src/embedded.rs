@@ -23,7 +23,7 @@ use wasmtime::{Engine, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use crate::deadline::{self, DeadlinePassed};
+use crate::deadline::{self, DeadlinePassed, EpochTicker};
 use crate::limits::GuestLimiter;
 use crate::module_loader;
 
@@ -188,6 +188,7 @@ pub(crate) struct WasmtimeEmbedded {
     templates: HashMap<String, InstancePre<PeerState>>,
     memory_limit: Option<u64>,
     idle: IdlePeers,
+    ticker: EpochTicker,
 }
 
 impl WasmtimeEmbedded {
@@ -212,7 +213,8 @@ impl WasmtimeEmbedded {
                 .map_err(|e| e.context(format!("embedded peer {} ({})", peer.name, peer.module.display())))?;
             templates.insert(peer.name.clone(), template);
         }
-        Ok(Self { engine: engine.clone(), templates, memory_limit, idle: Arc::default() })
+        let ticker = EpochTicker::start(engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
+        Ok(Self { engine: engine.clone(), templates, memory_limit, idle: Arc::default(), ticker })
     }
 
     fn take_idle(&self, peer: &str) -> Option<ParkedPeer> {
@@ -273,6 +275,8 @@ impl WasmtimeEmbedded {
         request: &[u8],
         deadline: Option<Instant>,
     ) -> Result<Box<dyn PendingReply>, CallError> {
+        // Deadlines are checked at epoch ticks, which run only around calls.
+        let _ticking = self.ticker.running();
         let mut parked = match self.take_idle(peer) {
             Some(parked) => parked,
             None => self.spawn(peer, deadline)?,

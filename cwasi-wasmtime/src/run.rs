@@ -28,7 +28,6 @@ impl WasmtimeEngine {
         config.epoch_interruption(true);
         let engine =
             wasmtime::Engine::new(&config).map_err(anyhow::Error::from).context("creating the wasmtime engine")?;
-        crate::deadline::start_epoch_ticker(&engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
         let compat = module_loader::compat_tag(&engine);
         Ok(Self { engine, compat })
     }
