@@ -18,7 +18,8 @@ const LIVENESS_CHECK: Duration = Duration::from_secs(5);
 
 /// Sends a request in one round trip: refused when no server of the
 /// function was seen within ARGV[1] seconds (or ever), or when ARGV[2]
-/// requests already wait; else `XADD` (and the body key, ARGV[4] = '1').
+/// requests already wait; else `XADD` of the fields ARGV[3..] (a large body
+/// is SET beside the script, in the same round trip, never through Lua).
 /// Returns `{status, detail}`: `{'ok', entry id}`, `{'never', ''}`,
 /// `{'gone', seconds since a server was seen}`, `{'full', queued}`.
 const SEND_SCRIPT: &str = r"
@@ -28,8 +29,7 @@ local age = tonumber(redis.call('TIME')[1]) - tonumber(newest[2])
 if age > tonumber(ARGV[1]) then return {'gone', tostring(age)} end
 local queued = redis.call('XLEN', KEYS[1])
 if queued >= tonumber(ARGV[2]) then return {'full', tostring(queued)} end
-if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[3]) end
-return {'ok', redis.call('XADD', KEYS[1], '*', unpack(ARGV, 6))}
+return {'ok', redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))}
 ";
 
 /// Run by a caller that waited a while: when no server was seen within
@@ -82,7 +82,8 @@ impl RemoteChannel {
                 "{peer} (no server of it seen in namespace {namespace} for {detail} s, over the {} s limit)",
                 SERVER_GONE.as_secs()
             )),
-            "full" => CallError::Unreachable(format!("{peer} ({detail} requests already wait for it, the most cwasi queues)")),
+            // Not `UnknownPeer`: the function lives, it does not keep up.
+            "full" => CallError::Redis(format!("{detail} requests already wait for {peer}, the most cwasi queues")),
             _ => CallError::Protocol(format!("unexpected answer {status:?} from Redis sending to {peer}")),
         }
     }
@@ -108,32 +109,39 @@ impl Channel for RemoteChannel {
         let id = new_request_id(&self.caller);
         let reply_key = keys::reply_list(&self.namespace, &id);
         let inline = request.len() <= keys::INLINE_BODY_MAX;
-        let body_key = if inline { self.stream.clone() } else { keys::request_body(&self.namespace, &id) };
+        let body_key = keys::request_body(&self.namespace, &id);
+        let mut send = redis::cmd("EVALSHA");
+        send.arg(self.send_script.get_hash()).arg(2).arg(&self.stream).arg(&self.servers);
+        send.arg(SERVER_GONE.as_secs()).arg(MAX_QUEUED);
+        send.arg("id").arg(&id).arg("reply").arg(&reply_key).arg("caller").arg(&self.caller);
         // Retried over reconnects; a request added twice has one id and is handled once.
         let (status, detail): (String, String) = lock(&self.link).run("XADD", |c| {
-            let mut invocation = self.send_script.prepare_invoke();
-            invocation
-                .key(&self.stream)
-                .key(&self.servers)
-                .key(&body_key)
-                .arg(SERVER_GONE.as_secs())
-                .arg(MAX_QUEUED)
-                .arg(KEEP_SECONDS)
-                .arg(if inline { "0" } else { "1" })
-                .arg(if inline { &[][..] } else { request })
-                .arg("id")
-                .arg(&id)
-                .arg("reply")
-                .arg(&reply_key)
-                .arg("caller")
-                .arg(&self.caller);
+            let mut pipe = redis::pipe();
             if inline {
-                invocation.arg("body").arg(request);
+                let mut entry = send.clone();
+                entry.arg("body").arg(request);
+                pipe.add_command(entry);
             } else {
-                invocation.arg("bodykey").arg(&body_key);
+                // The body goes first as a plain SET, in the same round trip,
+                // never through Lua (a copy of up to 100 MiB per call).
+                pipe.cmd("SET").arg(&body_key).arg(request).arg("EX").arg(KEEP_SECONDS).ignore();
+                let mut entry = send.clone();
+                entry.arg("bodykey").arg(&body_key);
+                pipe.add_command(entry);
             }
-            invocation.invoke(c)
+            let sent = match pipe.query::<Vec<(String, String)>>(c) {
+                Err(e) if e.code() == Some("NOSCRIPT") => {
+                    self.send_script.load(c)?;
+                    pipe.query::<Vec<(String, String)>>(c)
+                }
+                other => other,
+            }?;
+            sent.into_iter().next().ok_or_else(|| (redis::ErrorKind::UnexpectedReturnType, "empty pipeline reply").into())
         })?;
+        if status != "ok" && !inline {
+            // Best effort: it expires anyway.
+            let _ = lock(&self.link).run("DEL", |c| redis::cmd("DEL").arg(&body_key).query::<i64>(c));
+        }
         if status != "ok" {
             return Err(self.refusal(&status, &detail));
         }
