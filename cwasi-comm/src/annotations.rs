@@ -196,8 +196,11 @@ impl FunctionConfig {
         };
         let redis_url = match get(REDIS) {
             None => None,
-            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Some(url.to_owned()),
-            Some(url) => return Err(invalid(REDIS, url, "expected a redis:// or rediss:// URL")),
+            Some(url) if crate::remote::Endpoint::parse(url).is_ok() => Some(url.to_owned()),
+            // The value may carry a password: it stays out of the message.
+            Some(_) => {
+                return Err(invalid(REDIS, "(withheld)", "expected a redis:// or rediss:// URL with a host and port"));
+            }
         };
         let forced_modes = match get(MODE) {
             None => BTreeMap::new(),

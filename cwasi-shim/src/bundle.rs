@@ -16,6 +16,8 @@ pub struct ShimSettings {
     pub redis_url: Option<String>,
     /// Deadline of calls when `cwasi.io/timeout` gives none.
     pub call_timeout: std::time::Duration,
+    /// Namespace credentials and the endpoints pods may name.
+    pub redis_policy: crate::settings::RedisPolicy,
 }
 
 /// CRI marks a pod's sandbox ("pause") container with this annotation.
@@ -84,6 +86,10 @@ pub fn load(
     let mut function = FunctionConfig::from_annotations(&annotations, &default_name, &host_name())?;
     function.namespace =
         annotations.get(CRI_SANDBOX_NAMESPACE).cloned().unwrap_or_else(|| containerd_namespace.to_owned());
+    match &function.redis_url {
+        Some(url) => settings.redis_policy.check_annotation(url)?,
+        None => function.redis_url = settings.redis_policy.credentials.get(&function.namespace).cloned(),
+    }
     if function.redis_url.is_none() {
         function.redis_url = settings.redis_url.clone();
     }

@@ -41,6 +41,8 @@ impl Instance for CwasiInstance {
                 cache_dir: settings::cache_dir(),
                 redis_url: settings::redis_url(),
                 call_timeout: settings::call_timeout(),
+                redis_policy: settings::redis_policy()
+                    .map_err(|e| Error::InvalidArgument(format!("container {id}: {e:#}")))?,
             },
         )
         .map_err(invalid)?;

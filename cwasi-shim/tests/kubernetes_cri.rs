@@ -227,8 +227,15 @@ fn a_pod_with_a_user_runtime_default_seccomp_and_limits_gets_them_and_its_stats(
     let pid = kubelet.running_pid(&id);
     // The process sets itself up after it starts; seccomp comes last.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status_field(pid, "Seccomp") != "2" {
-        assert!(Instant::now() < deadline, "no seccomp filter on the guest");
+    // The user switch and the filter come in one step that is not atomic
+    // from outside (seccomp may load before the uid changes): wait for both.
+    while status_field(pid, "Seccomp") != "2" || !status_field(pid, "Uid").split_whitespace().all(|u| u == "1000") {
+        assert!(
+            Instant::now() < deadline,
+            "guest not confined: Seccomp {} Uid {}",
+            status_field(pid, "Seccomp"),
+            status_field(pid, "Uid")
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(status_field(pid, "Uid").split_whitespace().all(|u| u == "1000"), "{}", status_field(pid, "Uid"));

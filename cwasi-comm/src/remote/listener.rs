@@ -6,24 +6,41 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult, Value};
 
-use super::keys::{self, GROUP, KEEP_SECONDS, REPLY_FAILED, REPLY_OK};
+use super::keys::{
+    self, DEAD_LETTERS_KEPT, FORGET_SECONDS, GROUP, KEEP_SECONDS, MAX_DELIVERIES, REPLY_FAILED, REPLY_OK,
+};
 use super::link::RedisLink;
 use crate::CallError;
 
-/// A request delivered to a dead server is claimed by another after this long.
+/// A request delivered to a server that stopped is claimed by another after
+/// this long without a heartbeat.
 const CLAIM_IDLE: Duration = Duration::from_secs(5);
 /// How often a server looks for such requests (and its own, after a reconnect).
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a server refreshes its liveness record and, while its handler
+/// runs, the idle time of the request it handles (well under `CLAIM_IDLE`).
+const BEAT: Duration = Duration::from_millis(CLAIM_IDLE.as_millis() as u64 / 3);
+/// How often a server removes consumers of instances gone for `CONSUMER_FORGET`.
+const CONSUMER_SWEEP: Duration = Duration::from_secs(60);
+/// A consumer with nothing pending and idle this long belonged to an
+/// instance that stopped (a live one reads every second).
+const CONSUMER_FORGET: Duration = Duration::from_secs(600);
 
 /// Answers, marks done and acknowledges atomically (and drops a body kept
 /// beside the entry); a request already done (delivered twice) is only
-/// acknowledged.
+/// acknowledged. With a reason (ARGV[6]) the entry is copied to the
+/// dead-letter stream first; with an empty answer (ARGV[3]) no reply is
+/// written (the entry named a reply list that is not its own).
 const ANSWER_SCRIPT: &str = r"
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then
+if ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'reason', ARGV[6], 'entry', ARGV[2], unpack(ARGV, 9))
+  redis.call('EXPIRE', KEYS[5], ARGV[8])
+end
+if ARGV[3] ~= '' and redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then
   redis.call('RPUSH', KEYS[2], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
@@ -33,6 +50,39 @@ if ARGV[5] == '1' then
   redis.call('DEL', KEYS[4])
 end
 return 1
+";
+
+/// A server's heartbeat: its liveness record (scored with the Redis clock,
+/// so nodes' clocks do not matter), the expiry of the function's keys, and,
+/// while a handler runs (ARGV[4]), the request's idle time, which
+/// `XCLAIM … JUSTID` resets without counting a delivery.
+const BEAT_SCRIPT: &str = r"
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[1], 0, ARGV[4], 'JUSTID')
+end
+return now
+";
+
+/// Removes consumers with nothing pending, idle longer than ARGV[3] ms,
+/// other than ourselves; atomic, so a consumer cannot take an entry
+/// between the check and its removal.
+const SWEEP_SCRIPT: &str = r"
+local removed = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #consumer, 2 do f[consumer[i]] = consumer[i + 1] end
+  if f['name'] ~= ARGV[2] and tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed = removed + 1
+  end
+end
+return removed
 ";
 
 /// Takes one function's remote requests.
@@ -84,24 +134,69 @@ impl RemoteRequest {
     }
 
     fn answer(self, status: u8, body: &[u8]) -> Result<(), CallError> {
-        let mut element = Vec::with_capacity(body.len() + 1);
-        element.push(status);
-        element.extend_from_slice(body);
-        let done = keys::done_marker(&self.namespace, &self.function, &self.id);
-        let script = redis::Script::new(ANSWER_SCRIPT);
         let mut link = self.answer_link.lock().unwrap_or_else(|e| e.into_inner());
+        let answer = Answer {
+            namespace: &self.namespace,
+            function: &self.function,
+            stream: &self.stream,
+            stream_entry: &self.stream_entry,
+            id: &self.id,
+            reply_key: Some(&self.reply_key),
+            body_key: self.body_key.as_deref(),
+            dead: None,
+        };
+        answer.send(&mut link, status, body)
+    }
+}
+
+/// What the answer script needs about one entry.
+struct Answer<'a> {
+    namespace: &'a str,
+    function: &'a str,
+    stream: &'a str,
+    stream_entry: &'a str,
+    id: &'a str,
+    /// `None`: write no reply (the entry named a list not its own).
+    reply_key: Option<&'a str>,
+    /// A body kept beside the entry, dropped with it.
+    body_key: Option<&'a str>,
+    /// Copy the entry to the dead-letter stream: the reason, and the entry's fields.
+    dead: Option<(&'a str, &'a HashMap<String, Vec<u8>>)>,
+}
+
+impl Answer<'_> {
+    fn send(&self, link: &mut RedisLink, status: u8, body: &[u8]) -> Result<(), CallError> {
+        let mut element = Vec::new();
+        if self.reply_key.is_some() {
+            element.reserve(body.len() + 1);
+            element.push(status);
+            element.extend_from_slice(body);
+        }
+        let done = keys::done_marker(self.namespace, self.function, self.id);
+        let dead_stream = keys::dead_letters(self.namespace, self.function);
+        let script = redis::Script::new(ANSWER_SCRIPT);
         link.run("answering", |c| {
-            script
+            let mut invocation = script.prepare_invoke();
+            invocation
                 .key(&done)
-                .key(&self.reply_key)
-                .key(&self.stream)
-                .key(self.body_key.as_deref().unwrap_or(&self.stream))
+                .key(self.reply_key.unwrap_or(self.stream))
+                .key(self.stream)
+                .key(self.body_key.unwrap_or(self.stream))
+                .key(&dead_stream)
                 .arg(GROUP)
-                .arg(&self.stream_entry)
+                .arg(self.stream_entry)
                 .arg(&element)
                 .arg(KEEP_SECONDS)
                 .arg(if self.body_key.is_some() { "1" } else { "0" })
-                .invoke::<i64>(c)
+                .arg(self.dead.map_or("", |(reason, _)| reason))
+                .arg(DEAD_LETTERS_KEPT)
+                .arg(FORGET_SECONDS);
+            if let Some((_, fields)) = self.dead {
+                for (name, value) in fields {
+                    invocation.arg(name).arg(value);
+                }
+            }
+            invocation.invoke::<i64>(c)
         })?;
         Ok(())
     }
@@ -114,10 +209,15 @@ struct Source {
     function: String,
     namespace: String,
     stream: String,
+    servers: String,
+    dead_stream: String,
     consumer: String,
     slot: Arc<Mutex<Option<RemoteRequest>>>,
     notify: Arc<dyn Fn() + Send + Sync>,
     stop: Arc<AtomicBool>,
+    beat_script: redis::Script,
+    last_beat: Option<Instant>,
+    last_sweep: Option<Instant>,
 }
 
 impl RemoteListener {
@@ -138,10 +238,15 @@ impl RemoteListener {
             function: function.to_owned(),
             namespace: namespace.to_owned(),
             stream: keys::request_stream(namespace, function),
+            servers: keys::servers(namespace, function),
+            dead_stream: keys::dead_letters(namespace, function),
             consumer: consumer.to_owned(),
             slot: slot.clone(),
             notify,
             stop: stop.clone(),
+            beat_script: redis::Script::new(BEAT_SCRIPT),
+            last_beat: None,
+            last_sweep: None,
         };
         let thread = std::thread::Builder::new()
             .name("cwasi-remote-listen".into())
@@ -170,17 +275,22 @@ impl Drop for RemoteListener {
 struct Entry {
     stream_id: String,
     fields: HashMap<String, Vec<u8>>,
+    /// How often it was delivered, counting this delivery.
+    deliveries: u64,
 }
 
 impl Source {
     fn run(mut self) {
         let mut ready = false;
-        let mut last_recovery: Option<std::time::Instant> = None;
+        let mut last_recovery: Option<Instant> = None;
         let mut warned = false;
         while !self.stop.load(Ordering::Acquire) {
             let recover = last_recovery.is_none_or(|at| at.elapsed() > RECOVERY_INTERVAL) || !ready;
             if recover {
-                last_recovery = Some(std::time::Instant::now());
+                last_recovery = Some(Instant::now());
+            }
+            if ready {
+                self.housekeeping();
             }
             match self.next_entry(&mut ready, recover) {
                 Ok(Some(entry)) => {
@@ -200,17 +310,63 @@ impl Source {
         }
     }
 
+    /// Refreshes the liveness record, and once a minute removes consumers of
+    /// instances that stopped. Failures only wait for the next turn.
+    fn housekeeping(&mut self) {
+        if self.last_beat.is_none_or(|at| at.elapsed() >= BEAT) {
+            let _ = self.beat(None);
+        }
+        if self.last_sweep.is_none_or(|at| at.elapsed() >= CONSUMER_SWEEP) {
+            self.last_sweep = Some(Instant::now());
+            let script = redis::Script::new(SWEEP_SCRIPT);
+            let (stream, consumer) = (&self.stream, &self.consumer);
+            let idle_ms = CONSUMER_FORGET.as_millis() as u64;
+            match self.link.run("removing stopped consumers", |c| {
+                script.key(stream).arg(GROUP).arg(consumer).arg(idle_ms).invoke::<i64>(c)
+            }) {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::info!(function = %self.function, removed, "removed consumers of stopped servers")
+                }
+                Err(e) => tracing::debug!(function = %self.function, "consumer sweep: {e}"),
+            }
+        }
+    }
+
+    /// One heartbeat; `handling` also resets that entry's idle time so no
+    /// other server claims it while our handler runs.
+    fn beat(&mut self, handling: Option<&str>) -> Result<(), CallError> {
+        self.last_beat = Some(Instant::now());
+        let (script, servers, stream, dead) = (&self.beat_script, &self.servers, &self.stream, &self.dead_stream);
+        let consumer = &self.consumer;
+        self.link.run("heartbeat", |c| {
+            script
+                .key(servers)
+                .key(stream)
+                .key(dead)
+                .arg(consumer)
+                .arg(FORGET_SECONDS)
+                .arg(GROUP)
+                .arg(handling.unwrap_or(""))
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
+    }
+
     /// When `recover`ing (at start, after Redis trouble, and once a second):
-    /// our own pending entries, then entries a dead server left
+    /// our own pending entries, then entries a stopped server left
     /// unacknowledged. Then new ones, blocking up to 1 s.
     fn next_entry(&mut self, ready: &mut bool, recover: bool) -> Result<Option<Entry>, CallError> {
         let (stream, consumer) = (self.stream.clone(), self.consumer.clone());
         if !*ready {
             self.link.run("XGROUP CREATE", |c| create_group(c, &stream))?;
+            // Callers find the function alive before they find it ready.
+            self.beat(None)?;
             tracing::info!(function = %self.function, redis = %self.link.url(), "remote serving ready");
             *ready = true;
         }
-        if recover && let Some(entry) = self.recover_entry(&stream, &consumer)? {
+        if recover && let Some(mut entry) = self.recover_entry(&stream, &consumer)? {
+            entry.deliveries = self.deliveries(&entry.stream_id)?;
             return Ok(Some(entry));
         }
         // An error here (NOGROUP when Redis lost its data, say) makes `run`
@@ -266,14 +422,57 @@ impl Source {
         Ok(claimed)
     }
 
-    /// Gives `entry` to the guest and waits until it is finished.
+    /// The delivery count of a pending entry (`XPENDING`), counting this delivery.
+    fn deliveries(&mut self, stream_id: &str) -> Result<u64, CallError> {
+        let stream = &self.stream;
+        let pending: Value = self.link.run("XPENDING", |c| {
+            redis::cmd("XPENDING").arg(stream).arg(GROUP).arg(stream_id).arg(stream_id).arg(1).query(c)
+        })?;
+        Ok(pending_deliveries(&pending).unwrap_or(1))
+    }
+
+    /// Acknowledges `entry` without handling it: copied to the dead-letter
+    /// stream with `reason`, its caller answered `PeerFailed` when the entry
+    /// names its own reply list. Keys the entry names outside its own are
+    /// never touched.
+    fn refuse(
+        &mut self,
+        entry: &Entry,
+        reason: &str,
+        id: Option<&str>,
+        reply_key: Option<&str>,
+        body_key: Option<&str>,
+    ) {
+        tracing::warn!(function = %self.function, entry = %entry.stream_id, "request moved to {}: {reason}", self.dead_stream);
+        let answer = Answer {
+            namespace: &self.namespace,
+            function: &self.function,
+            stream: &self.stream,
+            stream_entry: &entry.stream_id,
+            id: id.unwrap_or(""),
+            reply_key,
+            body_key,
+            dead: Some((reason, &entry.fields)),
+        };
+        // Redis went away: the entry stays pending and comes back.
+        let _ = answer.send(&mut self.link, REPLY_FAILED, reason.as_bytes());
+    }
+
+    /// Checks `entry`, gives it to the guest and waits until it is finished.
     fn hand_over(&mut self, entry: Entry) {
         let field = |name: &str| entry.fields.get(name).map(|v| String::from_utf8_lossy(v).into_owned());
         let (Some(id), Some(reply_key)) = (field("id"), field("reply")) else {
-            tracing::warn!(function = %self.function, entry = %entry.stream_id, "dropping a malformed request");
-            let _ = self.link.run("XACK", |c| ack_and_delete(c, &self.stream, &entry.stream_id));
+            self.refuse(&entry, "malformed request (no id or no reply key)", None, None, None);
             return;
         };
+        let body_key = field("bodykey");
+        if let Err(reason) = keys::check_entry_keys(&self.namespace, &id, &reply_key, body_key.as_deref()) {
+            let reason = format!("refused: {reason}");
+            // Answer only through a reply list that is really this request's.
+            let own_reply = (reply_key == keys::reply_list(&self.namespace, &id)).then_some(reply_key.as_str());
+            self.refuse(&entry, &reason, Some(&id), own_reply, None);
+            return;
+        }
         let done = keys::done_marker(&self.namespace, &self.function, &id);
         match self.link.run("EXISTS", |c| redis::cmd("EXISTS").arg(&done).query::<bool>(c)) {
             Ok(true) => {
@@ -285,15 +484,23 @@ impl Source {
             // Redis went away again: the entry stays pending and comes back.
             Err(_) => return,
         }
+        if entry.deliveries > MAX_DELIVERIES {
+            let reason = format!(
+                "{} did not finish request {id} in {MAX_DELIVERIES} deliveries (its handler trapped or its server stopped each time); the request was moved to {}",
+                self.function, self.dead_stream
+            );
+            self.refuse(&entry, &reason, Some(&id), Some(&reply_key), body_key.as_deref());
+            return;
+        }
+        let stream_id = entry.stream_id.clone();
         let mut fields = entry.fields;
-        let body_key = fields.get("bodykey").map(|k| String::from_utf8_lossy(k).into_owned());
         let body = match &body_key {
             None => fields.remove("body").unwrap_or_default(),
             Some(key) => match self.link.run("GET body", |c| redis::cmd("GET").arg(key).query::<Option<Vec<u8>>>(c)) {
                 Ok(Some(body)) => body,
                 Ok(None) => {
                     tracing::warn!(function = %self.function, request = %id, "dropping a request whose body expired");
-                    let _ = self.link.run("XACK", |c| ack_and_delete(c, &self.stream, &entry.stream_id));
+                    let _ = self.link.run("XACK", |c| ack_and_delete(c, &self.stream, &stream_id));
                     return;
                 }
                 Err(_) => return,
@@ -301,7 +508,7 @@ impl Source {
         };
         let (finished, finished_rx) = mpsc::channel();
         let request = RemoteRequest {
-            stream_entry: entry.stream_id,
+            stream_entry: stream_id.clone(),
             id,
             reply_key,
             body,
@@ -315,9 +522,18 @@ impl Source {
         *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(request);
         (self.notify)();
         // One request at a time: others stay in the stream for other servers.
+        // While the handler runs (minutes, maybe), the heartbeat keeps the
+        // entry ours: it dies with this process, and then another claims it.
         while !self.stop.load(Ordering::Acquire) {
-            match finished_rx.recv_timeout(Duration::from_millis(200)) {
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            let next_beat = self.last_beat.map_or(Duration::ZERO, |at| BEAT.saturating_sub(at.elapsed()));
+            match finished_rx.recv_timeout(next_beat.min(Duration::from_millis(200))) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.last_beat.is_none_or(|at| at.elapsed() >= BEAT)
+                        && let Err(e) = self.beat(Some(&stream_id))
+                    {
+                        tracing::warn!(function = %self.function, "heartbeat of a running request failed: {e}");
+                    }
+                }
                 _ => break,
             }
         }
@@ -349,6 +565,16 @@ fn first_claimed_entry(reply: &Value) -> Option<Entry> {
     parse_entries(parts.get(1)?)
 }
 
+/// The delivery count in an `XPENDING` range reply: `[[id, consumer, idle, count]]`.
+fn pending_deliveries(reply: &Value) -> Option<u64> {
+    let Value::Array(entries) = reply else { return None };
+    let Value::Array(entry) = entries.first()? else { return None };
+    match entry.get(3)? {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
 fn parse_entries(entries: &Value) -> Option<Entry> {
     let Value::Array(entries) = entries else { return None };
     // Entries deleted while pending come back with nil fields: skip them.
@@ -369,7 +595,7 @@ fn parse_entries(entries: &Value) -> Option<Entry> {
                 _ => None,
             })
             .collect();
-        Some(Entry { stream_id, fields })
+        Some(Entry { stream_id, fields, deliveries: 1 })
     })
 }
 
@@ -397,5 +623,13 @@ mod tests {
         assert!(
             first_claimed_entry(&Value::Array(vec![bulk("0-0"), Value::Array(vec![]), Value::Array(vec![])])).is_none()
         );
+    }
+
+    #[test]
+    fn reads_the_delivery_count_of_a_pending_entry() {
+        let pending =
+            Value::Array(vec![Value::Array(vec![bulk("1-0"), bulk("node-1"), Value::Int(5012), Value::Int(3)])]);
+        assert_eq!(pending_deliveries(&pending), Some(3));
+        assert_eq!(pending_deliveries(&Value::Array(vec![])), None);
     }
 }

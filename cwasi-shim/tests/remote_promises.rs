@@ -1,0 +1,468 @@
+//! What remote mode promises beyond delivery: poison requests end, long
+//! handlers run once, Redis does not grow without bound, namespaces and
+//! endpoints are kept apart. Private containerds play nodes, with a real
+//! redis-server; `redis-cli` looks inside it.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cwasi_testkit::{Containerd, RedisServer, TestImage, test_image};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
+
+/// A node: a containerd whose functions carry `cwasi.io/node` and, unless
+/// the node's settings pick the Redis, `cwasi.io/redis`.
+struct Node {
+    containerd: Containerd,
+    annotations: Vec<String>,
+}
+
+impl Node {
+    fn start(name: &str, redis_url: Option<&str>, env: &[(&str, &str)], images: &[&TestImage]) -> Node {
+        let containerd = Containerd::start(SHIM.as_ref(), env).expect("private containerd starts");
+        for image in images {
+            containerd.import(image).expect("image imports");
+        }
+        let mut annotations = vec![format!("cwasi.io/node={name}")];
+        annotations.extend(redis_url.map(|url| format!("cwasi.io/redis={url}")));
+        Node { containerd, annotations }
+    }
+
+    fn flags<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut flags = Vec::new();
+        for annotation in &self.annotations {
+            flags.extend(["--annotation", annotation.as_str()]);
+        }
+        flags.extend_from_slice(extra);
+        flags
+    }
+
+    fn serve(&self, image: &TestImage, name: &str, extra: &[&str]) {
+        let ready = self.log_lines(&["remote serving ready", &format!("function={name}")]);
+        self.containerd.serve(image, name, &self.flags(extra)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log_lines(&["remote serving ready", &format!("function={name}")]) == ready {
+            assert!(Instant::now() < deadline, "{name} never got ready:\n{}", self.containerd.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_lines(&self, needles: &[&str]) -> usize {
+        self.containerd.log().lines().filter(|l| needles.iter().all(|n| l.contains(n))).count()
+    }
+
+    /// Removes the stopped task and container `id`.
+    fn remove(&self, id: &str) {
+        let ctd = &self.containerd;
+        let started = Instant::now();
+        while ctd.ctr(&["task", "delete", id]).unwrap().code != Some(0) {
+            assert!(started.elapsed() < Duration::from_secs(10), "task {id} never stopped");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ctd.ctr(&["container", "delete", id]).unwrap().ok().unwrap();
+    }
+
+    fn kill(&self, id: &str) {
+        self.containerd.ctr(&["task", "kill", "--signal", "SIGKILL", id]).unwrap().ok().unwrap();
+        self.remove(id);
+    }
+
+    fn task_stopped(&self, id: &str) -> bool {
+        let tasks = self.containerd.ctr(&["task", "ls"]).unwrap().stdout;
+        tasks.lines().any(|l| l.split_whitespace().next() == Some(id) && l.contains("STOPPED"))
+    }
+
+    /// `ctr run` in the background with its stdout piped.
+    fn spawn(&self, id: &str, image: &TestImage, extra: &[&str], command: &[&str]) -> Child {
+        self.containerd
+            .ctr_command(&Containerd::run_args(id, image, &self.flags(extra), command))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// `redis-cli` as `url`'s user; raw output, one reply element a line.
+fn cli(url: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["--no-auth-warning", "-u", url]).args(args).output().unwrap();
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stdout_of(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_request_whose_handler_traps_is_dead_lettered_after_3_deliveries_and_the_next_is_served() {
+    let redis = RedisServer::start().unwrap();
+    let (server, load) = (test_image("echo-server").unwrap(), test_image("call-load").unwrap());
+    let node_b = Node::start("node-b", Some(&redis.url()), &[], &[&server]);
+    node_b.serve(&server, "echo", &[]);
+    let node_a = Node::start("node-a", Some(&redis.url()), &[], &[&load]);
+    let peers = ["--rm", "--annotation", "cwasi.io/peers=echo"];
+    let mut call =
+        node_a.spawn("poison", &load, &peers, &["/call-load.wasm", "--timeout-ms", "120000", "echo=panic:boom"]);
+
+    // Kubernetes restarts a container that died; so does this loop.
+    let mut restarts = 0;
+    let deadline = Instant::now() + Duration::from_secs(110);
+    while call.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the caller never got an answer:\n{}", node_b.containerd.log());
+        if node_b.task_stopped("echo") {
+            node_b.remove("echo");
+            node_b.serve(&server, "echo", &[]);
+            restarts += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = stdout_of(call);
+    assert!(out.contains("err echo") && out.contains("PeerFailed"), "{out}");
+    let traps = node_b.log_lines(&["guest trapped"]);
+    assert_eq!(traps, 3, "the handler should have run 3 times ({restarts} restarts):\n{}", node_b.containerd.log());
+
+    let dead = cli(&redis.url(), &["XRANGE", "cwasi:{cwasi-test}:dead:echo", "-", "+"]);
+    assert!(dead.contains("panic:boom") && dead.contains("in 3 deliveries"), "{dead}");
+    assert_eq!(cli(&redis.url(), &["XLEN", "cwasi:{cwasi-test}:req:echo"]).trim(), "0");
+
+    // The function serves the next request (restarted if it was still down).
+    if node_b.task_stopped("echo") {
+        node_b.remove("echo");
+        node_b.serve(&server, "echo", &[]);
+    }
+    let next = node_a.spawn("after", &load, &peers, &["/call-load.wasm", "echo=after"]);
+    let out = stdout_of(next);
+    assert!(out.contains("ok echo") && out.contains("after") && out.contains("summary ok=1 err=0"), "{out}");
+}
+
+/// Lines of the shared count file naming `request`, in order: `<replica> <request>`.
+fn handled(count_file: &Path, request: &str) -> Vec<String> {
+    std::fs::read_to_string(count_file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_once(' ').is_some_and(|(_, r)| r == request))
+        .map(|l| l.split_once(' ').unwrap().0.to_owned())
+        .collect()
+}
+
+#[test]
+fn a_12_s_handler_runs_once_across_two_instances_and_moves_only_when_its_instance_dies() {
+    let redis = RedisServer::start().unwrap();
+    let (server, load) = (test_image("counter-server").unwrap(), test_image("call-load").unwrap());
+    let shared = tempfile::tempdir().unwrap();
+    let count_file = shared.path().join("count");
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", shared.path().display());
+    let nodes: Vec<Node> = ["b", "c"]
+        .iter()
+        .map(|replica| {
+            let node = Node::start(&format!("node-{replica}"), Some(&redis.url()), &[], &[&server]);
+            let env = format!("REPLICA={replica}");
+            node.serve(&server, "counter", &["--mount", &mount, "--env", "COUNT_FILE=/data/count", "--env", &env]);
+            node
+        })
+        .collect();
+    let node_a = Node::start("node-a", Some(&redis.url()), &[], &[&load]);
+    let peers = ["--rm", "--annotation", "cwasi.io/peers=counter"];
+
+    let out = stdout_of(node_a.spawn(
+        "long-1",
+        &load,
+        &peers,
+        &["/call-load.wasm", "--timeout-ms", "60000", "counter=sleep:12000"],
+    ));
+    assert!(out.contains("ok counter") && out.contains("1:sleep:12000"), "{out}");
+    assert_eq!(
+        handled(&count_file, "sleep:12000").len(),
+        1,
+        "handled more than once: {:?}",
+        std::fs::read_to_string(&count_file)
+    );
+    for node in &nodes {
+        assert_eq!(
+            node.log_lines(&["claimed a request"]),
+            0,
+            "claimed while its handler lived:\n{}",
+            node.containerd.log()
+        );
+    }
+
+    // Now the instance handling it dies: the other one takes it.
+    let call =
+        node_a.spawn("long-2", &load, &peers, &["/call-load.wasm", "--timeout-ms", "60000", "counter=sleep:12001"]);
+    let started = Instant::now();
+    let first = loop {
+        if let Some(replica) = handled(&count_file, "sleep:12001").first() {
+            break replica.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "nobody took the second request");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (dying, survivor) = if first == "b" { (&nodes[0], &nodes[1]) } else { (&nodes[1], &nodes[0]) };
+    dying.kill("counter");
+    let out = stdout_of(call);
+    assert!(out.contains("ok counter") && out.contains(":sleep:12001"), "{out}");
+    let runs = handled(&count_file, "sleep:12001");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_ne!(runs[0], runs[1], "{runs:?}");
+    assert!(survivor.log_lines(&["claimed a request"]) >= 1, "{}", survivor.containerd.log());
+}
+
+#[test]
+fn after_10000_calls_the_stream_is_empty_and_every_key_left_expires() {
+    let redis = RedisServer::start_with(false).unwrap();
+    let (server, load) = (test_image("echo-server").unwrap(), test_image("call-load").unwrap());
+    let node_b = Node::start("node-b", Some(&redis.url()), &[], &[&server]);
+    node_b.serve(&server, "echo", &[]);
+    let node_a = Node::start("node-a", Some(&redis.url()), &[], &[&load]);
+    let out = stdout_of(node_a.spawn(
+        "ten-thousand",
+        &load,
+        &["--rm", "--annotation", "cwasi.io/peers=echo"],
+        &["/call-load.wasm", "--count", "10000", "echo=x"],
+    ));
+    assert!(out.contains("summary ok=10000 err=0"), "{}", out.lines().last().unwrap_or_default());
+
+    let url = redis.url();
+    // Answered entries are deleted: the stream holds only unanswered requests.
+    assert_eq!(cli(&url, &["XLEN", "cwasi:{cwasi-test}:req:echo"]).trim(), "0");
+    let count = |pattern: &str| {
+        let script = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + 1 end return n";
+        cli(&url, &["EVAL", script, "0", pattern]).trim().parse::<u64>().unwrap()
+    };
+    assert_eq!(count("cwasi:{cwasi-test}:done:echo:*"), 10_000);
+    // Callers delete the reply lists they read.
+    assert_eq!(count("cwasi:{cwasi-test}:rep:*"), 0);
+    // Every key expires: none without a TTL, none longer than a day.
+    let ttls = "local none, longest = 0, 0 for _, k in ipairs(redis.call('KEYS', '*')) do \
+                local t = redis.call('TTL', k) if t < 0 then none = none + 1 elseif t > longest then longest = t end end \
+                return {none, longest}";
+    let reply = cli(&url, &["EVAL", ttls, "0"]);
+    let numbers: Vec<u64> = reply.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(numbers[0], 0, "keys without a TTL: {reply}");
+    assert!(numbers[1] <= 86_400, "{reply}");
+    let done_ttl: i64 = cli(
+        &url,
+        &["EVAL", "return redis.call('TTL', redis.call('KEYS', ARGV[1])[1])", "0", "cwasi:{cwasi-test}:done:echo:*"],
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    assert!((1..=3600).contains(&done_ttl), "{done_ttl}");
+}
+
+#[test]
+fn a_forged_entry_naming_another_namespaces_keys_is_refused_and_they_stay_untouched() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
+    let node_b = Node::start("node-b", Some(&url), &[], &[&server]);
+    node_b.serve(&server, "echo", &[]);
+    let stream = "cwasi:{cwasi-test}:req:echo";
+    cli(&url, &["SET", "cwasi:{other}:rep:victim", "precious"]);
+    cli(&url, &["SET", "victim-body", "also precious"]);
+    // A reply list in another namespace; a body key outside this request's own.
+    cli(
+        &url,
+        &["XADD", stream, "*", "id", "forged-1", "reply", "cwasi:{other}:rep:victim", "caller", "evil", "body", "x"],
+    );
+    cli(
+        &url,
+        &[
+            "XADD",
+            stream,
+            "*",
+            "id",
+            "forged-2",
+            "reply",
+            "cwasi:{cwasi-test}:rep:forged-2",
+            "bodykey",
+            "victim-body",
+            "caller",
+            "evil",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cli(&url, &["XLEN", "cwasi:{cwasi-test}:dead:echo"]).trim() != "2" {
+        assert!(Instant::now() < deadline, "not dead-lettered:\n{}", node_b.containerd.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(cli(&url, &["GET", "cwasi:{other}:rep:victim"]).trim(), "precious");
+    assert_eq!(cli(&url, &["TTL", "cwasi:{other}:rep:victim"]).trim(), "-1");
+    assert_eq!(cli(&url, &["GET", "victim-body"]).trim(), "also precious");
+    assert_eq!(cli(&url, &["XLEN", stream]).trim(), "0");
+    let dead = cli(&url, &["XRANGE", "cwasi:{cwasi-test}:dead:echo", "-", "+"]);
+    assert!(dead.contains("refused") && dead.contains("forged-1") && dead.contains("forged-2"), "{dead}");
+    // The second named its own reply list: its sender hears why.
+    let answer = cli(&url, &["LRANGE", "cwasi:{cwasi-test}:rep:forged-2", "0", "-1"]);
+    assert!(answer.contains("refused: body key"), "{answer}");
+
+    // And the function still serves.
+    let node_a = Node::start("node-a", Some(&url), &[], &[&caller]);
+    let out = node_a
+        .containerd
+        .run(
+            "call",
+            &caller,
+            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]),
+            &["/caller.wasm", "echo", "hello"],
+        )
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert!(out.stdout.contains("reply: hello"), "{out:?}");
+}
+
+/// What a namespace's Redis user may run: the README's ACL rule.
+const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +exists +get +set +del +expire +rpush +blmove \
+     +zadd +zrange +zremrangebyscore +xadd +xlen +xdel +xack +xreadgroup +xautoclaim +xclaim +xpending \
+     +xgroup|create +xgroup|delconsumer +xinfo|consumers";
+
+#[test]
+fn with_acl_users_per_namespace_a_function_works_with_its_own_credentials_and_cannot_read_another_namespace() {
+    let redis = RedisServer::start().unwrap();
+    let admin = redis.url();
+    let port = admin.rsplit(':').next().unwrap().to_owned();
+    for (user, password, namespace) in [("ns-test", "pw-a", "cwasi-test"), ("ns-other", "pw-b", "other")] {
+        let mut args = vec!["ACL", "SETUSER", user, "on", "resetkeys", "resetchannels", "-@all"];
+        let (secret, keys) = (format!(">{password}"), format!("~cwasi:{{{namespace}}}:*"));
+        args.extend([secret.as_str(), keys.as_str()]);
+        args.extend(ACL_COMMANDS.split_whitespace());
+        assert_eq!(cli(&admin, &args).trim(), "OK");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    let url_a = format!("redis://ns-test:pw-a@127.0.0.1:{port}");
+    std::fs::write(
+        &credentials,
+        format!("# namespace url\ncwasi-test {url_a}\nother redis://ns-other:pw-b@127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+    let credentials = credentials.to_string_lossy().into_owned();
+    // Without the file's URL, calls would go to the default Redis, which does not run here.
+    let env = [("CWASI_REDIS_CREDENTIALS", credentials.as_str())];
+    let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
+    cli(&admin, &["ACL", "LOG", "RESET"]);
+
+    let node_b = Node::start("node-b", None, &env, &[&server]);
+    node_b.serve(&server, "echo", &[]);
+    node_b.containerd.import_in("other", &server).unwrap();
+    node_b
+        .containerd
+        .ctr_in(
+            "other",
+            &Containerd::run_args(
+                "echo",
+                &server,
+                &node_b.flags(&["-d", "--annotation", "cwasi.io/serve=true", "--annotation", "cwasi.io/function=echo"]),
+                &[],
+            ),
+        )
+        .unwrap()
+        .ok()
+        .unwrap();
+    let node_a = Node::start("node-a", None, &env, &[&caller]);
+    let out = node_a
+        .containerd
+        .run(
+            "call",
+            &caller,
+            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]),
+            &["/caller.wasm", "echo", "hello"],
+        )
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert!(out.stdout.contains("reply: hello"), "{out:?}");
+    // Every command cwasi ran was allowed (the ACL rule above is complete).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cli(&admin, &["EXISTS", "cwasi:{other}:req:echo"]).trim() != "1" {
+        assert!(Instant::now() < deadline, "namespace other's echo never served:\n{}", node_b.containerd.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let denied = cli(&admin, &["ACL", "LOG"]);
+    assert!(denied.trim().is_empty(), "denied commands:\n{denied}");
+
+    // Namespace cwasi-test's credentials cannot read, write or claim namespace other's requests.
+    for args in [
+        &["XLEN", "cwasi:{other}:req:echo"][..],
+        &["XREADGROUP", "GROUP", "servers", "thief", "STREAMS", "cwasi:{other}:req:echo", ">"],
+        &["XADD", "cwasi:{other}:req:echo", "*", "id", "x"],
+        &["XAUTOCLAIM", "cwasi:{other}:req:echo", "servers", "thief", "0", "0-0"],
+    ] {
+        let out = Command::new("redis-cli").args(["--no-auth-warning", "-u", &url_a]).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("NOPERM"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn a_redis_outside_the_operators_allow_list_is_refused_at_create() {
+    let redis = RedisServer::start().unwrap();
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    let allowed = format!("127.0.0.1:{port}");
+    let caller = test_image("caller").unwrap();
+    let env = [("CWASI_REDIS_ALLOW", allowed.as_str())];
+    let node = Node::start("node-a", None, &env, &[&caller]);
+    let run = |id: &str, url: &str| {
+        let annotation = format!("cwasi.io/redis={url}");
+        node.containerd
+            .run(
+                id,
+                &caller,
+                &node.flags(&["--rm", "--annotation", &annotation, "--annotation", "cwasi.io/peers=nobody"]),
+                &["/caller.wasm", "nobody", "x"],
+            )
+            .unwrap()
+    };
+    let refused = run("elsewhere", "redis://:pw@10.1.2.3:6379");
+    assert_ne!(refused.code, Some(0));
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        said.contains("cwasi.io/redis") && said.contains("10.1.2.3:6379") && said.contains("CWASI_REDIS_ALLOW"),
+        "{said}"
+    );
+    assert!(!said.contains(":pw@"), "{said}");
+    let insecure = run("insecure", &format!("rediss://127.0.0.1:{port}#insecure"));
+    let said = format!("{}{}", insecure.stdout, insecure.stderr);
+    assert!(said.contains("cwasi.io/redis") && said.contains("insecure"), "{said}");
+    // The allowed endpoint gets through create: the call itself runs (nobody serves `nobody`).
+    let ok = run("allowed", &redis.url());
+    assert_eq!(ok.code, Some(5), "{ok:?}");
+}
+
+#[test]
+fn a_function_without_servers_for_30_s_answers_callers_unknown_peer_and_one_back_in_time_keeps_its_queue() {
+    let redis = RedisServer::start().unwrap();
+    let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
+    let node_b = Node::start("node-b", Some(&redis.url()), &[], &[&server]);
+    node_b.serve(&server, "echo", &[]);
+    let node_a = Node::start("node-a", Some(&redis.url()), &[], &[&caller]);
+    let peers = ["--rm", "--annotation", "cwasi.io/peers=echo"];
+    // Down for a few seconds: the request waits in the queue and is answered.
+    node_b.kill("echo");
+    let call = node_a.spawn("queued", &caller, &peers, &["/caller.wasm", "echo", "queued"]);
+    std::thread::sleep(Duration::from_secs(3));
+    node_b.serve(&server, "echo", &[]);
+    let out = stdout_of(call);
+    assert!(out.contains("reply: queued"), "{out}");
+
+    // Gone for good: a caller that was waiting gets UnknownPeer within the
+    // 30 s rule (plus a check interval), and a later caller at once.
+    node_b.kill("echo");
+    let gone = Instant::now();
+    let waiting = node_a.spawn("waiting", &caller, &peers, &["/caller.wasm", "echo", "never"]);
+    let out = stdout_of(waiting);
+    assert!(out.contains("UnknownPeer"), "{out}");
+    assert!(gone.elapsed() < Duration::from_secs(45), "{:?}", gone.elapsed());
+    assert_eq!(
+        cli(&redis.url(), &["XLEN", "cwasi:{cwasi-test}:req:echo"]).trim(),
+        "0",
+        "the request was not withdrawn"
+    );
+    let started = Instant::now();
+    let later = node_a.containerd.run("later", &caller, &node_a.flags(&peers), &["/caller.wasm", "echo", "x"]).unwrap();
+    assert_eq!(later.code, Some(5), "{later:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
