@@ -4,55 +4,26 @@
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use cwasi_testkit::{Containerd, RedisServer, TestImage, test_image};
+use cwasi_testkit::{Containerd, Node, RedisServer, TestImage, test_image};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
 
-/// A node: a containerd whose functions carry `cwasi.io/node` and `cwasi.io/redis`.
-struct Node {
-    containerd: Containerd,
-    annotations: Vec<String>,
+fn node(name: &str, redis_url: &str, images: &[&TestImage]) -> Node {
+    Node::start(SHIM.as_ref(), name, Some(redis_url), &[], images)
 }
 
-impl Node {
-    fn start(name: &str, redis_url: &str, images: &[&TestImage]) -> Node {
-        Self::start_with_env(name, redis_url, images, &[])
-    }
-
-    /// `env` goes to containerd and so to the shim (e.g. `CWASI_REDIS_CA_FILE`).
-    fn start_with_env(name: &str, redis_url: &str, images: &[&TestImage], env: &[(&str, &str)]) -> Node {
-        let containerd = Containerd::start(SHIM.as_ref(), env).expect("private containerd starts");
-        for image in images {
-            containerd.import(image).expect("image imports");
-        }
-        let annotations = vec![format!("cwasi.io/node={name}"), format!("cwasi.io/redis={redis_url}")];
-        Node { containerd, annotations }
-    }
-
-    fn flags<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut flags = Vec::new();
-        for annotation in &self.annotations {
-            flags.extend(["--annotation", annotation.as_str()]);
-        }
-        flags.extend_from_slice(extra);
-        flags
-    }
-
-    fn serve(&self, image: &TestImage, name: &str) {
-        self.containerd.serve(image, name, &self.flags(&[])).unwrap();
-        self.containerd
-            .wait_for_log(&["remote serving ready", &format!("function={name}")], Duration::from_secs(20))
-            .unwrap();
-    }
+/// `env` goes to containerd and so to the shim (e.g. `CWASI_REDIS_CA_FILE`).
+fn node_with_env(name: &str, redis_url: &str, images: &[&TestImage], env: &[(&str, &str)]) -> Node {
+    Node::start(SHIM.as_ref(), name, Some(redis_url), env, images)
 }
 
 #[test]
 fn producer_on_node_a_gets_every_digest_right_from_sha256_on_node_b() {
     let redis = RedisServer::start().unwrap();
     let (server, producer) = (test_image("sha256-server").unwrap(), test_image("producer").unwrap());
-    let node_b = Node::start("node-b", &redis.url(), &[&server]);
-    node_b.serve(&server, "sha256");
-    let node_a = Node::start("node-a", &redis.url(), &[&producer]);
+    let node_b = node("node-b", &redis.url(), &[&server]);
+    node_b.serve(&server, "sha256", &[]);
+    let node_a = node("node-a", &redis.url(), &[&producer]);
     let sizes = cwasi_testkit::digest_sizes(SHIM.as_ref());
     let mut command = vec!["/producer.wasm", "sha256"];
     command.extend(sizes.iter().copied());
@@ -75,9 +46,9 @@ fn producer_on_node_a_gets_every_digest_right_from_sha256_on_node_b() {
 fn a_redis_restart_in_the_middle_of_1000_calls_loses_nothing_and_handles_nothing_twice() {
     let mut redis = RedisServer::start().unwrap();
     let (server, caller) = (test_image("counter-server").unwrap(), test_image("call-sequence").unwrap());
-    let node_b = Node::start("node-b", &redis.url(), &[&server]);
-    node_b.serve(&server, "counter");
-    let node_a = Node::start("node-a", &redis.url(), &[&caller]);
+    let node_b = node("node-b", &redis.url(), &[&server]);
+    node_b.serve(&server, "counter", &[]);
+    let node_a = node("node-a", &redis.url(), &[&caller]);
     let mut run = node_a
         .containerd
         .ctr_command(&Containerd::run_args(
@@ -109,9 +80,9 @@ fn a_redis_restart_in_the_middle_of_1000_calls_loses_nothing_and_handles_nothing
 fn requests_queued_while_the_server_restarts_are_answered_after_it() {
     let redis = RedisServer::start().unwrap();
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("call-sequence").unwrap());
-    let node_b = Node::start("node-b", &redis.url(), &[&server]);
-    node_b.serve(&server, "echo");
-    let node_a = Node::start("node-a", &redis.url(), &[&caller]);
+    let node_b = node("node-b", &redis.url(), &[&server]);
+    node_b.serve(&server, "echo", &[]);
+    let node_a = node("node-a", &redis.url(), &[&caller]);
     let mut run = node_a
         .containerd
         .ctr_command(&Containerd::run_args(
@@ -140,7 +111,7 @@ fn requests_queued_while_the_server_restarts_are_answered_after_it() {
     }
     ctd.ctr(&["container", "delete", "echo"]).unwrap().ok().unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    node_b.serve(&server, "echo");
+    node_b.serve(&server, "echo", &[]);
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     assert!(run.wait().unwrap().success(), "{rest:?}");
     assert_eq!(rest.last().map(String::as_str), Some("sequence ok: 400 calls"), "{rest:?}");
@@ -150,9 +121,9 @@ fn requests_queued_while_the_server_restarts_are_answered_after_it() {
 fn redis_down_is_a_typed_error_and_serving_recovers_when_it_returns() {
     let mut redis = RedisServer::start().unwrap();
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
-    let node_b = Node::start("node-b", &redis.url(), &[&server]);
-    node_b.serve(&server, "echo");
-    let node_a = Node::start("node-a", &redis.url(), &[&caller]);
+    let node_b = node("node-b", &redis.url(), &[&server]);
+    node_b.serve(&server, "echo", &[]);
+    let node_a = node("node-a", &redis.url(), &[&caller]);
     let call = |id: &str| {
         node_a
             .containerd
@@ -199,9 +170,9 @@ fn redis_down_is_a_typed_error_and_serving_recovers_when_it_returns() {
 fn a_password_protected_redis_works_and_the_password_stays_out_of_logs() {
     let redis = RedisServer::start_with_password("s3cret-pw").unwrap();
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
-    let node_b = Node::start("node-b", &redis.url(), &[&server]);
-    node_b.serve(&server, "echo");
-    let node_a = Node::start("node-a", &redis.url(), &[&caller]);
+    let node_b = node("node-b", &redis.url(), &[&server]);
+    node_b.serve(&server, "echo", &[]);
+    let node_a = node("node-a", &redis.url(), &[&caller]);
     let out = node_a
         .containerd
         .run(
@@ -228,9 +199,9 @@ fn rediss_works_with_the_ca_named_in_cwasi_redis_ca_file_and_fails_without_it() 
     let ca = redis.tls_files().unwrap().ca_cert.to_string_lossy().into_owned();
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
     let trusting = [("CWASI_REDIS_CA_FILE", ca.as_str())];
-    let node_b = Node::start_with_env("node-b", &redis.url(), &[&server], &trusting);
-    node_b.serve(&server, "echo");
-    let node_a = Node::start_with_env("node-a", &redis.url(), &[&caller], &trusting);
+    let node_b = node_with_env("node-b", &redis.url(), &[&server], &trusting);
+    node_b.serve(&server, "echo", &[]);
+    let node_a = node_with_env("node-a", &redis.url(), &[&caller], &trusting);
     let flags = node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]);
     let out = node_a
         .containerd
@@ -243,7 +214,7 @@ fn rediss_works_with_the_ca_named_in_cwasi_redis_ca_file_and_fails_without_it() 
 
     // Without the CA the server's certificate is refused (the system store
     // does not know the test CA): the call fails instead of trusting it.
-    let node_c = Node::start_with_env("node-c", &redis.url(), &[&caller], &[("CWASI_REDIS_RETRY_MS", "300")]);
+    let node_c = node_with_env("node-c", &redis.url(), &[&caller], &[("CWASI_REDIS_RETRY_MS", "300")]);
     let flags = node_c.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]);
     let out = node_c.containerd.run("call-untrusted", &caller, &flags, &["/caller.wasm", "echo", "hello"]).unwrap();
     assert_eq!(out.code, Some(2), "{out:?}");

@@ -4,83 +4,15 @@
 //! redis-server; `redis-cli` looks inside it.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use cwasi_testkit::{Containerd, RedisServer, TestImage, test_image};
+use cwasi_testkit::{Containerd, Node, RedisServer, TestImage, test_image};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
 
-/// A node: a containerd whose functions carry `cwasi.io/node` and, unless
-/// the node's settings pick the Redis, `cwasi.io/redis`.
-struct Node {
-    containerd: Containerd,
-    annotations: Vec<String>,
-}
-
-impl Node {
-    fn start(name: &str, redis_url: Option<&str>, env: &[(&str, &str)], images: &[&TestImage]) -> Node {
-        let containerd = Containerd::start(SHIM.as_ref(), env).expect("private containerd starts");
-        for image in images {
-            containerd.import(image).expect("image imports");
-        }
-        let mut annotations = vec![format!("cwasi.io/node={name}")];
-        annotations.extend(redis_url.map(|url| format!("cwasi.io/redis={url}")));
-        Node { containerd, annotations }
-    }
-
-    fn flags<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut flags = Vec::new();
-        for annotation in &self.annotations {
-            flags.extend(["--annotation", annotation.as_str()]);
-        }
-        flags.extend_from_slice(extra);
-        flags
-    }
-
-    fn serve(&self, image: &TestImage, name: &str, extra: &[&str]) {
-        let ready = self.log_lines(&["remote serving ready", &format!("function={name}")]);
-        self.containerd.serve(image, name, &self.flags(extra)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.log_lines(&["remote serving ready", &format!("function={name}")]) == ready {
-            assert!(Instant::now() < deadline, "{name} never got ready:\n{}", self.containerd.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_lines(&self, needles: &[&str]) -> usize {
-        self.containerd.log().lines().filter(|l| needles.iter().all(|n| l.contains(n))).count()
-    }
-
-    /// Removes the stopped task and container `id`.
-    fn remove(&self, id: &str) {
-        let ctd = &self.containerd;
-        let started = Instant::now();
-        while ctd.ctr(&["task", "delete", id]).unwrap().code != Some(0) {
-            assert!(started.elapsed() < Duration::from_secs(10), "task {id} never stopped");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ctd.ctr(&["container", "delete", id]).unwrap().ok().unwrap();
-    }
-
-    fn kill(&self, id: &str) {
-        self.containerd.ctr(&["task", "kill", "--signal", "SIGKILL", id]).unwrap().ok().unwrap();
-        self.remove(id);
-    }
-
-    fn task_stopped(&self, id: &str) -> bool {
-        let tasks = self.containerd.ctr(&["task", "ls"]).unwrap().stdout;
-        tasks.lines().any(|l| l.split_whitespace().next() == Some(id) && l.contains("STOPPED"))
-    }
-
-    /// `ctr run` in the background with its stdout piped.
-    fn spawn(&self, id: &str, image: &TestImage, extra: &[&str], command: &[&str]) -> Child {
-        self.containerd
-            .ctr_command(&Containerd::run_args(id, image, &self.flags(extra), command))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
+fn node(name: &str, redis_url: Option<&str>, env: &[(&str, &str)], images: &[&TestImage]) -> Node {
+    Node::start(SHIM.as_ref(), name, redis_url, env, images)
 }
 
 /// `redis-cli` as `url`'s user; raw output, one reply element a line.
@@ -99,9 +31,9 @@ fn stdout_of(child: Child) -> String {
 fn a_request_whose_handler_traps_is_dead_lettered_after_3_deliveries_and_the_next_is_served() {
     let redis = RedisServer::start().unwrap();
     let (server, load) = (test_image("echo-server").unwrap(), test_image("call-load").unwrap());
-    let node_b = Node::start("node-b", Some(&redis.url()), &[], &[&server]);
+    let node_b = node("node-b", Some(&redis.url()), &[], &[&server]);
     node_b.serve(&server, "echo", &[]);
-    let node_a = Node::start("node-a", Some(&redis.url()), &[], &[&load]);
+    let node_a = node("node-a", Some(&redis.url()), &[], &[&load]);
     let peers = ["--rm", "--annotation", "cwasi.io/peers=echo"];
     let mut call =
         node_a.spawn("poison", &load, &peers, &["/call-load.wasm", "--timeout-ms", "120000", "echo=panic:boom"]);
@@ -157,13 +89,13 @@ fn a_12_s_handler_runs_once_across_two_instances_and_moves_only_when_its_instanc
     let nodes: Vec<Node> = ["b", "c"]
         .iter()
         .map(|replica| {
-            let node = Node::start(&format!("node-{replica}"), Some(&redis.url()), &[], &[&server]);
+            let node = node(&format!("node-{replica}"), Some(&redis.url()), &[], &[&server]);
             let env = format!("REPLICA={replica}");
             node.serve(&server, "counter", &["--mount", &mount, "--env", "COUNT_FILE=/data/count", "--env", &env]);
             node
         })
         .collect();
-    let node_a = Node::start("node-a", Some(&redis.url()), &[], &[&load]);
+    let node_a = node("node-a", Some(&redis.url()), &[], &[&load]);
     let peers = ["--rm", "--annotation", "cwasi.io/peers=counter"];
 
     let out = stdout_of(node_a.spawn(
@@ -213,9 +145,9 @@ fn a_12_s_handler_runs_once_across_two_instances_and_moves_only_when_its_instanc
 fn after_10000_calls_the_stream_is_empty_and_every_key_left_expires() {
     let redis = RedisServer::start_with(false).unwrap();
     let (server, load) = (test_image("echo-server").unwrap(), test_image("call-load").unwrap());
-    let node_b = Node::start("node-b", Some(&redis.url()), &[], &[&server]);
+    let node_b = node("node-b", Some(&redis.url()), &[], &[&server]);
     node_b.serve(&server, "echo", &[]);
-    let node_a = Node::start("node-a", Some(&redis.url()), &[], &[&load]);
+    let node_a = node("node-a", Some(&redis.url()), &[], &[&load]);
     let out = stdout_of(node_a.spawn(
         "ten-thousand",
         &load,
@@ -257,7 +189,7 @@ fn a_forged_entry_naming_another_namespaces_keys_is_refused_and_they_stay_untouc
     let redis = RedisServer::start().unwrap();
     let url = redis.url();
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
-    let node_b = Node::start("node-b", Some(&url), &[], &[&server]);
+    let node_b = node("node-b", Some(&url), &[], &[&server]);
     node_b.serve(&server, "echo", &[]);
     let stream = "cwasi:{cwasi-test}:req:echo";
     cli(&url, &["SET", "cwasi:{other}:rep:victim", "precious"]);
@@ -299,7 +231,7 @@ fn a_forged_entry_naming_another_namespaces_keys_is_refused_and_they_stay_untouc
     assert!(answer.contains("refused: body key"), "{answer}");
 
     // And the function still serves.
-    let node_a = Node::start("node-a", Some(&url), &[], &[&caller]);
+    let node_a = node("node-a", Some(&url), &[], &[&caller]);
     let out = node_a
         .containerd
         .run(
@@ -345,7 +277,7 @@ fn with_acl_users_per_namespace_a_function_works_with_its_own_credentials_and_ca
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
     cli(&admin, &["ACL", "LOG", "RESET"]);
 
-    let node_b = Node::start("node-b", None, &env, &[&server]);
+    let node_b = node("node-b", None, &env, &[&server]);
     node_b.serve(&server, "echo", &[]);
     node_b.containerd.import_in("other", &server).unwrap();
     node_b
@@ -362,7 +294,7 @@ fn with_acl_users_per_namespace_a_function_works_with_its_own_credentials_and_ca
         .unwrap()
         .ok()
         .unwrap();
-    let node_a = Node::start("node-a", None, &env, &[&caller]);
+    let node_a = node("node-a", None, &env, &[&caller]);
     let out = node_a
         .containerd
         .run(
@@ -404,7 +336,7 @@ fn a_redis_outside_the_operators_allow_list_is_refused_at_create() {
     let allowed = format!("127.0.0.1:{port}");
     let caller = test_image("caller").unwrap();
     let env = [("CWASI_REDIS_ALLOW", allowed.as_str())];
-    let node = Node::start("node-a", None, &env, &[&caller]);
+    let node = node("node-a", None, &env, &[&caller]);
     let run = |id: &str, url: &str| {
         let annotation = format!("cwasi.io/redis={url}");
         node.containerd
@@ -436,9 +368,9 @@ fn a_redis_outside_the_operators_allow_list_is_refused_at_create() {
 fn a_function_without_servers_for_30_s_answers_callers_unknown_peer_and_one_back_in_time_keeps_its_queue() {
     let redis = RedisServer::start().unwrap();
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
-    let node_b = Node::start("node-b", Some(&redis.url()), &[], &[&server]);
+    let node_b = node("node-b", Some(&redis.url()), &[], &[&server]);
     node_b.serve(&server, "echo", &[]);
-    let node_a = Node::start("node-a", Some(&redis.url()), &[], &[&caller]);
+    let node_a = node("node-a", Some(&redis.url()), &[], &[&caller]);
     let peers = ["--rm", "--annotation", "cwasi.io/peers=echo"];
     // Down for a few seconds: the request waits in the queue and is answered.
     node_b.kill("echo");

@@ -9,6 +9,7 @@
 mod containerd;
 mod images;
 mod mounts;
+mod node;
 mod redis_server;
 mod teardown;
 mod two_nodes;
@@ -18,6 +19,7 @@ pub use containerd::{Containerd, CtrOutput, RUNTIME};
 pub use images::{
     TestImage, pause_image, test_image, test_image_for_kubernetes, test_image_with_peers, workspace_root,
 };
+pub use node::Node;
 pub use redis_server::{RedisServer, TlsFiles};
 pub use teardown::on_interrupt;
 pub use two_nodes::{CallTimings, Measured, Route, TwoNodes};
