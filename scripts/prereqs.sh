@@ -17,8 +17,10 @@ set -euo pipefail
 #   libseccomp-dev     containerd-shimkit links libcontainer, which links libseccomp
 #   pkg-config         how libseccomp's build script finds it
 #   gcc, libc6-dev     the linker Rust uses, and C parts of dependencies (ring, vendored libdbus)
+#   containernetworking-plugins  the CNI plugins (bridge, host-local, loopback in /usr/lib/cni)
+#                      that give the Kubernetes test's pods their own network
 # No libssl-dev: remote-mode TLS uses rustls.
-packages=(containerd redis-server protobuf-compiler libseccomp-dev pkg-config gcc libc6-dev)
+packages=(containerd redis-server protobuf-compiler libseccomp-dev pkg-config gcc libc6-dev containernetworking-plugins)
 read -r -a extra <<<"${CWASI_PREREQS_EXTRA:-}"
 packages+=("${extra[@]}")
 wasm_target=wasm32-wasip1
@@ -33,6 +35,7 @@ provides() {
         pkg-config) command -v pkg-config >/dev/null ;;
         gcc) command -v cc >/dev/null ;;
         libc6-dev) [ -e /usr/include/stdio.h ] ;;
+        containernetworking-plugins) [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] ;;
         *) command -v "$1" >/dev/null ;;
     esac
 }

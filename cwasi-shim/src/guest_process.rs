@@ -61,6 +61,40 @@ impl GuestProcess {
             .stdin(stdio.stdin.map_or_else(Stdio::null, Stdio::from))
             .stdout(stdio.stdout.map_or_else(Stdio::null, Stdio::from))
             .stderr(stdio.stderr.map_or_else(Stdio::null, Stdio::from));
+        Self::start(command, cgroup, exit, subscription, reason_out)
+    }
+
+    /// Starts the process holding a pod's namespaces (see [`crate::pod_sandbox`])
+    /// for the sandbox whose spec is `config`, inside the sandbox's cgroup.
+    pub fn spawn_pod_sandbox(
+        config: &std::path::Path,
+        cgroup: Arc<ContainerCgroup>,
+        exit: WaitableCell<(u32, DateTime<Utc>)>,
+    ) -> anyhow::Result<Self> {
+        let subscription = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)
+            .map_err(|e| anyhow::anyhow!("subscribing to process exits: {e}"))?;
+        let exe = std::env::current_exe().context("locating the shim binary")?;
+        let mut command = Command::new(exe);
+        command
+            .arg(crate::pod_sandbox::SUBCOMMAND)
+            .arg(config)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Its errors go to the shim's log, as the shim's own do.
+            .stderr(Stdio::inherit());
+        Self::start(command, cgroup, exit, subscription, None)
+    }
+
+    /// Spawns `command` inside `cgroup`, tied to the shim's life; its exit
+    /// status (from `subscription`) lands in `exit`.
+    fn start(
+        mut command: Command,
+        cgroup: Arc<ContainerCgroup>,
+        exit: WaitableCell<(u32, DateTime<Utc>)>,
+        subscription: containerd_shim::monitor::Subscription,
+        reason_out: Option<File>,
+    ) -> anyhow::Result<Self> {
         let procs_files = cgroup.procs_files();
         // SAFETY: the closure runs between fork and exec. It allocates
         // nothing (the paths are prepared above) and makes only raw,

@@ -21,8 +21,8 @@ pub struct CwasiInstance {
     workload: Workload,
     config: InstanceConfig,
     rootfs: PathBuf,
-    /// The container's cgroup; a sandbox's stays empty (the shim stands in
-    /// for its pause process) but carries the pod-level limits.
+    /// The container's cgroup; a sandbox's holds only the process that holds
+    /// the pod's namespaces, and carries the pod-level limits.
     cgroup: Arc<ContainerCgroup>,
     confinement: Confinement,
     exit: WaitableCell<(u32, DateTime<Utc>)>,
@@ -72,8 +72,15 @@ impl Instance for CwasiInstance {
 
     async fn start(&self) -> Result<u32, Error> {
         let Workload::Function { guest, function } = &self.workload else {
-            // A sandbox has no process of its own; the shim stands in for it.
-            return Ok(std::process::id());
+            // A sandbox's process only holds the pod's namespaces, which the
+            // pod's containers join through /proc/<its pid>/ns.
+            let config = self.config.bundle.join("config.json");
+            let process = GuestProcess::spawn_pod_sandbox(&config, self.cgroup.clone(), self.exit.clone())
+                .map_err(|e| Error::Others(format!("container {}: {e:#}", self.id)))?;
+            let pid = process.pid();
+            *self.lock_process() = Some(process);
+            tracing::info!(container = %self.id, pid, "started pod sandbox");
+            return Ok(pid);
         };
         let launch = GuestLaunch {
             container_id: self.id.clone(),

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::cni::{CNI_BIN_DIR, CniNetwork};
 use crate::images::TestImage;
 use crate::teardown::{Registered, Teardown, register};
 
@@ -20,6 +21,9 @@ pub struct Containerd {
     socket: PathBuf,
     /// In the live list that [`crate::on_interrupt`] tears down.
     registered: Option<Registered>,
+    /// The pods' CNI network, if this containerd has one; dropped after the
+    /// daemon and its pods are gone.
+    network: Option<CniNetwork>,
 }
 
 /// What one `ctr` command did.
@@ -50,7 +54,8 @@ impl Containerd {
     /// Like [`Containerd::start`] with several shims: (binary name on the
     /// daemon's PATH, path of the binary).
     pub fn start_with_shims(shims: &[(&str, &Path)], env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        Self::launch(shims, env, r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#, "")
+        let dir = rig_dir()?;
+        Self::launch(dir, None, shims, env, r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#, "")
     }
 
     /// containerd with its CRI plugin, as a Kubernetes node runs it:
@@ -59,12 +64,31 @@ impl Containerd {
     /// be imported into the `k8s.io` namespace before pods start; no CNI
     /// network is configured (pods use the host network).
     pub fn start_cri(shim: &Path, sandbox_image: &str, runtime_config: &str) -> anyhow::Result<Self> {
+        Self::start_cri_with(shim, sandbox_image, runtime_config, false)
+    }
+
+    /// Like [`Containerd::start_cri`], and pods that do not use the host
+    /// network get their own network namespace on the rig's CNI network (a
+    /// bridge without a host address on [`crate::POD_SUBNET`]).
+    pub fn start_cri_with_network(shim: &Path, sandbox_image: &str, runtime_config: &str) -> anyhow::Result<Self> {
+        Self::start_cri_with(shim, sandbox_image, runtime_config, true)
+    }
+
+    fn start_cri_with(shim: &Path, sandbox_image: &str, runtime_config: &str, network: bool) -> anyhow::Result<Self> {
+        let dir = rig_dir()?;
+        let network = network.then(|| CniNetwork::write(dir.path())).transpose()?;
+        let conf_dir = network
+            .as_ref()
+            .map_or_else(|| "/nonexistent/cwasi-test-cni".to_owned(), |n| n.conf_dir().display().to_string());
+        // Network namespaces are pinned under the rig's state directory (not
+        // /var/run/netns), so the rig's teardown unmounts them with the rest.
         let cri = format!(
             r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox_image}"
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "/nonexistent/cwasi-test-cni"
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{conf_dir}"
   # What `containerd config default` has: runc stays the default runtime.
   [plugins."io.containerd.grpc.v1.cri".containerd]
     default_runtime_name = "runc"
@@ -73,12 +97,18 @@ impl Containerd {
 
 {runtime_config}"#
         );
-        Self::launch(&[("containerd-shim-cwasi-v1", shim)], &[], "", &cri)
+        Self::launch(dir, network, &[("containerd-shim-cwasi-v1", shim)], &[], "", &cri)
     }
 
     /// `top_level` keys go before the first table, `tables` at the end.
-    fn launch(shims: &[(&str, &Path)], env: &[(&str, &str)], top_level: &str, tables: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("cwasi-ctd-").tempdir()?;
+    fn launch(
+        dir: tempfile::TempDir,
+        network: Option<CniNetwork>,
+        shims: &[(&str, &Path)],
+        env: &[(&str, &str)],
+        top_level: &str,
+        tables: &str,
+    ) -> anyhow::Result<Self> {
         let bin = dir.path().join("bin");
         fs::create_dir_all(&bin)?;
         for (name, shim) in shims {
@@ -123,9 +153,14 @@ state = "{state}"
             .spawn()
             .context("starting containerd (Debian package `containerd`)")?;
         let registered = Some(register(Teardown { pid: daemon.id(), dir: dir.path().to_owned() }));
-        let containerd = Self { dir, daemon, socket, registered };
+        let containerd = Self { dir, daemon, socket, registered, network };
         containerd.wait_ready()?;
         Ok(containerd)
+    }
+
+    /// The pods' CNI network (with [`Containerd::start_cri_with_network`]).
+    pub fn network(&self) -> Option<&CniNetwork> {
+        self.network.as_ref()
     }
 
     /// The daemon's gRPC socket (for CRI clients).
@@ -301,6 +336,11 @@ state = "{state}"
         }
         found
     }
+}
+
+/// The temporary directory of one rig.
+fn rig_dir() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new().prefix("cwasi-ctd-").tempdir()?)
 }
 
 impl Drop for Containerd {

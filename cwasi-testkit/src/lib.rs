@@ -6,6 +6,7 @@
 //! (root, state, sockets, logs) and is torn down when it is dropped: tasks,
 //! shims, mounts and the daemon itself.
 
+mod cni;
 mod containerd;
 mod images;
 mod mounts;
@@ -15,6 +16,7 @@ mod teardown;
 mod two_nodes;
 mod units;
 
+pub use cni::{CNI_BIN_DIR, CniNetwork, POD_SUBNET};
 pub use containerd::{Containerd, CtrOutput, RUNTIME};
 pub use images::{
     TestImage, pause_image, test_image, test_image_for_kubernetes, test_image_with_peers, workspace_root,
