@@ -28,8 +28,7 @@ fn producer_on_node_a_gets_every_digest_right_from_sha256_on_node_b() {
     let mut command = vec!["/producer.wasm", "sha256"];
     command.extend(sizes.iter().copied());
     let out = node_a
-        .containerd
-        .run("producer-remote", &producer, &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=sha256"]), &command)
+        .run("producer-remote", &producer, &["--rm", "--annotation", "cwasi.io/peers=sha256"], &command)
         .unwrap()
         .ok()
         .unwrap();
@@ -126,22 +125,20 @@ fn redis_down_is_a_typed_error_and_serving_recovers_when_it_returns() {
     let node_a = node("node-a", &redis.url(), &[&caller]);
     let call = |id: &str| {
         node_a
-            .containerd
             .run(
                 id,
                 &caller,
-                &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo,nobody"]),
+                &["--rm", "--annotation", "cwasi.io/peers=echo,nobody"],
                 &["/caller.wasm", "echo", "hello"],
             )
             .unwrap()
     };
     assert!(call("call-up").ok().unwrap().stdout.contains("reply: hello"));
     let unknown = node_a
-        .containerd
         .run(
             "call-nobody",
             &caller,
-            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=nobody"]),
+            &["--rm", "--annotation", "cwasi.io/peers=nobody"],
             &["/caller.wasm", "nobody", "x"],
         )
         .unwrap();
@@ -174,13 +171,7 @@ fn a_password_protected_redis_works_and_the_password_stays_out_of_logs() {
     node_b.serve(&server, "echo", &[]);
     let node_a = node("node-a", &redis.url(), &[&caller]);
     let out = node_a
-        .containerd
-        .run(
-            "call-auth",
-            &caller,
-            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]),
-            &["/caller.wasm", "echo", "hello"],
-        )
+        .run("call-auth", &caller, &["--rm", "--annotation", "cwasi.io/peers=echo"], &["/caller.wasm", "echo", "hello"])
         .unwrap()
         .ok()
         .unwrap();

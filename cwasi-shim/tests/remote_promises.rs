@@ -233,13 +233,7 @@ fn a_forged_entry_naming_another_namespaces_keys_is_refused_and_they_stay_untouc
     // And the function still serves.
     let node_a = node("node-a", Some(&url), &[], &[&caller]);
     let out = node_a
-        .containerd
-        .run(
-            "call",
-            &caller,
-            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]),
-            &["/caller.wasm", "echo", "hello"],
-        )
+        .run("call", &caller, &["--rm", "--annotation", "cwasi.io/peers=echo"], &["/caller.wasm", "echo", "hello"])
         .unwrap()
         .ok()
         .unwrap();
@@ -296,13 +290,7 @@ fn with_acl_users_per_namespace_a_function_works_with_its_own_credentials_and_ca
         .unwrap();
     let node_a = node("node-a", None, &env, &[&caller]);
     let out = node_a
-        .containerd
-        .run(
-            "call",
-            &caller,
-            &node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]),
-            &["/caller.wasm", "echo", "hello"],
-        )
+        .run("call", &caller, &["--rm", "--annotation", "cwasi.io/peers=echo"], &["/caller.wasm", "echo", "hello"])
         .unwrap()
         .ok()
         .unwrap();
@@ -339,14 +327,13 @@ fn a_redis_outside_the_operators_allow_list_is_refused_at_create() {
     let node = node("node-a", None, &env, &[&caller]);
     let run = |id: &str, url: &str| {
         let annotation = format!("cwasi.io/redis={url}");
-        node.containerd
-            .run(
-                id,
-                &caller,
-                &node.flags(&["--rm", "--annotation", &annotation, "--annotation", "cwasi.io/peers=nobody"]),
-                &["/caller.wasm", "nobody", "x"],
-            )
-            .unwrap()
+        node.run(
+            id,
+            &caller,
+            &["--rm", "--annotation", &annotation, "--annotation", "cwasi.io/peers=nobody"],
+            &["/caller.wasm", "nobody", "x"],
+        )
+        .unwrap()
     };
     let refused = run("elsewhere", "redis://:pw@10.1.2.3:6379");
     assert_ne!(refused.code, Some(0));
@@ -394,7 +381,7 @@ fn a_function_without_servers_for_30_s_answers_callers_unknown_peer_and_one_back
         "the request was not withdrawn"
     );
     let started = Instant::now();
-    let later = node_a.containerd.run("later", &caller, &node_a.flags(&peers), &["/caller.wasm", "echo", "x"]).unwrap();
+    let later = node_a.run("later", &caller, &peers, &["/caller.wasm", "echo", "x"]).unwrap();
     assert_eq!(later.code, Some(5), "{later:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Containerd, TestImage};
+use crate::{Containerd, CtrOutput, TestImage};
 
 /// A node: a containerd whose functions carry `cwasi.io/node` and, unless
 /// the node's settings pick the Redis, `cwasi.io/redis`.
@@ -30,6 +30,11 @@ impl Node {
         let mut annotations = vec![format!("cwasi.io/node={name}")];
         annotations.extend(redis_url.map(|url| format!("cwasi.io/redis={url}")));
         Node { containerd, annotations }
+    }
+
+    /// `ctr run` of `image` on this node, with its annotations and `extra` flags.
+    pub fn run(&self, id: &str, image: &TestImage, extra: &[&str], command: &[&str]) -> anyhow::Result<CtrOutput> {
+        self.containerd.run(id, image, &self.flags(extra), command)
     }
 
     pub fn flags<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
