@@ -294,6 +294,26 @@ fn a_caller_killed_while_streaming_a_large_request_costs_the_server_nothing() {
 }
 
 #[test]
+fn a_caller_killed_while_its_request_is_handled_costs_the_server_nothing() {
+    let (ctd, images) = containerd_with(&["echo-server", "call-load"]);
+    ctd.serve(&images[0], "echo", &[]).unwrap();
+    let caller = spawn_caller(&ctd, "doomed", &images[1], &[], &["/call-load.wasm", "echo=sleep:4000"]);
+    ctd.wait_for_log(&["calling peer", "container=doomed "], READY).unwrap();
+    sleep(Duration::from_millis(300));
+    ctd.ctr(&["task", "kill", "--signal", "SIGKILL", "doomed"]).unwrap().ok().unwrap();
+    drop(caller.wait_with_output());
+    // The handler sleeps on: the function has nothing to do until it returns.
+    let pid = task_pid(&ctd, "echo");
+    let before = cpu_ticks(pid);
+    sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+    assert!(used * 100 < 5 * 2 * ticks_per_second, "the server used {used} ticks in 2 s while its caller was gone");
+    let out = run_caller(&ctd, "after-doomed", &images[1], &[], &["/call-load.wasm", "echo=still here"]);
+    assert_eq!(outcomes(&out, "echo")[0].2, "still here", "{out}");
+}
+
+#[test]
 fn a_caller_holding_an_unread_reply_does_not_stall_other_callers() {
     let (ctd, images) = containerd_with(&["echo-server", "call-load", "hold"]);
     ctd.serve(&images[0], "echo", &[]).unwrap();

@@ -279,10 +279,14 @@ impl Shared {
 
     fn poll_loop(self: Arc<Self>, listener: OwnedFd) {
         while !self.stop.load(Ordering::Acquire) {
-            let connections: Vec<Arc<Connection>> = self.lock_connections().clone();
-            let mut fds = Vec::with_capacity(connections.len() + 1);
+            // A connection known to be gone stays listed while a handler or a
+            // pump still uses it, but is not polled: its hung-up socket would
+            // make every poll return at once.
+            let (live, gone): (Vec<Arc<Connection>>, Vec<Arc<Connection>>) =
+                self.lock_connections().iter().cloned().partition(|c| !c.gone.load(Ordering::Acquire));
+            let mut fds = Vec::with_capacity(live.len() + 1);
             fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
-            fds.extend(connections.iter().map(|c| PollFd::new(c.socket.as_fd(), PollFlags::POLLIN)));
+            fds.extend(live.iter().map(|c| PollFd::new(c.socket.as_fd(), PollFlags::POLLIN)));
             if poll(&mut fds, PollTimeout::from(100u16)).is_err() {
                 continue;
             }
@@ -292,20 +296,22 @@ impl Shared {
                 self.accept_all(&listener);
             }
             let mut changed = false;
-            for (connection, ready) in connections.iter().zip(&ready[1..]) {
-                if *ready || connection.gone.load(Ordering::Acquire) {
-                    let mut byte = [0u8; 1];
-                    if let Ok(n) = recv(connection.socket.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT)
-                        && n > 0
-                    {
-                        tracing::warn!(function = %self.function, caller = %connection.caller, "dropping a caller that wrote to its socket after the handshake");
-                    }
-                    connection.gone.store(true, Ordering::Release);
-                    changed = true;
+            for (connection, _) in live.iter().zip(&ready[1..]).filter(|(_, ready)| **ready) {
+                let mut byte = [0u8; 1];
+                if let Ok(n) = recv(connection.socket.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT)
+                    && n > 0
+                {
+                    tracing::warn!(function = %self.function, caller = %connection.caller, "dropping a caller that wrote to its socket after the handshake");
                 }
+                connection.gone.store(true, Ordering::Release);
+                changed = true;
+            }
+            // Gone connections are dropped once nothing uses them any more.
+            let released = gone.iter().any(|c| !c.busy.load(Ordering::Acquire));
+            if changed || released {
+                self.lock_connections().retain(|c| !c.gone.load(Ordering::Acquire) || c.busy.load(Ordering::Acquire));
             }
             if changed {
-                self.lock_connections().retain(|c| !c.gone.load(Ordering::Acquire) || c.busy.load(Ordering::Acquire));
                 self.doorbell.counter().bump();
             }
         }
