@@ -68,6 +68,14 @@ struct Connection {
 }
 
 impl Connection {
+    /// Ends the call this connection carries; a broken one takes no more.
+    fn finish_call(&self, broken: bool) {
+        if broken {
+            self.gone.store(true, Ordering::Release);
+        }
+        self.busy.store(false, Ordering::Release);
+    }
+
     fn check_alive(&self) -> Result<(), CallError> {
         if self.gone.load(Ordering::Acquire) || hung_up(&self.socket) {
             self.gone.store(true, Ordering::Release);
@@ -128,7 +136,7 @@ impl LocalRequest {
         );
         match sent {
             Ok(Sent::All) => {
-                connection.busy.store(false, Ordering::Release);
+                connection.finish_call(false);
                 Ok(())
             }
             Ok(Sent::Stalled(done)) => {
@@ -136,8 +144,7 @@ impl LocalRequest {
                 Ok(())
             }
             Err(e) => {
-                connection.gone.store(true, Ordering::Release);
-                connection.busy.store(false, Ordering::Release);
+                connection.finish_call(true);
                 Err(e)
             }
         }
@@ -150,16 +157,13 @@ impl LocalRequest {
         if shared.pumps.fetch_add(1, Ordering::AcqRel) >= MAX_PUMPS {
             shared.pumps.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(caller = %self.connection.caller, "too many unread replies; dropping this caller's call");
-            self.connection.gone.store(true, Ordering::Release);
-            self.connection.busy.store(false, Ordering::Release);
+            self.connection.finish_call(true);
             return;
         }
         let connection = self.connection.clone();
         let deliver = move || {
-            if connection.segment.reply().send_rest(&rest, &mut || connection.check_alive()).is_err() {
-                connection.gone.store(true, Ordering::Release);
-            }
-            connection.busy.store(false, Ordering::Release);
+            let delivered = connection.segment.reply().send_rest(&rest, &mut || connection.check_alive());
+            connection.finish_call(delivered.is_err());
             shared.pumps.fetch_sub(1, Ordering::AcqRel);
             // The connection may carry a request that waited for it.
             shared.doorbell.counter().bump();
@@ -167,8 +171,7 @@ impl LocalRequest {
         if let Err(e) = std::thread::Builder::new().name("cwasi-reply-pump".into()).spawn(deliver) {
             // Without a thread the caller cannot get the rest: end its call.
             tracing::warn!(error = %e, "cannot start a reply pump; dropping the caller");
-            self.connection.gone.store(true, Ordering::Release);
-            self.connection.busy.store(false, Ordering::Release);
+            self.connection.finish_call(true);
             self.shared.pumps.fetch_sub(1, Ordering::AcqRel);
         }
     }

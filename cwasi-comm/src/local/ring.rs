@@ -77,14 +77,6 @@ impl<'a> Ring<'a> {
     ) -> Result<Sent, CallError> {
         self.ctl.meta.msg_len.store(msg.len() as u64, Ordering::Relaxed);
         self.ctl.meta.status.store(status, Ordering::Relaxed);
-        if msg.is_empty() {
-            // An empty message still takes one (empty) slot.
-            return match self.push(&[], check, Some(after_first_slot), patience) {
-                Ok(_) => Ok(Sent::All),
-                Err(SlotWait::Stalled) => Ok(Sent::Stalled(0)),
-                Err(SlotWait::Failed(e)) => Err(e),
-            };
-        }
         self.push_all(msg, check, after_first_slot, patience)
     }
 
@@ -94,18 +86,8 @@ impl<'a> Ring<'a> {
         rest: &[u8],
         check: &mut dyn FnMut() -> Result<(), CallError>,
     ) -> Result<(), CallError> {
-        if rest.is_empty() {
-            // A stalled empty message never got its slot.
-            return match self.push(&[], check, None::<fn()>, None) {
-                Ok(_) => Ok(()),
-                Err(SlotWait::Failed(e)) => Err(e),
-                Err(SlotWait::Stalled) => unreachable!("no patience, no stall"),
-            };
-        }
-        match self.push_all(rest, check, || {}, None)? {
-            Sent::All => Ok(()),
-            Sent::Stalled(_) => unreachable!("no patience, no stall"),
-        }
+        // Without patience a send never stalls.
+        self.push_all(rest, check, || {}, None).map(|_| ())
     }
 
     fn push_all(
@@ -117,7 +99,9 @@ impl<'a> Ring<'a> {
     ) -> Result<Sent, CallError> {
         let mut sent = 0;
         let mut after_first_slot = Some(after_first_slot);
-        for chunk in msg.chunks(self.slot_bytes) {
+        // An empty message (or the empty rest of a stalled one) still takes one empty slot.
+        let chunks = msg.chunks(self.slot_bytes).chain(std::iter::once(&[][..]).filter(|_| msg.is_empty()));
+        for chunk in chunks {
             match self.push(chunk, check, after_first_slot.take(), patience) {
                 Ok(()) => sent += chunk.len(),
                 Err(SlotWait::Stalled) => return Ok(Sent::Stalled(sent)),
