@@ -1,7 +1,7 @@
 //! The calling side of remote mode.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::keys::{self, KEEP_SECONDS, MAX_QUEUED, REPLY_FAILED, REPLY_OK, SERVER_GONE};
@@ -108,7 +108,8 @@ impl Channel for RemoteChannel {
         let id = new_request_id(&self.caller);
         let reply_key = keys::reply_list(&self.namespace, &id);
         let inline = request.len() <= keys::INLINE_BODY_MAX;
-        let body_key = keys::request_body(&self.namespace, &id);
+        // Only a large body travels under a key of its own.
+        let body_key = if inline { String::new() } else { keys::request_body(&self.namespace, &id) };
         let mut send = redis::cmd("EVALSHA");
         send.arg(self.send_script.get_hash()).arg(2).arg(&self.stream).arg(&self.servers);
         send.arg(SERVER_GONE.as_secs()).arg(MAX_QUEUED);
@@ -177,9 +178,9 @@ impl RemotePending {
     /// `UnknownPeer` when no server was seen within `SERVER_GONE`; the
     /// request is withdrawn from the stream then.
     fn check_servers(&self) -> Result<(), CallError> {
-        let script = redis::Script::new(CHECK_SCRIPT);
+        static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CHECK_SCRIPT));
         let age: i64 = lock(&self.link).run("checking servers", |c| {
-            script.key(&self.stream).key(&self.servers).arg(SERVER_GONE.as_secs()).arg(&self.entry).invoke(c)
+            SCRIPT.key(&self.stream).key(&self.servers).arg(SERVER_GONE.as_secs()).arg(&self.entry).invoke(c)
         })?;
         if age < 0 {
             return Ok(());

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -172,17 +172,19 @@ impl Answer<'_> {
             element.push(status);
             element.extend_from_slice(body);
         }
+        // Scripts are hashed once per process, not per answer.
+        static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ANSWER_SCRIPT));
         let done = keys::done_marker(self.namespace, self.function, self.id);
-        let dead_stream = keys::dead_letters(self.namespace, self.function);
-        let script = redis::Script::new(ANSWER_SCRIPT);
+        // Only a dead letter names the dead-letter stream; otherwise any key of the slot does.
+        let dead_stream = self.dead.map(|_| keys::dead_letters(self.namespace, self.function));
         link.run("answering", |c| {
-            let mut invocation = script.prepare_invoke();
+            let mut invocation = SCRIPT.prepare_invoke();
             invocation
                 .key(&done)
                 .key(self.reply_key.unwrap_or(self.stream))
                 .key(self.stream)
                 .key(self.body_key.unwrap_or(self.stream))
-                .key(&dead_stream)
+                .key(dead_stream.as_deref().unwrap_or(self.stream))
                 .arg(GROUP)
                 .arg(self.stream_entry)
                 .arg(&element)
@@ -318,8 +320,8 @@ impl Source {
         }
         if self.last_sweep.is_none_or(|at| at.elapsed() >= CONSUMER_SWEEP) {
             self.last_sweep = Some(Instant::now());
-            let script = redis::Script::new(SWEEP_SCRIPT);
-            let (stream, consumer) = (&self.stream, &self.consumer);
+            static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SWEEP_SCRIPT));
+            let (script, stream, consumer) = (&*SCRIPT, &self.stream, &self.consumer);
             let idle_ms = CONSUMER_FORGET.as_millis() as u64;
             match self.link.run("removing stopped consumers", |c| {
                 script.key(stream).arg(GROUP).arg(consumer).arg(idle_ms).invoke::<i64>(c)
