@@ -25,7 +25,7 @@ read -r -a extra <<<"${CWASI_PREREQS_EXTRA:-}"
 packages+=("${extra[@]}")
 wasm_target=wasm32-wasip1
 
-# On systems without dpkg, look for what each package provides.
+# What each package provides, looked for before asking dpkg (and where there is no dpkg).
 provides() {
     case "$1" in
         containerd) command -v containerd >/dev/null && command -v ctr >/dev/null ;;
@@ -40,12 +40,11 @@ provides() {
     esac
 }
 
+# What a package provides counts first: a host with Docker's containerd.io has containerd
+# without Debian's package, and installing that one would remove Docker's.
 installed() {
-    if command -v dpkg-query >/dev/null; then
-        dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
-    else
-        provides "$1"
-    fi
+    provides "$1" && return 0
+    command -v dpkg-query >/dev/null && dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
 }
 
 missing=()
