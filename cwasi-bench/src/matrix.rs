@@ -60,7 +60,7 @@ fn iterations(payload: usize, quick: bool) -> (usize, f64) {
 pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> {
     let default: &[usize] = if quick { &[KIB, MIB] } else { &[KIB, 64 * KIB, MIB, 10 * MIB, 100 * MIB] };
     let payloads: &[usize] = payloads.as_deref().unwrap_or(default);
-    eprintln!("starting the rig: Redis, two containerd nodes, 14 serving functions");
+    eprintln!("starting the rig: Redis, two containerd nodes, {} serving functions", 2 * crate::rig::SERVERS.len());
     let rig = Rig::start()?;
     let mut cells: Vec<(BenchMode, Shape, usize)> = Vec::new();
     for shape in [Shape::Sequential, Shape::FanOut4, Shape::FanOut4ToOne] {

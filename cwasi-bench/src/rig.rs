@@ -54,7 +54,7 @@ pub struct Rig {
 }
 
 /// The functions every node serves: (name, test function, annotations).
-const SERVERS: [(&str, &str, &[&str]); 7] = [
+pub const SERVERS: [(&str, &str, &[&str]); 7] = [
     ("sink", "sink-server", &[]),
     ("sink-1", "sink-server", &[]),
     ("sink-2", "sink-server", &[]),

@@ -112,7 +112,7 @@ impl Instance for CwasiInstance {
         match &*self.lock_process() {
             Some(process) => process.signal(signal).map_err(|e| Error::Others(format!("{e:#}"))),
             None => {
-                // A sandbox (or a container never started) ends on a stopping signal.
+                // A container never started has no process: it ends on a stopping signal.
                 if matches!(signal, Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT) {
                     let _ = self.exit.set((128 + signal as u32, Utc::now()));
                 }

@@ -330,9 +330,6 @@ fn a_pod_on_its_own_network_runs_its_guest_confined_in_the_pods_network_namespac
     let (id, _) = kubelet.start_container_with(&pod, "spin", &images["infinite-loop"], &[], Some(linux));
     let info = kubelet.running_info(&id);
     let pid = info["pid"].as_u64().unwrap() as u32;
-    let container_namespaces = &info["runtimeSpec"]["linux"]["namespaces"];
-    eprintln!("sandbox pid {} spec namespaces: {sandbox_namespaces}", sandbox["pid"]);
-    eprintln!("container pid {pid} spec namespaces: {container_namespaces}");
     wait_confined_as_uid_1000_with_seccomp(pid);
     assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap().trim(), "654");
 
