@@ -185,6 +185,41 @@ fn after_10000_calls_the_stream_is_empty_and_every_key_left_expires() {
 }
 
 #[test]
+fn a_request_whose_body_expired_is_answered_as_failed_not_left_to_its_deadline() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let server = test_image("echo-server").unwrap();
+    let node_b = node("node-b", Some(&url), &[], &[&server]);
+    node_b.serve(&server, "echo", &[]);
+    // The entry names its own body key, which expired (was never written).
+    let reply = "cwasi:{cwasi-test}:rep:late-1";
+    cli(
+        &url,
+        &[
+            "XADD",
+            "cwasi:{cwasi-test}:req:echo",
+            "*",
+            "id",
+            "late-1",
+            "reply",
+            reply,
+            "bodykey",
+            "cwasi:{cwasi-test}:body:late-1",
+            "caller",
+            "slow",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cli(&url, &["LLEN", reply]).trim() != "1" {
+        assert!(Instant::now() < deadline, "no answer for the expired request:\n{}", node_b.containerd.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = cli(&url, &["LRANGE", reply, "0", "-1"]);
+    assert!(answer.contains("expired"), "{answer}");
+    assert_eq!(cli(&url, &["XLEN", "cwasi:{cwasi-test}:dead:echo"]).trim(), "1");
+}
+
+#[test]
 fn a_forged_entry_naming_another_namespaces_keys_is_refused_and_they_stay_untouched() {
     let redis = RedisServer::start().unwrap();
     let url = redis.url();

@@ -461,7 +461,7 @@ impl Source {
     }
 
     /// Checks `entry`, gives it to the guest and waits until it is finished.
-    fn hand_over(&mut self, entry: Entry) {
+    fn hand_over(&mut self, mut entry: Entry) {
         let field = |name: &str| entry.fields.get(name).map(|v| String::from_utf8_lossy(v).into_owned());
         let (Some(id), Some(reply_key)) = (field("id"), field("reply")) else {
             self.refuse(&entry, "malformed request (no id or no reply key)", None, None, None);
@@ -494,20 +494,20 @@ impl Source {
             self.refuse(&entry, &reason, Some(&id), Some(&reply_key), body_key.as_deref());
             return;
         }
-        let stream_id = entry.stream_id.clone();
-        let mut fields = entry.fields;
         let body = match &body_key {
-            None => fields.remove("body").unwrap_or_default(),
+            None => entry.fields.remove("body").unwrap_or_default(),
             Some(key) => match self.link.run("GET body", |c| redis::cmd("GET").arg(key).query::<Option<Vec<u8>>>(c)) {
                 Ok(Some(body)) => body,
                 Ok(None) => {
-                    tracing::warn!(function = %self.function, request = %id, "dropping a request whose body expired");
-                    let _ = self.link.run("XACK", |c| ack_and_delete(c, &self.stream, &stream_id));
+                    // Its caller hears why, instead of waiting for its deadline.
+                    let reason = format!("the body of request {id} expired before a server took it");
+                    self.refuse(&entry, &reason, Some(&id), Some(&reply_key), None);
                     return;
                 }
                 Err(_) => return,
             },
         };
+        let stream_id = entry.stream_id.clone();
         let (finished, finished_rx) = mpsc::channel();
         let request = RemoteRequest {
             stream_entry: stream_id.clone(),
