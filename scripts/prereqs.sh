@@ -19,8 +19,9 @@ set -euo pipefail
 #   gcc, libc6-dev     the linker Rust uses, and C parts of dependencies (ring, vendored libdbus)
 #   containernetworking-plugins  the CNI plugins (bridge, host-local, loopback in /usr/lib/cni)
 #                      that give the Kubernetes test's pods their own network
+#   iproute2           `ip`: the tests make and remove network namespaces and the CNI bridge
 # No libssl-dev: remote-mode TLS uses rustls.
-packages=(containerd redis-server protobuf-compiler libseccomp-dev pkg-config gcc libc6-dev containernetworking-plugins)
+packages=(containerd redis-server protobuf-compiler libseccomp-dev pkg-config gcc libc6-dev containernetworking-plugins iproute2)
 read -r -a extra <<<"${CWASI_PREREQS_EXTRA:-}"
 packages+=("${extra[@]}")
 wasm_target=wasm32-wasip1
@@ -36,6 +37,7 @@ provides() {
         gcc) command -v cc >/dev/null ;;
         libc6-dev) [ -e /usr/include/stdio.h ] ;;
         containernetworking-plugins) [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] ;;
+        iproute2) command -v ip >/dev/null ;;
         *) command -v "$1" >/dev/null ;;
     esac
 }

@@ -277,12 +277,20 @@ fn guest_without_a_namespace_path_gets_a_network_of_its_own() {
     assert_ne!(ns(pid, "ipc"), ns(me, "ipc"));
     stop(&ctd, "spin-netns");
 
-    // A path is joined.
-    let with_ns = format!("network:/proc/{me}/ns/net");
+    // A path is joined: a namespace made for the test, neither the host's nor a new one.
+    let name = format!("cwasi-iso-{me}");
+    let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().unwrap().success();
+    assert!(ip(&["netns", "add", &name]), "ip netns add {name}");
+    let path = format!("/var/run/netns/{name}");
+    let with_ns = format!("network:{path}");
     let pid = start(&ctd, &images[0], "spin-joined", &["--with-ns", &with_ns], &[]);
     wait_until("the guest enters its namespaces", || ns(pid, "ipc") != ns(me, "ipc"));
-    assert_eq!(ns(pid, "net"), ns(me, "net"));
+    let joined = ns(pid, "net");
     stop(&ctd, "spin-joined");
+    let wanted = fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    ip(&["netns", "delete", &name]);
+    assert_eq!(joined.to_string_lossy(), format!("net:[{}]", wanted.unwrap()), "not the namespace at {path}");
+    assert_ne!(joined, ns(me, "net"));
 }
 
 #[test]
