@@ -56,9 +56,10 @@ runwasi-reference:
 
 install: build
 	install -D -m 0755 $(SHIM) $(DESTDIR)$(PREFIX)/bin/containerd-shim-cwasi-v1
+	install -D -m 0755 target/release/cwasi $(DESTDIR)$(PREFIX)/bin/cwasi
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-cwasi-v1
+	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-cwasi-v1 $(DESTDIR)$(PREFIX)/bin/cwasi
 
 clean:
 	$(CARGO) clean

@@ -102,6 +102,27 @@ impl Status {
         .find(|s| *s as i32 == code)
     }
 
+    /// A short name, for metrics labels and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::BadPointer => "bad_pointer",
+            Status::Forbidden => "forbidden",
+            Status::UnknownPeer => "unknown_peer",
+            Status::PeerGone => "peer_gone",
+            Status::TooLarge => "too_large",
+            Status::BadHandle => "bad_handle",
+            Status::Transport => "transport",
+            Status::NotServing => "not_serving",
+            Status::PeerFailed => "peer_failed",
+            Status::LengthMismatch => "length_mismatch",
+            Status::NoRequest => "no_request",
+            Status::BadName => "bad_name",
+            Status::Timeout => "timeout",
+            Status::SelfCall => "self_call",
+        }
+    }
+
     pub fn description(self) -> &'static str {
         match self {
             Status::Ok => "ok",

@@ -41,6 +41,29 @@ pub fn redis_set_get_ns(url: &str, len: usize, runs: usize) -> anyhow::Result<(u
     Ok((median(times.into_iter()), p99))
 }
 
+/// What counting one call costs the caller: reading the clock twice and the
+/// relaxed atomic adds of the stats file (`cwasi_comm::stats`), as a guest
+/// host does per call; the median over rounds of many calls, in nanoseconds.
+pub fn stats_cost_ns() -> anyhow::Result<u64> {
+    use cwasi_comm::stats::{FunctionStats, Identity, stats_dir};
+    use std::collections::HashMap;
+    let run = tempfile::tempdir()?;
+    let annotations: HashMap<String, String> = [("cwasi.io/peers".to_owned(), "*".to_owned())].into();
+    let function = cwasi_comm::FunctionConfig::from_annotations(&annotations, "bench", "bench-node")?;
+    let who = Identity { function: &function, container: "bench", concurrency: 1 };
+    let stats = FunctionStats::create(&stats_dir(run.path(), "bench-node"), &who)?;
+    const CALLS: u32 = 10_000;
+    Ok(median((0..51).map(|_| {
+        let round = Instant::now();
+        for _ in 0..CALLS {
+            let started = Instant::now();
+            let counter = stats.counter(black_box("peer"), Some(cwasi_comm::Mode::Local));
+            stats.record_call(counter, cwasi_abi::Status::Ok, 1024, 1024, started.elapsed());
+        }
+        round.elapsed().as_nanos() as u64 / u64::from(CALLS)
+    })))
+}
+
 fn median(times: impl Iterator<Item = u64>) -> u64 {
     let mut times: Vec<u64> = times.collect();
     times.sort_unstable();

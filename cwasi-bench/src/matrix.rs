@@ -43,6 +43,8 @@ pub struct RawRedis {
 pub struct Matrix {
     pub rows: Vec<Row>,
     pub raw_redis: Vec<RawRedis>,
+    /// What counting one call for the node tool costs (ns).
+    pub stats_cost_ns: u64,
 }
 
 fn iterations(payload: usize, quick: bool) -> (usize, f64) {
@@ -102,7 +104,8 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(Matrix { rows, raw_redis })
+    let stats_cost_ns = baseline::stats_cost_ns()?;
+    Ok(Matrix { rows, raw_redis, stats_cost_ns })
 }
 
 pub use cwasi_testkit::human_bytes as human;

@@ -89,6 +89,17 @@ impl Report {
                 );
             }
         }
+        if let Some(matrix) = &self.matrix
+            && let Some(local) = find(matrix, BenchMode::Local, Shape::RoundTrip, 1 << 10)
+        {
+            let share = 100.0 * matrix.stats_cost_ns as f64 / local.timings.median_ns as f64;
+            let _ = writeln!(
+                md,
+                "\nCounters for the node tool (`cwasi calls`): {} ns per call (two clock reads and the atomic adds), {share:.1} % of the local 1 KiB round trip ({}) in this run.",
+                matrix.stats_cost_ns,
+                latency(local.timings.median_ns)
+            );
+        }
         if let Some(start) = &self.start {
             let _ = writeln!(
                 md,

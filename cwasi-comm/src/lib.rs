@@ -25,6 +25,7 @@ pub mod registry;
 pub mod remote;
 mod router;
 mod server;
+pub mod stats;
 
 pub use annotations::{AnnotationError, FunctionConfig, Mode, PeerPolicy};
 pub use channel::{Channel, EmbeddedPeers, PendingReply};

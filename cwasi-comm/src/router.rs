@@ -72,14 +72,14 @@ impl Router {
         Instant::now() + timeout.or(self.me.call_timeout).unwrap_or(DEFAULT_CALL_TIMEOUT)
     }
 
-    /// Sends `request` to `peer` and returns the call in flight; it ends at
-    /// `deadline` at the latest.
+    /// Sends `request` to `peer` and returns the mode chosen and the call in
+    /// flight; it ends at `deadline` at the latest.
     pub fn call(
         self: &Arc<Self>,
         peer: &str,
         request: &[u8],
         deadline: Instant,
-    ) -> Result<Box<dyn PendingReply>, CallError> {
+    ) -> Result<(Mode, Box<dyn PendingReply>), CallError> {
         if !self.me.peers.allows(peer) {
             return Err(CallError::Forbidden { caller: self.me.name.clone(), peer: peer.to_owned() });
         }
@@ -99,12 +99,13 @@ impl Router {
                 .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (the engine runs no embedded peers)")))?;
             let pending = embedded.call_by(peer, request, deadline)?;
             self.announce(peer, Mode::Embedded, || module.display().to_string());
-            return Ok(pending);
+            return Ok((Mode::Embedded, pending));
         }
         if matches!(forced, None | Some(Mode::Local))
             && let Some(pending) = self.call_local(peer, request, deadline, LOCAL_ATTEMPTS)?
         {
-            return Ok(Box::new(RoutedCall { router: self.clone(), peer: peer.to_owned(), deadline, inner: pending }));
+            let routed = RoutedCall { router: self.clone(), peer: peer.to_owned(), deadline, inner: pending };
+            return Ok((Mode::Local, Box::new(routed)));
         }
         if matches!(forced, None | Some(Mode::Remote))
             && let Some(link) = self.redis_link()?
@@ -112,7 +113,7 @@ impl Router {
             let channel = self.remote_channel(peer, &link)?;
             let pending = channel.send(request, deadline)?;
             self.announce(peer, Mode::Remote, || link.url().to_owned());
-            return Ok(pending);
+            return Ok((Mode::Remote, pending));
         }
         Err(CallError::UnknownPeer(format!(
             "{peer} (no instance serves it on node {} in namespace {}; mode forced to {})",
@@ -324,7 +325,8 @@ mod tests {
         let (router, _run) = router_with(&[("cwasi.io/peers", "*"), ("cwasi.io/embed", "sha=/sha.wasm")]);
         let fake = Arc::new(FakeEmbedded::default());
         router.attach_embedded(fake.clone());
-        let mut pending = router.call("sha", b"bytes", router.deadline(None)).unwrap();
+        let (mode, mut pending) = router.call("sha", b"bytes", router.deadline(None)).unwrap();
+        assert_eq!(mode, Mode::Embedded);
         assert_eq!(pending.wait().unwrap(), 5);
         let mut out = [0u8; 5];
         pending.read_into(&mut out).unwrap();

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use std::sync::Arc;
 
-use cwasi_comm::{FunctionConfig, FunctionServer, GuestHost, NodeRegistry, Router};
+use cwasi_comm::{FunctionConfig, FunctionServer, GuestHost, NodeRegistry, Router, stats};
 use cwasi_engine::{Engine, GuestExit, GuestSpec};
 use serde::{Deserialize, Serialize};
 
@@ -129,8 +129,20 @@ fn guest_hosts(launch: &GuestLaunch, stop: instances::StopSignals) -> anyhow::Re
     };
     stop.handle(server.clone()).context("handling stop signals")?;
     let count = if function.serve { function.concurrency.max(1) } else { 1 };
+    let who = stats::Identity { function, container: &launch.container_id, concurrency: count };
+    // Counters are for the operator: without them the function still runs.
+    let stats = match stats::FunctionStats::create(&stats::stats_dir(&launch.run_dir, &function.node), &who) {
+        Ok(stats) => Some(Arc::new(stats)),
+        Err(e) => {
+            tracing::warn!("no stats file for the node tool: {e}");
+            None
+        }
+    };
     Ok((0..count)
-        .map(|_| GuestHost::new(Arc::new(Router::new(function.clone(), registry.clone())), server.clone()))
+        .map(|_| {
+            let router = Arc::new(Router::new(function.clone(), registry.clone()));
+            GuestHost::new(router, server.clone(), stats.clone())
+        })
         .collect())
 }
 

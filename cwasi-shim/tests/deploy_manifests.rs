@@ -52,3 +52,23 @@ fn containerd_snippets_register_the_runtime_with_annotation_passthrough() {
         assert_eq!(runtime["pod_annotations"][0].as_str(), Some("cwasi.io/*"), "{path}");
     }
 }
+
+#[test]
+fn metrics_daemonset_serves_the_node_tool_where_its_scrape_annotations_point() {
+    let docs = documents("deploy/metrics/cwasi-metrics.yaml");
+    assert_eq!(docs.len(), 1);
+    let set = &docs[0];
+    assert_eq!(set["kind"].as_str(), Some("DaemonSet"));
+    let template = &set["spec"]["template"];
+    let annotations = &template["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+    let port = annotations["prometheus.io/port"].as_str().unwrap();
+    let container = &template["spec"]["containers"][0];
+    let command: Vec<&str> = container["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(&command[1..3], ["metrics", "--listen"]);
+    assert_eq!(command[3], format!("0.0.0.0:{port}"));
+    assert_eq!(container["ports"][0]["containerPort"].as_u64().map(|p| p.to_string()).as_deref(), Some(port));
+    // It reads the run directory the shim writes (CWASI_RUN_DIR's default).
+    let run_dir = command.iter().position(|a| *a == "--run-dir").map(|i| command[i + 1]);
+    assert_eq!(run_dir, Some(cwasi_comm::registry::DEFAULT_RUN_DIR));
+}

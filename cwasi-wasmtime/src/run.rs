@@ -140,7 +140,7 @@ mod tests {
     fn test_host() -> GuestHost {
         let config = cwasi_comm::FunctionConfig::from_annotations(&Default::default(), "t", "node").unwrap();
         let registry = cwasi_comm::NodeRegistry::new(std::path::Path::new("/nonexistent"), "node", "ns");
-        GuestHost::new(std::sync::Arc::new(cwasi_comm::Router::new(config, registry)), None)
+        GuestHost::new(std::sync::Arc::new(cwasi_comm::Router::new(config, registry)), None, None)
     }
 
     fn run_wat(wat: &str, memory_limit: Option<u64>) -> GuestExit {

@@ -1,0 +1,218 @@
+//! The node tool against a real workflow: three functions on two nodes
+//! (private containerd instances) and a real Redis, calling each other by
+//! local, remote and embedded mode.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cwasi_testkit::{Node, RedisServer, test_image, test_image_with_peers, workspace_root};
+
+const CWASI: &str = env!("CARGO_BIN_EXE_cwasi");
+
+fn shim() -> PathBuf {
+    let shim = workspace_root().join("target/release/containerd-shim-cwasi-v1");
+    assert!(shim.exists(), "{} is missing: `make build` (or `make test`) builds it", shim.display());
+    shim
+}
+
+fn cwasi(run_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(CWASI).args(args).arg("--run-dir").arg(run_dir).output().unwrap();
+    assert!(out.status.success(), "cwasi {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(run_dir: &Path, command: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&cwasi(run_dir, &[command, "--json"])).unwrap()
+}
+
+fn run_dir(node: &Node) -> PathBuf {
+    node.containerd.dir().join("run")
+}
+
+/// The row of `rows` whose fields have these values.
+fn find<'a>(rows: &'a [serde_json::Value], fields: &[(&str, &str)]) -> Option<&'a serde_json::Value> {
+    rows.iter().find(|row| fields.iter().all(|(k, v)| row[k].as_str() == Some(v)))
+}
+
+/// One sample of the Prometheus text format: name, labels, value.
+type Sample = (String, HashMap<String, String>, f64);
+
+/// Parses the text format strictly enough to catch malformed output:
+/// every sample belongs to a family announced by `# TYPE`, labels are
+/// quoted with escapes, values are numbers.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut families = Vec::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            families.push(name.to_owned());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), HashMap::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                let mut labels = HashMap::new();
+                let mut chars = body.chars().peekable();
+                while chars.peek().is_some() {
+                    let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+                    assert_eq!(chars.next(), Some('"'), "{line}");
+                    let mut value = String::new();
+                    loop {
+                        match chars.next().unwrap_or_else(|| panic!("unterminated value: {line}")) {
+                            '\\' => value.push(match chars.next().unwrap() {
+                                'n' => '\n',
+                                other => other,
+                            }),
+                            '"' => break,
+                            c => value.push(c),
+                        }
+                    }
+                    labels.insert(key, value);
+                    if chars.peek() == Some(&',') {
+                        chars.next();
+                    }
+                }
+                (name.to_owned(), labels)
+            }
+        };
+        let family = ["_bucket", "_sum", "_count"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(families.iter().any(|f| f == &name || f == family), "no # TYPE for {name}");
+        samples.push((name, labels, value));
+    }
+    samples
+}
+
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+        .map(|s| s.2)
+}
+
+/// `GET /metrics` from a `cwasi metrics --listen` on a free port.
+fn scrape(run_dir: &Path) -> String {
+    let mut server = Command::new(CWASI)
+        .args(["metrics", "--listen", "127.0.0.1:0", "--run-dir"])
+        .arg(run_dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let address = line.split("http://").nth(1).and_then(|a| a.split('/').next()).unwrap().to_owned();
+    let mut stream = TcpStream::connect(&address).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+#[test]
+fn a_three_function_workflow_shows_in_functions_calls_and_metrics() {
+    let shim = shim();
+    let redis = RedisServer::start_with(false).unwrap();
+    let (relay, load) = (test_image("relay").unwrap(), test_image("call-load").unwrap());
+    let relay_with_echo = test_image_with_peers("relay", &["echo-server"]).unwrap();
+    let node_b = Node::start(&shim, "node-b", Some(&redis.url()), &[], &[&relay_with_echo]);
+    node_b.serve(
+        &relay_with_echo,
+        "relay-b",
+        &["--annotation", "cwasi.io/peers=echo", "--annotation", "cwasi.io/embed=echo=/echo-server.wasm"],
+    );
+    let node_a = Node::start(&shim, "node-a", Some(&redis.url()), &[], &[&relay, &load]);
+    node_a.serve(&relay, "relay-a", &["--annotation", "cwasi.io/peers=relay-b"]);
+
+    // loader -(local)-> relay-a -(remote)-> relay-b -(embedded)-> echo, 20 times.
+    let loader = ["--rm", "--annotation", "cwasi.io/function=loader", "--annotation", "cwasi.io/peers=relay-a"];
+    let out = node_a.run("loader-1", &load, &loader, &["/call-load.wasm", "--count", "20", "relay-a=relay-b,echo:hi"]);
+    let out = out.unwrap().ok().unwrap();
+    assert!(out.stdout.contains("summary ok=20 err=0"), "{}", out.stdout);
+    assert!(out.stdout.contains("ok relay-a") && out.stdout.contains(":hi"), "{}", out.stdout);
+
+    let (dir_a, dir_b) = (run_dir(&node_a), run_dir(&node_b));
+    let functions_a = json(&dir_a, "functions");
+    let relay_a = find(&functions_a, &[("function", "relay-a"), ("namespace", "cwasi-test")]).expect("relay-a listed");
+    assert_eq!((relay_a["served"].as_u64(), relay_a["failed"].as_u64()), (Some(20), Some(0)), "{relay_a}");
+    assert_eq!(relay_a["serving"].as_bool(), Some(true));
+    // The loader ended: its file went with it.
+    assert!(find(&functions_a, &[("function", "loader")]).is_none(), "{functions_a:?}");
+    let calls_a = json(&dir_a, "calls");
+    let onward = find(&calls_a, &[("caller", "relay-a"), ("peer", "relay-b")]).expect("relay-a -> relay-b");
+    assert_eq!(
+        (onward["mode"].as_str(), onward["calls"].as_u64(), onward["errors"].as_u64()),
+        (Some("remote"), Some(20), Some(0))
+    );
+    assert!(onward["p50_ns"].as_u64().unwrap() <= onward["p99_ns"].as_u64().unwrap());
+    let calls_b = json(&dir_b, "calls");
+    let inner = find(&calls_b, &[("caller", "relay-b"), ("peer", "echo")]).expect("relay-b -> echo");
+    assert_eq!((inner["mode"].as_str(), inner["calls"].as_u64()), (Some("embedded"), Some(20)));
+    let functions_b = json(&dir_b, "functions");
+    assert_eq!(find(&functions_b, &[("function", "relay-b")]).expect("relay-b listed")["served"].as_u64(), Some(20));
+
+    // A caller still running shows its calls by mode too.
+    let mut long = node_a.spawn(
+        "loader-2",
+        &load,
+        &loader,
+        &["/call-load.wasm", "--count", "100000", "--pause-ms", "5", "relay-a=relay-b,echo:hi", "nobody=x"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (local, refused) = loop {
+        let calls = json(&dir_a, "calls");
+        let local = find(&calls, &[("caller", "loader"), ("peer", "relay-a")]).cloned();
+        let refused = find(&calls, &[("caller", "loader"), ("peer", "nobody")]).cloned();
+        if let (Some(local), Some(refused)) = (&local, &refused)
+            && local["calls"].as_u64() >= Some(5)
+        {
+            break (local.clone(), refused.clone());
+        }
+        assert!(Instant::now() < deadline, "no loader calls in {calls:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(local["mode"].as_str(), Some("local"));
+    assert_eq!(refused["mode"].as_str(), Some("none"));
+    assert!(refused["errors_by_status"]["forbidden"].as_u64() >= Some(1), "{refused}");
+    let table = cwasi(&dir_a, &["calls"]);
+    // Shown with --nocapture: what an operator sees.
+    eprintln!("{}\n{table}", cwasi(&dir_a, &["functions"]));
+    assert!(table.lines().next().unwrap().starts_with("NAMESPACE") && table.contains("loader -> relay-a"), "{table}");
+    let _ = long.kill();
+    let _ = long.wait();
+
+    // Prometheus: the same figures, in a format a scraper parses.
+    let samples = parse_prometheus(&scrape(&dir_a));
+    let relay_labels = [("function", "relay-a"), ("peer", "relay-b"), ("mode", "remote")];
+    assert!(sample(&samples, "cwasi_calls_total", &relay_labels).unwrap() >= 20.0);
+    let count = sample(&samples, "cwasi_call_duration_seconds_count", &relay_labels).unwrap();
+    let total = sample(&samples, "cwasi_calls_total", &relay_labels).unwrap();
+    assert_eq!(count, total);
+    let inf = [relay_labels.as_slice(), &[("le", "+Inf")]].concat();
+    assert_eq!(sample(&samples, "cwasi_call_duration_seconds_bucket", &inf), Some(total));
+    let buckets: Vec<f64> = samples
+        .iter()
+        .filter(|(n, l, _)| n == "cwasi_call_duration_seconds_bucket" && relay_labels.iter().all(|(k, v)| l[*k] == *v))
+        .map(|s| s.2)
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "buckets must be cumulative: {buckets:?}");
+    assert!(sample(&samples, "cwasi_requests_served_total", &[("function", "relay-a")]).unwrap() >= 20.0);
+    assert_eq!(sample(&samples, "cwasi_function_up", &[("function", "relay-a"), ("node", "node-a")]), Some(1.0));
+    // Once on stdout, too.
+    assert!(parse_prometheus(&cwasi(&dir_a, &["metrics"])).len() > 10);
+}
