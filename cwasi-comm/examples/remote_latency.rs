@@ -13,6 +13,8 @@ fn main() -> anyhow::Result<()> {
     let url = args.get(1).cloned().unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let size: usize = args.get(2).map_or(Ok(1024), |s| s.parse())?;
     let calls: usize = args.get(3).map_or(Ok(2000), |s| s.parse())?;
+    // `listener` as 4th argument: the listener thread reads, as with local callers.
+    let listener_reads = args.get(4).is_some_and(|a| a == "listener");
     let function = format!("latency-{}", std::process::id());
 
     let bell = Arc::new((Mutex::new(0u64), Condvar::new()));
@@ -21,7 +23,14 @@ fn main() -> anyhow::Result<()> {
         *ring.0.lock().unwrap() += 1;
         ring.1.notify_one();
     });
-    let listener = Arc::new(RemoteListener::start(&url, "bench", &function, "consumer-1", notify, Arc::new(|| false))?);
+    let listener = Arc::new(RemoteListener::start(
+        &url,
+        "bench",
+        &function,
+        "consumer-1",
+        notify,
+        Arc::new(move || listener_reads),
+    )?);
     let serving = listener.clone();
     let base = Instant::now();
     let marks = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));

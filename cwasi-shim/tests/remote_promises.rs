@@ -288,7 +288,7 @@ fn a_forged_entry_naming_another_namespaces_keys_is_refused_and_they_stay_untouc
 }
 
 /// What a namespace's Redis user may run: the README's ACL rule.
-const ACL_COMMANDS: &str = "+ping +time +eval +evalsha +script|load +exists +get +set +del +expire +rpush +blmove \
+const ACL_COMMANDS: &str = "+ping +time +eval +evalsha +multi +exec +script|load +exists +get +set +del +expire +rpush +blmove \
      +zadd +zrange +zremrangebyscore +xadd +xlen +xdel +xack +xreadgroup +xautoclaim +xclaim +xpending \
      +xgroup|create +xgroup|delconsumer +xinfo|consumers +client|id +client|unblock";
 

@@ -8,7 +8,7 @@
 //! wait second.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
@@ -53,28 +53,36 @@ return {'ok', entry}
 ";
 
 /// Run by a caller that waited a while or reconnected. KEYS: stream,
-/// servers, state, reply list. Returns -1 when all is well (a reply waits,
-/// or a server lives); -2 when the request is gone (a failover lost it: it
+/// servers, state, reply list; ARGV: the liveness limit, the request's
+/// entry id ('' if unknown). Returns -1 when all is well (a reply waits, or
+/// a server lives); -2 when the request is gone (a failover lost it: it
 /// must be sent again); else, no server was seen within ARGV[1] seconds:
 /// the request is withdrawn (so no server handles it after its caller gave
 /// up) and the age is returned.
 const CHECK_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
-local entry = redis.call('GET', KEYS[3])
-if not entry then return -2 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return -2 end
 local newest = redis.call('ZRANGE', KEYS[2], 0, 0, 'REV', 'WITHSCORES')
 local age = 1e12
 if #newest > 0 then age = tonumber(redis.call('TIME')[1]) - tonumber(newest[2]) end
 if age <= tonumber(ARGV[1]) then return -1 end
-redis.call('XDEL', KEYS[1], entry)
+if ARGV[2] ~= '' then redis.call('XDEL', KEYS[1], ARGV[2]) end
 return math.min(age, 1e9)
 ";
+
+/// After a send script found a server alive and the queue open, sends for
+/// this long skip those checks (a transaction instead of a script: a
+/// fraction of the cost in Redis). A server that dies meanwhile is noticed
+/// by its waiting callers (`LIVENESS_CHECK`).
+const CHECKED_FOR: Duration = Duration::from_secs(1);
 
 /// First byte of a reply list element that the send script wrote itself.
 const REPLY_REFUSED: u8 = 2;
 
 /// What every call to one peer shares.
 struct Peer {
+    /// Until when the last send script's checks count.
+    checked_until: Mutex<Option<Instant>>,
     name: String,
     caller: String,
     namespace: String,
@@ -97,6 +105,7 @@ impl RemoteChannel {
     pub fn open(peer: &str, caller: &str, namespace: &str, pool: Arc<LinkPool>) -> Result<Self, CallError> {
         let keys = FunctionKeys::new(namespace, peer);
         let peer = Peer {
+            checked_until: Mutex::new(None),
             name: peer.to_owned(),
             caller: caller.to_owned(),
             namespace: namespace.to_owned(),
@@ -109,6 +118,18 @@ impl RemoteChannel {
 }
 
 impl Peer {
+    fn lock_checked(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.checked_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recently_checked(&self) -> bool {
+        self.lock_checked().is_some_and(|until| Instant::now() < until)
+    }
+
+    fn checked_now(&self) {
+        *self.lock_checked() = Some(Instant::now() + CHECKED_FOR);
+    }
+
     fn refusal(&self, status: &str, detail: &str) -> CallError {
         let (peer, namespace) = (&self.name, &self.namespace);
         match status {
@@ -142,6 +163,18 @@ struct Request {
 }
 
 impl Request {
+    /// What the send script does once its checks passed, as a `MULTI`/`EXEC`
+    /// transaction (a new id: no state can exist yet).
+    fn send_transaction(&self, peer: &Peer, body: &[u8]) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("SET").arg(&self.state_key).arg("q").arg("EX").arg(KEEP_SECONDS);
+        pipe.cmd("XADD").arg(&peer.stream).arg("*");
+        pipe.arg("id").arg(&self.id).arg("reply").arg(&self.reply_key).arg("caller").arg(&peer.caller);
+        pipe.arg("body").arg(body);
+        pipe
+    }
+
     /// The send script with the entry's fields (`body` inline, or the key
     /// of a body SET beside it).
     fn send_command(&self, peer: &Peer, body: Option<&[u8]>) -> redis::Cmd {
@@ -179,8 +212,9 @@ impl Channel for RemoteChannel {
             peer: peer.clone(),
             link: self.pool.take()?,
             request: keys,
+            entry: None,
             resend: None,
-            pipelined: false,
+            pipelined: None,
             reply: None,
             deadline,
         };
@@ -202,13 +236,24 @@ struct RemotePending {
     peer: Arc<Peer>,
     link: PooledLink,
     request: Request,
+    /// The request's stream entry, once known (to withdraw it).
+    entry: Option<String>,
     /// A small request's bytes, to send again if Redis lost it.
     resend: Option<Vec<u8>>,
-    /// The send script and a first read of the reply list went out in one
-    /// write; their answers are not read yet.
-    pipelined: bool,
+    /// The send and a first read of the reply list went out in one write;
+    /// their answers are not read yet.
+    pipelined: Option<Pipelined>,
     reply: Option<Vec<u8>>,
     deadline: Instant,
+}
+
+/// How a pipelined send went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pipelined {
+    /// The send script (with its checks).
+    Script,
+    /// The transaction (checks passed within `CHECKED_FOR`).
+    Transaction,
 }
 
 /// How the first, pipelined read ended.
@@ -225,15 +270,20 @@ impl RemotePending {
         self.deadline.saturating_duration_since(Instant::now()).min(REPLY_POLL).as_secs_f64().max(0.001)
     }
 
-    /// Writes the send script and a blocking read of the reply list at once
-    /// (single server only). False when it could not: send the slow way.
+    /// Writes the send (the script, or the transaction while its checks
+    /// count) and a blocking read of the reply list at once (single server
+    /// only). False when it could not: send the slow way.
     fn send_pipelined(&mut self, request: &[u8]) -> bool {
-        let mut pipe = redis::pipe();
-        pipe.add_command(self.request.send_command(&self.peer, Some(request)));
-        pipe.add_command(blmove(&self.request.reply_key, self.first_block()));
+        let (kind, mut packed) = if self.peer.recently_checked() {
+            (Pipelined::Transaction, self.request.send_transaction(&self.peer, request).get_packed_pipeline())
+        } else {
+            (Pipelined::Script, self.request.send_command(&self.peer, Some(request)).get_packed_command())
+        };
+        packed.extend_from_slice(&blmove(&self.request.reply_key, self.first_block()).get_packed_command());
         // Answers of earlier clean-ups are read after this write, not before.
-        self.pipelined = self.link.write_pipelined(&pipe.get_packed_pipeline());
-        self.pipelined
+        let written = self.link.write_pipelined(&packed);
+        self.pipelined = written.then_some(kind);
+        written
     }
 
     /// Sends the request in one round trip, retried over reconnects (the
@@ -269,6 +319,8 @@ impl RemotePending {
             })?
         };
         if status == "ok" {
+            self.entry = Some(detail);
+            self.peer.checked_now();
             return Ok(());
         }
         // Best effort: they expire anyway.
@@ -279,28 +331,47 @@ impl RemotePending {
     }
 
     /// Reads the answers of the pipelined send and first read.
-    fn read_pipelined(&mut self) -> Result<FirstRead, CallError> {
+    fn read_pipelined(&mut self, kind: Pipelined) -> Result<FirstRead, CallError> {
         if !self.link.read_unread() {
             return Ok(FirstRead::Broken);
         }
         let Some(Ok(connection)) = self.link.server_connection() else {
             return Ok(FirstRead::Broken);
         };
-        let sent = connection.recv_response().and_then(Value::extract_error);
-        let first = connection.recv_response().and_then(Value::extract_error);
-        let (sent, first) = match (sent, first) {
-            (Ok(sent), Ok(first)) => (sent, first),
-            (Err(e), _) | (_, Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+        // MULTI and the two queued commands answer first.
+        let preamble = if kind == Pipelined::Transaction { 3 } else { 0 };
+        let answers: redis::RedisResult<Vec<Value>> =
+            (0..preamble + 2).map(|_| connection.recv_response().and_then(Value::extract_error)).collect();
+        let mut answers = match answers {
+            Ok(answers) => answers.into_iter().skip(preamble),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                 self.link.disconnect();
                 return Ok(FirstRead::Broken);
             }
-            (Err(e), _) | (_, Err(e)) => return Err(CallError::Redis(format!("sending to {}: {e}", self.peer.name))),
+            Err(e) => {
+                // Out of step after an error in the middle: start afresh.
+                self.link.disconnect();
+                return Err(CallError::Redis(format!("sending to {}: {e}", self.peer.name)));
+            }
         };
-        let (status, detail): (String, String) = redis::from_redis_value(sent)
-            .map_err(|e| CallError::Protocol(format!("unexpected answer sending to {}: {e}", self.peer.name)))?;
-        if status != "ok" {
-            self.forget_reply_list();
-            return Err(self.peer.refusal(&status, &detail));
+        let (sent, first) = (answers.next().unwrap_or(Value::Nil), answers.next().unwrap_or(Value::Nil));
+        let unexpected = |e: redis::ParsingError| {
+            CallError::Protocol(format!("unexpected answer sending to {}: {e}", self.peer.name))
+        };
+        match kind {
+            Pipelined::Script => {
+                let (status, detail): (String, String) = redis::from_redis_value(sent).map_err(unexpected)?;
+                if status != "ok" {
+                    self.forget_reply_list();
+                    return Err(self.peer.refusal(&status, &detail));
+                }
+                self.entry = Some(detail);
+                self.peer.checked_now();
+            }
+            Pipelined::Transaction => {
+                let (_, entry): (Value, String) = redis::from_redis_value(sent).map_err(unexpected)?;
+                self.entry = Some(entry);
+            }
         }
         match redis::from_redis_value::<Option<Vec<u8>>>(first) {
             Ok(Some(element)) => Ok(FirstRead::Reply(element)),
@@ -321,6 +392,7 @@ impl RemotePending {
                 .key(&keys.state_key)
                 .key(&keys.reply_key)
                 .arg(SERVER_GONE.as_secs())
+                .arg(self.entry.as_deref().unwrap_or(""))
                 .invoke(c)
         })?;
         match verdict {
@@ -351,7 +423,7 @@ impl RemotePending {
     fn forget_reply_list(&mut self) {
         let mut del = redis::cmd("DEL");
         del.arg(&self.request.reply_key);
-        if !self.link.send_without_waiting(&del, false) {
+        if !self.link.send_without_waiting(&del.get_packed_command(), 1, None) {
             // Best effort: the list also expires on its own.
             let _ = self.link.run("DEL", |c| del.query::<i64>(c));
         }
@@ -389,8 +461,8 @@ impl PendingReply for RemotePending {
         if let Some(reply) = &self.reply {
             return Ok(reply.len());
         }
-        if std::mem::take(&mut self.pipelined) {
-            match self.read_pipelined()? {
+        if let Some(kind) = self.pipelined.take() {
+            match self.read_pipelined(kind)? {
                 FirstRead::Reply(element) => return self.finish(element),
                 FirstRead::Waiting => {}
                 // Whether it got in is unknown: the check finds out, and sends it again if not.
@@ -435,7 +507,7 @@ impl PendingReply for RemotePending {
 
 impl Drop for RemotePending {
     fn drop(&mut self) {
-        if self.pipelined {
+        if self.pipelined.is_some() {
             // Its answers were never read: the connection is out of step.
             self.link.disconnect();
         }

@@ -147,6 +147,7 @@ impl Intake {
             stream: self.stream.clone(),
             link,
             in_flight: self.in_flight.clone(),
+            recovered: entry.recovered,
         })
     }
 

@@ -46,6 +46,13 @@ impl Live {
     }
 }
 
+/// Commands written without waiting: how many answers they owe, and what
+/// to send (idempotent) if the connection breaks before those are read.
+struct Unread {
+    answers: usize,
+    again: Option<redis::Cmd>,
+}
+
 pub struct RedisLink {
     target: Target,
     /// The URL without its password, for messages.
@@ -57,9 +64,8 @@ pub struct RedisLink {
     reconnects: u64,
     connected_once: bool,
     /// Commands sent without waiting for their answers (a single server
-    /// only), read before the connection's next use; `Some` must succeed and
-    /// is sent again (it is idempotent) if the connection broke meanwhile.
-    unread: Vec<Option<redis::Cmd>>,
+    /// only), read before the connection's next use.
+    unread: Vec<Unread>,
     /// This connection's `CLIENT ID`, once asked.
     client_id: Option<i64>,
 }
@@ -151,22 +157,24 @@ impl RedisLink {
         self.client_id = None;
     }
 
-    /// Sends `command` on a single server's live connection without waiting
-    /// for its answer, which the next use of the link reads: the caller goes
-    /// on at once (a clean-up off a call's critical path, an answer whose
-    /// acknowledgement the server's next read collects). With `must_succeed`
-    /// the command, which must be idempotent, is sent again if the
-    /// connection breaks before its answer is read. False when it was not
-    /// sent (a cluster, no live connection, or the write failed): run it.
-    pub fn send_without_waiting(&mut self, command: &redis::Cmd, must_succeed: bool) -> bool {
+    /// Writes `packed` (commands owing `answers` answers) on a single
+    /// server's live connection without waiting for them; the next use of
+    /// the link reads them. The caller goes on at once: a clean-up off a
+    /// call's critical path, an answer whose acknowledgement the server's
+    /// next read collects. If the connection breaks before the answers are
+    /// read, `again` (idempotent) is sent in its place. False when nothing
+    /// was sent (a cluster, no live connection, or the write failed).
+    pub fn send_without_waiting(&mut self, packed: &[u8], answers: usize, again: Option<redis::Cmd>) -> bool {
+        // At most one such write stays unread: the earlier answers came long ago.
+        self.settle();
         let Some(Live::Server(connection)) = self.connection.as_mut() else {
             return false;
         };
-        if connection.send_packed_command(&command.get_packed_command()).is_err() {
+        if connection.send_packed_command(packed).is_err() {
             self.disconnect();
             return false;
         }
-        self.unread.push(must_succeed.then(|| command.clone()));
+        self.unread.push(Unread { answers, again });
         true
     }
 
@@ -182,7 +190,7 @@ impl RedisLink {
         if self.unread.is_empty() || self.read_unread() {
             return;
         }
-        let again: Vec<redis::Cmd> = std::mem::take(&mut self.unread).into_iter().flatten().collect();
+        let again: Vec<redis::Cmd> = std::mem::take(&mut self.unread).into_iter().filter_map(|u| u.again).collect();
         for command in again {
             if let Err(e) = self.run("sending again", |c| command.query::<redis::Value>(c)) {
                 tracing::warn!("a command sent without waiting was lost: {e}");
@@ -216,7 +224,7 @@ impl RedisLink {
     /// (then disconnected, with the unanswered commands still listed, sent
     /// again by the next [`RedisLink::run`]).
     pub fn read_unread(&mut self) -> bool {
-        while !self.unread.is_empty() {
+        while let Some(first) = self.unread.first_mut() {
             let Some(Live::Server(connection)) = self.connection.as_mut() else {
                 return false;
             };
@@ -225,7 +233,10 @@ impl RedisLink {
                     if let Err(e) = value.extract_error() {
                         tracing::warn!("a command sent without waiting failed at {}: {e}", self.shown_url);
                     }
-                    self.unread.remove(0);
+                    first.answers -= 1;
+                    if first.answers == 0 {
+                        self.unread.remove(0);
+                    }
                 }
                 Err(_) => {
                     self.disconnect();
