@@ -72,7 +72,18 @@ fn parse(line: &str) -> Option<(u64, String, u64)> {
 }
 
 #[test]
-fn a_cut_link_fails_calls_with_a_typed_error_within_the_deadline_and_they_recover() {
+fn a_cut_link_at_the_caller_fails_calls_with_a_typed_error_within_the_deadline_and_they_recover() {
+    cut_mid_series("node-a");
+}
+
+#[test]
+fn a_cut_link_at_the_server_fails_calls_with_a_typed_error_within_the_deadline_and_they_recover() {
+    cut_mid_series("node-b");
+}
+
+/// Node A calls echo on node B every 200 ms; `cut` loses its link after
+/// five good calls and gets it back after three failed ones.
+fn cut_mid_series(cut: &str) {
     const DEADLINE_S: u64 = 3;
     let network = TestNetwork::new(&["node-a", "node-b"]).unwrap();
     let redis = RedisServer::start_on(&network).unwrap();
@@ -106,17 +117,17 @@ fn a_cut_link_fails_calls_with_a_typed_error_within_the_deadline_and_they_recove
         assert_eq!(outcome, "ok", "before the cut: {line}");
         seen.push(line);
     }
-    network.link_down("node-a").unwrap();
-    let cut = Instant::now();
+    network.link_down(cut).unwrap();
+    let cut_at = Instant::now();
     let mut errors = Vec::new();
     while errors.len() < 3 {
         let line = next("while cut");
-        eprintln!("{:?} {line}", cut.elapsed());
+        eprintln!("{cut} cut {:?} ago: {line}", cut_at.elapsed());
         let (_, outcome, us) = parse(&line).unwrap_or_else(|| panic!("{line}"));
         if outcome == "ok" {
             // A call in flight when the link went down may still have made it.
             assert!(
-                errors.is_empty() && cut.elapsed() < Duration::from_secs(1),
+                errors.is_empty() && cut_at.elapsed() < Duration::from_secs(1),
                 "a call got through a cut link: {line}"
             );
             continue;
@@ -128,7 +139,7 @@ fn a_cut_link_fails_calls_with_a_typed_error_within_the_deadline_and_they_recove
         assert!(us <= (DEADLINE_S + 2) * 1_000_000, "the error took longer than the deadline plus 2 s: {line}");
         errors.push(line);
     }
-    network.link_up("node-a").unwrap();
+    network.link_up(cut).unwrap();
     let restored = Instant::now();
     let mut after = Vec::new();
     let mut last = None;
@@ -146,7 +157,7 @@ fn a_cut_link_fails_calls_with_a_typed_error_within_the_deadline_and_they_recove
     assert_eq!(last, Some((59, "ok".to_owned())), "the series did not end with a good call");
     assert!(after.len() >= 3, "too few calls after the link returned: {after:?}");
     eprintln!(
-        "cut link: {} errors, e.g. {:?}; {} calls ok after the link returned ({:?} after it)",
+        "cut link of {cut}: {} errors, e.g. {:?}; {} calls ok after the link returned ({:?} after it)",
         errors.len(),
         errors.first(),
         after.len(),
