@@ -106,3 +106,17 @@ fn a_master_killed_and_restarted_during_1000_calls_loses_nothing_and_handles_not
     // Within a bound so a stuck retry loop shows, with a wide margin.
     assert!(started.elapsed() < Duration::from_secs(90), "{:?}", started.elapsed());
 }
+
+#[test]
+fn the_two_node_rig_of_demo_and_bench_runs_on_a_cluster_in_the_test_network() {
+    use cwasi_testkit::{Route, Topology, TwoNodes};
+    let nodes = TwoNodes::start_with(SHIM.as_ref(), &[("echo", "echo-server", &[])], Topology::ClusterNetns).unwrap();
+    assert!(nodes.redis.url().starts_with("redis+cluster://"), "{}", nodes.redis.url());
+    let measured = nodes.bench_call("bench-cluster", Route::Remote, &["echo"], 1024, 200, 5.0).unwrap();
+    assert_eq!(measured.mode.as_deref(), Some("remote"), "{measured:?}");
+    assert!(measured.timings.samples > 0, "{measured:?}");
+    eprintln!(
+        "remote 1 KiB on the cluster over the test network: median {} ns, p99 {} ns ({} calls)",
+        measured.timings.median_ns, measured.timings.p99_ns, measured.timings.samples
+    );
+}

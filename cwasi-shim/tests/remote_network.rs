@@ -164,3 +164,18 @@ fn cut_mid_series(cut: &str) {
         restored.elapsed()
     );
 }
+
+#[test]
+fn the_two_node_rig_of_demo_and_bench_runs_on_the_test_network() {
+    use cwasi_testkit::{Route, Topology, TwoNodes};
+    let nodes = TwoNodes::start_with(SHIM.as_ref(), &[("echo", "echo-server", &[])], Topology::Netns).unwrap();
+    let network = nodes.network.as_ref().unwrap();
+    assert!(nodes.redis.url().contains(network.address(REDIS_NODE)), "{}", nodes.redis.url());
+    let measured = nodes.bench_call("bench-netns", Route::Remote, &["echo"], 1024, 200, 5.0).unwrap();
+    assert_eq!(measured.mode.as_deref(), Some("remote"), "{measured:?}");
+    assert!(measured.timings.samples > 0, "{measured:?}");
+    eprintln!(
+        "remote 1 KiB over the test network: median {} ns, p99 {} ns ({} calls)",
+        measured.timings.median_ns, measured.timings.p99_ns, measured.timings.samples
+    );
+}

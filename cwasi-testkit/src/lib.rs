@@ -29,7 +29,7 @@ pub use node::Node;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisServer, TlsFiles};
 pub use teardown::on_interrupt;
-pub use two_nodes::{CallTimings, Measured, Route, TwoNodes};
+pub use two_nodes::{CallTimings, Measured, RedisBackend, Route, Topology, TwoNodes};
 pub use units::{human_bytes, human_latency};
 
 /// The engine a shim binary runs guests on (`wasmtime` or `wasmedge`).

@@ -36,7 +36,12 @@ impl RedisServer {
     /// A durable server in the Redis namespace of `network`, bound to its
     /// address there: only the network's nodes reach it.
     pub fn start_on(network: &TestNetwork) -> anyhow::Result<Self> {
-        Self::start_at(Place::redis_of(network), true, None, false)
+        Self::start_on_with(network, true)
+    }
+
+    /// [`RedisServer::start_on`], durable or not as in [`RedisServer::start_with`].
+    pub fn start_on_with(network: &TestNetwork, durable: bool) -> anyhow::Result<Self> {
+        Self::start_at(Place::redis_of(network), durable, None, false)
     }
 
     /// A server that requires `password` (`requirepass`).
