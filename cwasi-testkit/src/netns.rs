@@ -91,6 +91,9 @@ impl TestNetwork {
     /// in 10.0.0.0/8. The subnet differs per network of this process; as
     /// every network is in namespaces of its own, two could even share one.
     pub fn new(nodes: &[&str]) -> anyhow::Result<Self> {
+        // Unlike processes, namespaces outlive an interrupted test run.
+        crate::on_interrupt()?;
+        delete_stale();
         let counter = NEXT_NETWORK.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let prefix = format!("cwasi{pid}n{counter}");
@@ -188,6 +191,22 @@ impl Drop for TestNetwork {
     fn drop(&mut self) {
         delete_netns(&self.namespaces());
     }
+}
+
+/// Deletes the namespaces of test networks whose process is gone (killed
+/// before it could clean up): `cwasi<pid>n<k>-…` with no process `<pid>`.
+fn delete_stale() {
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else { return };
+    let stale: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| {
+            let pid = name.strip_prefix("cwasi").and_then(|rest| rest.split_once('n')).map(|(pid, _)| pid);
+            pid.and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    delete_netns(&stale);
 }
 
 /// `ip netns del` of each of `names` (those that exist). A namespace lives

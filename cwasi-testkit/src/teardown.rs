@@ -117,7 +117,14 @@ impl Drop for Registered {
 
 /// On SIGINT or SIGTERM: tear down every live containerd and redis-server
 /// (with their shims, mounts and directories) and network namespace, then exit 130 (143 for SIGTERM).
+/// Installed once per process; later calls do nothing. A [`crate::TestNetwork`]
+/// installs it, as namespaces outlive the process that made them.
 pub fn on_interrupt() -> anyhow::Result<()> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| install_on_interrupt().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
+}
+
+fn install_on_interrupt() -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::Builder::new().name("teardown-on-signal".into()).spawn(move || {
