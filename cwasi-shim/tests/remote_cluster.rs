@@ -62,7 +62,12 @@ fn a_master_killed_and_restarted_during_1000_calls_loses_nothing_and_handles_not
     let url = cluster.url();
     let (server, caller) = (test_image("counter-server").unwrap(), test_image("call-sequence").unwrap());
     let node_b = Node::start_on(&network, SHIM.as_ref(), "node-b", Some(&url), &[], &[&server]);
-    node_b.serve(&server, "counter", &[]);
+    // Each request handled is also appended to a file, a count that does not
+    // depend on the replies.
+    let shared = tempfile::tempdir().unwrap();
+    let count_file = shared.path().join("count");
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", shared.path().display());
+    node_b.serve(&server, "counter", &["--mount", &mount, "--env", "COUNT_FILE=/data/count", "--env", "REPLICA=b"]);
     let node_a = Node::start_on(&network, SHIM.as_ref(), "node-a", Some(&url), &[], &[&caller]);
     let mut run = node_a.spawn(
         "sequence-cluster",
@@ -101,6 +106,10 @@ fn a_master_killed_and_restarted_during_1000_calls_loses_nothing_and_handles_not
     assert!(restarted, "the sequence never reached 600 calls: {last_line}");
     assert!(status.success(), "{status:?}: {last_line}\nnode A:\n{}", node_a.containerd.log());
     assert_eq!(last_line, "sequence ok: 1000 calls");
+    let handled = std::fs::read_to_string(&count_file).unwrap();
+    let mut requests: Vec<u64> = handled.lines().map(|l| l.trim_start_matches("b ").parse().unwrap()).collect();
+    requests.sort_unstable();
+    assert_eq!(requests, (0..1000).collect::<Vec<u64>>(), "not every request handled exactly once");
     assert_eq!(cluster.master_of_key(&queue_key("counter")).unwrap(), promoted.unwrap());
     eprintln!("1000 calls across a failover and a restart in {:?}", started.elapsed());
     // Within a bound so a stuck retry loop shows, with a wide margin.
