@@ -25,6 +25,8 @@ const SLOTS: usize = 16384;
 pub struct RedisCluster {
     dir: tempfile::TempDir,
     place: Place,
+    /// `requirepass` (and `masterauth`, so replicas sync) of every node.
+    password: Option<String>,
     nodes: Vec<ClusterNode>,
 }
 
@@ -85,18 +87,25 @@ impl NodeLine {
 impl RedisCluster {
     /// A cluster on free loopback ports.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_at(Place::loopback())
+        Self::start_at(Place::loopback(), None)
     }
 
     /// A cluster in the Redis namespace of `network`, bound (and announced)
     /// at its address: only the network's nodes reach it.
     pub fn start_on(network: &TestNetwork) -> anyhow::Result<Self> {
-        Self::start_at(Place::redis_of(network))
+        Self::start_at(Place::redis_of(network), None)
     }
 
-    fn start_at(place: Place) -> anyhow::Result<Self> {
+    /// Like [`RedisCluster::start_on`] (`network` `None`: loopback), every
+    /// node requiring `password`.
+    pub fn start_with_password(network: Option<&TestNetwork>, password: &str) -> anyhow::Result<Self> {
+        Self::start_at(network.map_or_else(Place::loopback, Place::redis_of), Some(password))
+    }
+
+    fn start_at(place: Place, password: Option<&str>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("cwasi-rcluster-").tempdir()?;
-        let mut cluster = Self { dir, place, nodes: Vec::new() };
+        let password = password.map(str::to_owned);
+        let mut cluster = Self { dir, place, password, nodes: Vec::new() };
         for i in 0..NODES {
             let port = loop {
                 let port = cluster.place.free_port_pair()?;
@@ -139,6 +148,7 @@ impl RedisCluster {
             .args(["--repl-diskless-sync-delay", "0"])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
             .args(["--protected-mode", "no", "--daemonize", "no"])
+            .args(self.password.iter().flat_map(|p| ["--requirepass", p, "--masterauth", p]))
             .arg("--dir")
             .arg(&node.dir)
             .stdin(Stdio::null())
@@ -163,6 +173,7 @@ impl RedisCluster {
         let out = self
             .place
             .command("redis-cli")?
+            .args(self.auth())
             .args(["--cluster", "create"])
             .args(&endpoints)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -191,11 +202,27 @@ impl RedisCluster {
         self.nodes.is_empty()
     }
 
-    /// `redis+cluster://H1:P1,H2:P2,H3:P3`: the current masters as seeds.
+    /// `redis+cluster://H1:P1,H2:P2,H3:P3`: the current masters as seeds;
+    /// with a password, `redis+cluster://:PASSWORD@H1:P1,H2:P2,H3:P3`.
     pub fn url(&self) -> String {
         let masters = self.masters().unwrap_or_else(|_| (0..3).collect());
         let seeds: Vec<String> = masters.iter().map(|&i| self.endpoint(i)).collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        let auth = self.password.as_ref().map(|p| format!(":{p}@")).unwrap_or_default();
+        format!("redis+cluster://{auth}{}", seeds.join(","))
+    }
+
+    /// The seeds alone, `H1:P1,H2:P2,H3:P3`, for URLs of another form.
+    pub fn seeds(&self) -> Vec<String> {
+        let masters = self.masters().unwrap_or_else(|_| (0..3).collect());
+        masters.iter().map(|&i| self.endpoint(i)).collect()
+    }
+
+    /// redis-cli's password arguments, if any.
+    fn auth(&self) -> Vec<&str> {
+        match &self.password {
+            Some(password) => vec!["-a", password, "--no-auth-warning"],
+            None => Vec::new(),
+        }
     }
 
     /// The log of node `i`.
@@ -211,14 +238,26 @@ impl RedisCluster {
             .place
             .command("redis-cli")?
             .args(["-h", self.place.host.as_str(), "-p", &port])
+            .args(self.auth())
             .args(args)
             .stdin(Stdio::null())
             .output()
             .context("running redis-cli")?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let first = stdout.split_whitespace().next().unwrap_or("");
-        let error = matches!(first, "ERR" | "MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN" | "LOADING" | "READONLY")
-            || first.starts_with("(error)");
+        let error = matches!(
+            first,
+            "ERR"
+                | "MOVED"
+                | "ASK"
+                | "CLUSTERDOWN"
+                | "TRYAGAIN"
+                | "LOADING"
+                | "READONLY"
+                | "NOAUTH"
+                | "WRONGPASS"
+                | "NOPERM"
+        ) || first.starts_with("(error)");
         if !out.status.success() || error {
             bail!(
                 "redis-cli -p {port} {} failed ({}): {}{}",

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use cwasi_testkit::{REDIS_NODE, RedisCluster, TestNetwork};
 
-/// `redis-cli -c` (follows MOVED) against `endpoint`, in `netns` if given.
+/// `redis-cli -c` (follows MOVED) against node `node`.
 fn cli(cluster: &RedisCluster, node: usize, args: &[&str]) -> String {
     cluster.cli(node, &[&["-c"], args].concat()).unwrap_or_else(|e| panic!("{e:#}"))
 }
@@ -73,4 +73,15 @@ fn a_cluster_in_a_test_network_is_reachable_only_there() {
     let out = Command::new("redis-cli").args(["-h", host, "-p", port, "PING"]).output().unwrap();
     assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "PONG", "{out:?}");
     exercise(cluster);
+}
+
+#[test]
+fn a_password_protected_cluster_forms_and_refuses_clients_without_it() {
+    let cluster = RedisCluster::start_with_password(None, "cl-pw").unwrap();
+    assert!(cluster.url().starts_with("redis+cluster://:cl-pw@"), "{}", cluster.url());
+    write_keys(&cluster, "auth-");
+    check_keys(&cluster, 1, "auth-");
+    let (host, port) = cluster.endpoint(0).split_once(':').map(|(h, p)| (h.to_owned(), p.to_owned())).unwrap();
+    let out = Command::new("redis-cli").args(["-h", &host, "-p", &port, "GET", "auth-0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOAUTH"), "{out:?}");
 }
