@@ -17,8 +17,8 @@ pub fn memcpy_median_ns(len: usize, runs: usize) -> u64 {
     }))
 }
 
-/// Median time of `SET key <len bytes>` then `GET key` with the `redis` crate.
-pub fn redis_set_get_median_ns(url: &str, len: usize, runs: usize) -> anyhow::Result<u64> {
+/// Median and p99 time of `SET key <len bytes>` then `GET key` with the `redis` crate.
+pub fn redis_set_get_ns(url: &str, len: usize, runs: usize) -> anyhow::Result<(u64, u64)> {
     // The same connection settings as cwasi's remote mode (TCP_NODELAY).
     let info = cwasi_comm::remote::connection_info(url)?;
     let mut connection = redis::Client::open(info)?.get_connection().context("connecting to the bench Redis")?;
@@ -36,7 +36,9 @@ pub fn redis_set_get_median_ns(url: &str, len: usize, runs: usize) -> anyhow::Re
         }
     }
     redis::cmd("DEL").arg("cwasi-bench:raw").query::<()>(&mut connection)?;
-    Ok(median(times.into_iter()))
+    times.sort_unstable();
+    let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
+    Ok((median(times.into_iter()), p99))
 }
 
 fn median(times: impl Iterator<Item = u64>) -> u64 {

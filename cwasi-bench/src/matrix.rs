@@ -37,6 +37,7 @@ impl Row {
 pub struct RawRedis {
     pub payload: usize,
     pub median_ns: u64,
+    pub p99_ns: u64,
 }
 
 pub struct Matrix {
@@ -94,8 +95,11 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
         .iter()
         .map(|&payload| {
             let runs = iterations(payload, quick).0.clamp(3, 200);
-            baseline::redis_set_get_median_ns(&rig.redis_url(), payload, runs)
-                .map(|median_ns| RawRedis { payload, median_ns })
+            baseline::redis_set_get_ns(&rig.redis_url(), payload, runs).map(|(median_ns, p99_ns)| RawRedis {
+                payload,
+                median_ns,
+                p99_ns,
+            })
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(Matrix { rows, raw_redis })

@@ -8,7 +8,7 @@ use cwasi_testkit::human_latency as latency;
 use plotters::prelude::*;
 
 use crate::matrix::{Matrix, Row, human};
-use crate::rig::{BenchMode, Shape};
+use crate::rig::{BenchMode, CallTimings, Shape};
 use crate::start_time::StartTimes;
 
 pub struct Report {
@@ -60,21 +60,33 @@ impl Report {
             }
             let _ = writeln!(
                 md,
-                "\nRemote mode (sequential, other node) against a raw Redis SET+GET of the same bytes (`redis` crate):\n"
+                "\nRemote mode (other node) against a raw Redis SET+GET of the same bytes from one client (`redis` crate), median (p99):\n"
             );
-            let _ = writeln!(md, "| payload | remote | raw SET+GET | remote / raw |");
-            let _ = writeln!(md, "|---|---|---|---|");
+            let _ = writeln!(
+                md,
+                "| payload | remote sequential | remote round trip | raw SET+GET | sequential / raw | round trip / raw |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|---|");
             for raw in &matrix.raw_redis {
-                if let Some(remote) = find(matrix, BenchMode::Remote, Shape::Sequential, raw.payload) {
-                    let _ = writeln!(
-                        md,
-                        "| {} | {} | {} | {:.2} |",
-                        human(raw.payload),
-                        latency(remote.timings.median_ns),
-                        latency(raw.median_ns),
-                        remote.timings.median_ns as f64 / raw.median_ns as f64
-                    );
-                }
+                let timings = |shape| find(matrix, BenchMode::Remote, shape, raw.payload).map(|r| r.timings);
+                let cell = |t: Option<CallTimings>| {
+                    t.map_or("–".to_owned(), |t| format!("{} ({})", latency(t.median_ns), latency(t.p99_ns)))
+                };
+                let ratio = |t: Option<CallTimings>| {
+                    t.map_or("–".to_owned(), |t| format!("{:.2}", t.median_ns as f64 / raw.median_ns as f64))
+                };
+                let (sequential, round_trip) = (timings(Shape::Sequential), timings(Shape::RoundTrip));
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} ({}) | {} | {} |",
+                    human(raw.payload),
+                    cell(sequential),
+                    cell(round_trip),
+                    latency(raw.median_ns),
+                    latency(raw.p99_ns),
+                    ratio(sequential),
+                    ratio(round_trip),
+                );
             }
         }
         if let Some(start) = &self.start {
@@ -120,7 +132,7 @@ impl Report {
             );
         }
         for raw in self.matrix.iter().flat_map(|m| &m.raw_redis) {
-            let _ = writeln!(csv, "raw-redis-set-get,sequential,{},,{},,,,", raw.payload, raw.median_ns);
+            let _ = writeln!(csv, "raw-redis-set-get,sequential,{},,{},{},,,", raw.payload, raw.median_ns, raw.p99_ns);
         }
         if let Some(start) = &self.start {
             let _ = writeln!(

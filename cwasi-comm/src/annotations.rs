@@ -196,10 +196,14 @@ impl FunctionConfig {
         };
         let redis_url = match get(REDIS) {
             None => None,
-            Some(url) if crate::remote::Endpoint::parse(url).is_ok() => Some(url.to_owned()),
+            Some(url) if crate::remote::Endpoint::parse_all(url).is_ok() => Some(url.to_owned()),
             // The value may carry a password: it stays out of the message.
             Some(_) => {
-                return Err(invalid(REDIS, "(withheld)", "expected a redis:// or rediss:// URL with a host and port"));
+                return Err(invalid(
+                    REDIS,
+                    "(withheld)",
+                    "expected a redis://, rediss://, redis+cluster:// or rediss+cluster:// URL with hosts and ports",
+                ));
             }
         };
         let forced_modes = match get(MODE) {

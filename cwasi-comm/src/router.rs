@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::local::LocalChannel;
-use crate::remote::{RedisLink, RemoteChannel};
+use crate::remote::{LinkPool, RemoteChannel};
 use crate::{CallError, Channel, EmbeddedPeers, FunctionConfig, MAX_PAYLOAD, Mode, NodeRegistry, PendingReply};
 
 /// Deadline of a call when neither the call nor `cwasi.io/timeout` nor the
@@ -35,7 +35,7 @@ pub struct Router {
     local: Mutex<HashMap<String, LocalPeer>>,
     embedded: OnceLock<Arc<dyn EmbeddedPeers>>,
     remote: Mutex<HashMap<String, Arc<RemoteChannel>>>,
-    redis: OnceLock<Result<Arc<Mutex<RedisLink>>, String>>,
+    redis: OnceLock<Result<Arc<LinkPool>, String>>,
     /// Per peer, the modes already logged at info (bit per mode).
     announced: Mutex<HashMap<String, u8>>,
 }
@@ -111,7 +111,7 @@ impl Router {
         {
             let channel = self.remote_channel(peer, &link)?;
             let pending = channel.send(request, deadline)?;
-            self.announce(peer, Mode::Remote, || lock_link(&link).url().to_owned());
+            self.announce(peer, Mode::Remote, || link.url().to_owned());
             return Ok(pending);
         }
         Err(CallError::UnknownPeer(format!(
@@ -147,19 +147,19 @@ impl Router {
         Err(CallError::PeerGone(format!("{peer} (every local instance went away before taking the request)")))
     }
 
-    /// The shared Redis link, or `None` when remote mode is off (no URL).
-    fn redis_link(&self) -> Result<Option<Arc<Mutex<RedisLink>>>, CallError> {
+    /// The shared Redis links, or `None` when remote mode is off (no URL).
+    fn redis_link(&self) -> Result<Option<Arc<LinkPool>>, CallError> {
         let Some(url) = self.me.redis_url.as_deref() else {
             return Ok(None);
         };
         self.redis
-            .get_or_init(|| RedisLink::new(url).map(|l| Arc::new(Mutex::new(l))).map_err(|e| e.to_string()))
+            .get_or_init(|| LinkPool::new(url).map_err(|e| e.to_string()))
             .clone()
             .map(Some)
             .map_err(CallError::Redis)
     }
 
-    fn remote_channel(&self, peer: &str, link: &Arc<Mutex<RedisLink>>) -> Result<Arc<RemoteChannel>, CallError> {
+    fn remote_channel(&self, peer: &str, link: &Arc<LinkPool>) -> Result<Arc<RemoteChannel>, CallError> {
         let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = remote.get(peer) {
             return Ok(channel.clone());
@@ -269,10 +269,6 @@ impl Router {
     fn forget_stale(&self, peer: &str) {
         self.local.lock().unwrap_or_else(|e| e.into_inner()).remove(peer);
     }
-}
-
-fn lock_link(link: &Mutex<RedisLink>) -> std::sync::MutexGuard<'_, RedisLink> {
-    link.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

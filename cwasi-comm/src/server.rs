@@ -19,7 +19,7 @@ use crate::{CallError, FunctionConfig, NodeRegistry, Registration};
 /// them to another instance.
 pub struct FunctionServer {
     // Field order matters: stop listening before the registration disappears.
-    remote: Option<RemoteListener>,
+    remote: Option<Arc<RemoteListener>>,
     local: LocalListener,
     registration: Mutex<Option<Registration>>,
     /// `true` once draining; taking a request holds this lock, so no request
@@ -92,10 +92,25 @@ impl FunctionServer {
         let remote = match redis_url {
             Some(url) => {
                 let consumer = format!("{}-{}", config.node, std::process::id());
-                Some(
-                    RemoteListener::start(url, &config.namespace, &config.name, &consumer, local.notifier())
-                        .map_err(|e| io::Error::other(e.to_string()))?,
-                )
+                let remote = Arc::new(
+                    RemoteListener::start(
+                        url,
+                        &config.namespace,
+                        &config.name,
+                        &consumer,
+                        local.notifier(),
+                        local.callers(),
+                    )
+                    .map_err(|e| io::Error::other(e.to_string()))?,
+                );
+                // Handler threads blocked in Redis come back to the doorbell.
+                let interrupt = Arc::downgrade(&remote);
+                local.on_caller_connected(Box::new(move || {
+                    if let Some(remote) = interrupt.upgrade() {
+                        remote.interrupt_readers();
+                    }
+                }));
+                Some(remote)
             }
             None => None,
         };
@@ -114,15 +129,34 @@ impl FunctionServer {
     }
 
     /// Blocks until the next request arrives, from either source (forever
-    /// once draining).
+    /// once draining). With no caller on this node connected, the thread
+    /// waits in Redis itself (one wake-up per remote request); else on the
+    /// local doorbell, which the remote listener also rings.
     pub fn next_request(&self) -> IncomingRequest {
         loop {
             let seen = self.local.activity();
             if let Some(request) = self.take() {
                 return request;
             }
+            if let Some(remote) = &self.remote
+                && remote.handlers_read()
+                && !self.is_draining()
+            {
+                // A request read after draining began is dropped unanswered:
+                // it stays pending in Redis and another server claims it.
+                if let Some(request) = remote.read()
+                    && let Some(request) = self.admit(Source::Remote(request))
+                {
+                    return request;
+                }
+                continue;
+            }
             self.local.wait_for_activity(seen, Duration::from_secs(1));
         }
+    }
+
+    fn is_draining(&self) -> bool {
+        *self.draining.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn take(&self) -> Option<IncomingRequest> {
@@ -130,12 +164,25 @@ impl FunctionServer {
         if *draining {
             return None;
         }
-        let source = match self.remote.as_ref().and_then(RemoteListener::take) {
+        let source = match self.remote.as_ref().and_then(|remote| remote.take()) {
             Some(remote) => Source::Remote(remote),
             None => Source::Local(self.local.take_request()?),
         };
+        Some(self.count_active(source))
+    }
+
+    /// `source` as a request being handled, unless draining began.
+    fn admit(&self, source: Source) -> Option<IncomingRequest> {
+        let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        if *draining {
+            return None;
+        }
+        Some(self.count_active(source))
+    }
+
+    fn count_active(&self, source: Source) -> IncomingRequest {
         self.active.fetch_add(1, Ordering::AcqRel);
-        Some(IncomingRequest { source, _active: ActiveRequest(self.active.clone()) })
+        IncomingRequest { source, _active: ActiveRequest(self.active.clone()) }
     }
 
     /// Stops serving gracefully: leaves the registry, takes no new request,
@@ -143,6 +190,9 @@ impl FunctionServer {
     /// replies being delivered. True when nothing was left unfinished.
     pub fn drain(&self, patience: Duration) -> bool {
         *self.draining.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        if let Some(remote) = &self.remote {
+            remote.interrupt_readers();
+        }
         // New callers stop finding this instance.
         drop(self.registration.lock().unwrap_or_else(|e| e.into_inner()).take());
         let give_up = Instant::now() + patience;

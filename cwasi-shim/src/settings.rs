@@ -106,7 +106,7 @@ pub fn parse_credentials(text: &str) -> anyhow::Result<std::collections::BTreeMa
         let (Some(namespace), Some(url), None) = (words.next(), words.next(), words.next()) else {
             anyhow::bail!("line {number}: expected `<namespace> <redis-url>`");
         };
-        cwasi_comm::remote::Endpoint::parse(url).map_err(|e| anyhow::anyhow!("line {number}: {e}"))?;
+        cwasi_comm::remote::Endpoint::parse_all(url).map_err(|e| anyhow::anyhow!("line {number}: {e}"))?;
         if map.insert(namespace.to_owned(), url.to_owned()).is_some() {
             anyhow::bail!("line {number}: namespace {namespace} appears twice");
         }
@@ -127,13 +127,15 @@ impl RedisPolicy {
     /// Refuses a Redis URL from a pod's annotation that the operator did not allow.
     pub fn check_annotation(&self, url: &str) -> anyhow::Result<()> {
         use cwasi_comm::annotations::REDIS;
-        let endpoint = cwasi_comm::remote::Endpoint::parse(url).map_err(|e| anyhow::anyhow!("{REDIS}: {e}"))?;
+        let endpoints = cwasi_comm::remote::Endpoint::parse_all(url).map_err(|e| anyhow::anyhow!("{REDIS}: {e}"))?;
+        // A cluster's seeds must all be allowed; the nodes it announces are
+        // the operator's cluster's own.
         if let Some(allow) = &self.allow
-            && !allow.iter().any(|a| a.same_address(&endpoint))
+            && let Some(endpoint) = endpoints.iter().find(|e| !allow.iter().any(|a| a.same_address(e)))
         {
             anyhow::bail!("{REDIS} names Redis at {endpoint}, which is not in the node's {REDIS_ALLOW_ENV}");
         }
-        if endpoint.insecure && !self.allow_insecure {
+        if endpoints.iter().any(|e| e.insecure) && !self.allow_insecure {
             anyhow::bail!(
                 "{REDIS} asks for TLS without certificate checks (#insecure), which the node does not allow ({REDIS_ALLOW_INSECURE_ENV})"
             );
@@ -187,5 +189,9 @@ mod tests {
         let consenting = RedisPolicy { allow_insecure: true, ..Default::default() };
         assert!(consenting.check_annotation("rediss://anywhere:1#insecure").is_ok());
         assert!(parse_allow("h:notaport").is_err());
+        // A cluster: every seed must be allowed.
+        assert!(policy.check_annotation("redis+cluster://10.0.0.1:6379,redis.internal:6379").is_ok());
+        let error = policy.check_annotation("redis+cluster://10.0.0.1:6379,10.0.0.9:7000").unwrap_err().to_string();
+        assert!(error.contains("10.0.0.9:7000"), "{error}");
     }
 }

@@ -55,9 +55,9 @@ fn a_request_whose_handler_traps_is_dead_lettered_after_3_deliveries_and_the_nex
     let traps = node_b.log_lines(&["guest trapped"]);
     assert_eq!(traps, 3, "the handler should have run 3 times ({restarts} restarts):\n{}", node_b.containerd.log());
 
-    let dead = cli(&redis.url(), &["XRANGE", "cwasi:{cwasi-test}:dead:echo", "-", "+"]);
+    let dead = cli(&redis.url(), &["XRANGE", "cwasi:{cwasi-test/echo}:dead", "-", "+"]);
     assert!(dead.contains("panic:boom") && dead.contains("in 3 deliveries"), "{dead}");
-    assert_eq!(cli(&redis.url(), &["XLEN", "cwasi:{cwasi-test}:req:echo"]).trim(), "0");
+    assert_eq!(cli(&redis.url(), &["XLEN", "cwasi:{cwasi-test/echo}:req"]).trim(), "0");
 
     // The function serves the next request (restarted if it was still down).
     if node_b.task_stopped("echo") {
@@ -158,14 +158,14 @@ fn after_10000_calls_the_stream_is_empty_and_every_key_left_expires() {
 
     let url = redis.url();
     // Answered entries are deleted: the stream holds only unanswered requests.
-    assert_eq!(cli(&url, &["XLEN", "cwasi:{cwasi-test}:req:echo"]).trim(), "0");
+    assert_eq!(cli(&url, &["XLEN", "cwasi:{cwasi-test/echo}:req"]).trim(), "0");
     let count = |pattern: &str| {
         let script = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + 1 end return n";
         cli(&url, &["EVAL", script, "0", pattern]).trim().parse::<u64>().unwrap()
     };
-    assert_eq!(count("cwasi:{cwasi-test}:done:echo:*"), 10_000);
+    assert_eq!(count("cwasi:{cwasi-test/echo}:state:*"), 10_000);
     // Callers delete the reply lists they read.
-    assert_eq!(count("cwasi:{cwasi-test}:rep:*"), 0);
+    assert_eq!(count("cwasi:{cwasi-test/echo}:rep:*"), 0);
     // Every key expires: none without a TTL, none longer than a day.
     let ttls = "local none, longest = 0, 0 for _, k in ipairs(redis.call('KEYS', '*')) do \
                 local t = redis.call('TTL', k) if t < 0 then none = none + 1 elseif t > longest then longest = t end end \
@@ -176,7 +176,7 @@ fn after_10000_calls_the_stream_is_empty_and_every_key_left_expires() {
     assert!(numbers[1] <= 86_400, "{reply}");
     let done_ttl: i64 = cli(
         &url,
-        &["EVAL", "return redis.call('TTL', redis.call('KEYS', ARGV[1])[1])", "0", "cwasi:{cwasi-test}:done:echo:*"],
+        &["EVAL", "return redis.call('TTL', redis.call('KEYS', ARGV[1])[1])", "0", "cwasi:{cwasi-test/echo}:state:*"],
     )
     .trim()
     .parse()
@@ -192,19 +192,19 @@ fn a_request_whose_body_expired_is_answered_as_failed_not_left_to_its_deadline()
     let node_b = node("node-b", Some(&url), &[], &[&server]);
     node_b.serve(&server, "echo", &[]);
     // The entry names its own body key, which expired (was never written).
-    let reply = "cwasi:{cwasi-test}:rep:late-1";
+    let reply = "cwasi:{cwasi-test/echo}:rep:late-1";
     cli(
         &url,
         &[
             "XADD",
-            "cwasi:{cwasi-test}:req:echo",
+            "cwasi:{cwasi-test/echo}:req",
             "*",
             "id",
             "late-1",
             "reply",
             reply,
             "bodykey",
-            "cwasi:{cwasi-test}:body:late-1",
+            "cwasi:{cwasi-test/echo}:body:late-1",
             "caller",
             "slow",
         ],
@@ -216,7 +216,7 @@ fn a_request_whose_body_expired_is_answered_as_failed_not_left_to_its_deadline()
     }
     let answer = cli(&url, &["LRANGE", reply, "0", "-1"]);
     assert!(answer.contains("expired"), "{answer}");
-    assert_eq!(cli(&url, &["XLEN", "cwasi:{cwasi-test}:dead:echo"]).trim(), "1");
+    assert_eq!(cli(&url, &["XLEN", "cwasi:{cwasi-test/echo}:dead"]).trim(), "1");
 }
 
 #[test]
@@ -226,13 +226,25 @@ fn a_forged_entry_naming_another_namespaces_keys_is_refused_and_they_stay_untouc
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
     let node_b = node("node-b", Some(&url), &[], &[&server]);
     node_b.serve(&server, "echo", &[]);
-    let stream = "cwasi:{cwasi-test}:req:echo";
-    cli(&url, &["SET", "cwasi:{other}:rep:victim", "precious"]);
+    let stream = "cwasi:{cwasi-test/echo}:req";
+    cli(&url, &["SET", "cwasi:{other/echo}:rep:victim", "precious"]);
     cli(&url, &["SET", "victim-body", "also precious"]);
     // A reply list in another namespace; a body key outside this request's own.
     cli(
         &url,
-        &["XADD", stream, "*", "id", "forged-1", "reply", "cwasi:{other}:rep:victim", "caller", "evil", "body", "x"],
+        &[
+            "XADD",
+            stream,
+            "*",
+            "id",
+            "forged-1",
+            "reply",
+            "cwasi:{other/echo}:rep:victim",
+            "caller",
+            "evil",
+            "body",
+            "x",
+        ],
     );
     cli(
         &url,
@@ -243,7 +255,7 @@ fn a_forged_entry_naming_another_namespaces_keys_is_refused_and_they_stay_untouc
             "id",
             "forged-2",
             "reply",
-            "cwasi:{cwasi-test}:rep:forged-2",
+            "cwasi:{cwasi-test/echo}:rep:forged-2",
             "bodykey",
             "victim-body",
             "caller",
@@ -251,18 +263,18 @@ fn a_forged_entry_naming_another_namespaces_keys_is_refused_and_they_stay_untouc
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while cli(&url, &["XLEN", "cwasi:{cwasi-test}:dead:echo"]).trim() != "2" {
+    while cli(&url, &["XLEN", "cwasi:{cwasi-test/echo}:dead"]).trim() != "2" {
         assert!(Instant::now() < deadline, "not dead-lettered:\n{}", node_b.containerd.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(cli(&url, &["GET", "cwasi:{other}:rep:victim"]).trim(), "precious");
-    assert_eq!(cli(&url, &["TTL", "cwasi:{other}:rep:victim"]).trim(), "-1");
+    assert_eq!(cli(&url, &["GET", "cwasi:{other/echo}:rep:victim"]).trim(), "precious");
+    assert_eq!(cli(&url, &["TTL", "cwasi:{other/echo}:rep:victim"]).trim(), "-1");
     assert_eq!(cli(&url, &["GET", "victim-body"]).trim(), "also precious");
     assert_eq!(cli(&url, &["XLEN", stream]).trim(), "0");
-    let dead = cli(&url, &["XRANGE", "cwasi:{cwasi-test}:dead:echo", "-", "+"]);
+    let dead = cli(&url, &["XRANGE", "cwasi:{cwasi-test/echo}:dead", "-", "+"]);
     assert!(dead.contains("refused") && dead.contains("forged-1") && dead.contains("forged-2"), "{dead}");
     // The second named its own reply list: its sender hears why.
-    let answer = cli(&url, &["LRANGE", "cwasi:{cwasi-test}:rep:forged-2", "0", "-1"]);
+    let answer = cli(&url, &["LRANGE", "cwasi:{cwasi-test/echo}:rep:forged-2", "0", "-1"]);
     assert!(answer.contains("refused: body key"), "{answer}");
 
     // And the function still serves.
@@ -276,9 +288,9 @@ fn a_forged_entry_naming_another_namespaces_keys_is_refused_and_they_stay_untouc
 }
 
 /// What a namespace's Redis user may run: the README's ACL rule.
-const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +exists +get +set +del +expire +rpush +blmove \
+const ACL_COMMANDS: &str = "+ping +time +eval +evalsha +script|load +exists +get +set +del +expire +rpush +blmove \
      +zadd +zrange +zremrangebyscore +xadd +xlen +xdel +xack +xreadgroup +xautoclaim +xclaim +xpending \
-     +xgroup|create +xgroup|delconsumer +xinfo|consumers";
+     +xgroup|create +xgroup|delconsumer +xinfo|consumers +client|id +client|unblock";
 
 #[test]
 fn with_acl_users_per_namespace_a_function_works_with_its_own_credentials_and_cannot_read_another_namespace() {
@@ -287,7 +299,7 @@ fn with_acl_users_per_namespace_a_function_works_with_its_own_credentials_and_ca
     let port = admin.rsplit(':').next().unwrap().to_owned();
     for (user, password, namespace) in [("ns-test", "pw-a", "cwasi-test"), ("ns-other", "pw-b", "other")] {
         let mut args = vec!["ACL", "SETUSER", user, "on", "resetkeys", "resetchannels", "-@all"];
-        let (secret, keys) = (format!(">{password}"), format!("~cwasi:{{{namespace}}}:*"));
+        let (secret, keys) = (format!(">{password}"), format!("~cwasi:{{{namespace}/*"));
         args.extend([secret.as_str(), keys.as_str()]);
         args.extend(ACL_COMMANDS.split_whitespace());
         assert_eq!(cli(&admin, &args).trim(), "OK");
@@ -332,7 +344,7 @@ fn with_acl_users_per_namespace_a_function_works_with_its_own_credentials_and_ca
     assert!(out.stdout.contains("reply: hello"), "{out:?}");
     // Every command cwasi ran was allowed (the ACL rule above is complete).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while cli(&admin, &["EXISTS", "cwasi:{other}:req:echo"]).trim() != "1" {
+    while cli(&admin, &["EXISTS", "cwasi:{other/echo}:req"]).trim() != "1" {
         assert!(Instant::now() < deadline, "namespace other's echo never served:\n{}", node_b.containerd.log());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -341,10 +353,10 @@ fn with_acl_users_per_namespace_a_function_works_with_its_own_credentials_and_ca
 
     // Namespace cwasi-test's credentials cannot read, write or claim namespace other's requests.
     for args in [
-        &["XLEN", "cwasi:{other}:req:echo"][..],
-        &["XREADGROUP", "GROUP", "servers", "thief", "STREAMS", "cwasi:{other}:req:echo", ">"],
-        &["XADD", "cwasi:{other}:req:echo", "*", "id", "x"],
-        &["XAUTOCLAIM", "cwasi:{other}:req:echo", "servers", "thief", "0", "0-0"],
+        &["XLEN", "cwasi:{other/echo}:req"][..],
+        &["XREADGROUP", "GROUP", "servers", "thief", "STREAMS", "cwasi:{other/echo}:req", ">"],
+        &["XADD", "cwasi:{other/echo}:req", "*", "id", "x"],
+        &["XAUTOCLAIM", "cwasi:{other/echo}:req", "servers", "thief", "0", "0-0"],
     ] {
         let out = Command::new("redis-cli").args(["--no-auth-warning", "-u", &url_a]).args(args).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -411,7 +423,7 @@ fn a_function_without_servers_for_30_s_answers_callers_unknown_peer_and_one_back
     assert!(out.contains("UnknownPeer"), "{out}");
     assert!(gone.elapsed() < Duration::from_secs(45), "{:?}", gone.elapsed());
     assert_eq!(
-        cli(&redis.url(), &["XLEN", "cwasi:{cwasi-test}:req:echo"]).trim(),
+        cli(&redis.url(), &["XLEN", "cwasi:{cwasi-test/echo}:req"]).trim(),
         "0",
         "the request was not withdrawn"
     );

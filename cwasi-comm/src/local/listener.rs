@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ struct Shared {
     stop: AtomicBool,
     /// Replies being delivered by pump threads.
     pumps: AtomicUsize,
+    /// Told when a caller connects (a remote reader blocked in Redis must
+    /// come back to the doorbell).
+    on_connect: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 struct Connection {
@@ -201,6 +204,7 @@ impl LocalListener {
             next_scan: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             pumps: AtomicUsize::new(0),
+            on_connect: OnceLock::new(),
         });
         let poller = {
             let shared = shared.clone();
@@ -230,6 +234,17 @@ impl LocalListener {
     pub fn notifier(&self) -> Arc<dyn Fn() + Send + Sync> {
         let shared = self.shared.clone();
         Arc::new(move || shared.doorbell.counter().bump())
+    }
+
+    /// Whether any caller on this node is connected.
+    pub fn callers(&self) -> Arc<dyn Fn() -> bool + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || !shared.lock_connections().is_empty())
+    }
+
+    /// Runs `hook` (once set, for good) whenever a caller connects.
+    pub fn on_caller_connected(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.shared.on_connect.set(hook);
     }
 
     /// Replies still being delivered by pump threads.
@@ -340,6 +355,9 @@ impl Shared {
                         tracing::debug!(function = %shared.function, caller = %connection.caller, "caller connected");
                         shared.lock_connections().push(Arc::new(connection));
                         shared.doorbell.counter().bump();
+                        if let Some(hook) = shared.on_connect.get() {
+                            hook();
+                        }
                     }
                     Err(e) => tracing::warn!(function = %shared.function, error = %e, "dropping a connection that failed the handshake"),
                 });

@@ -1,11 +1,20 @@
 //! The calling side of remote mode.
+//!
+//! A small request to a single Redis costs the caller one round trip: the
+//! send script and the blocking read of the reply list go out in one write,
+//! and the clean-up (`DEL` of the reply list) goes out without waiting, its
+//! answer read at the link's next use. Large requests, and calls through a
+//! Redis Cluster (whose client only does whole round trips), send first and
+//! wait second.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::keys::{self, KEEP_SECONDS, MAX_QUEUED, REPLY_FAILED, REPLY_OK, SERVER_GONE};
-use super::link::RedisLink;
+use redis::Value;
+
+use super::keys::{FunctionKeys, INLINE_BODY_MAX, KEEP_SECONDS, MAX_QUEUED, REPLY_FAILED, REPLY_OK, SERVER_GONE};
+use super::link::{LinkPool, PooledLink};
 use crate::{CallError, Channel, Mode, PendingReply};
 
 /// How long one blocking read of the reply list lasts, so that a dead
@@ -15,43 +24,69 @@ const REPLY_POLL: Duration = Duration::from_secs(1);
 /// still alive, then again as often.
 const LIVENESS_CHECK: Duration = Duration::from_secs(5);
 
-/// Sends a request in one round trip: refused when no server of the
-/// function was seen within ARGV[1] seconds (or ever), or when ARGV[2]
-/// requests already wait; else `XADD` of the fields ARGV[3..] (a large body
-/// is SET beside the script, in the same round trip, never through Lua).
+/// Sends a request in one round trip. KEYS: the function's stream, its
+/// servers, the request's state and reply list. ARGV: the liveness limit
+/// (seconds), the queue limit, how long keys are kept, then the entry's
+/// fields. A state already written means this send was retried over a
+/// reconnect: nothing is added twice. A refusal (no server seen within the
+/// limit, or ever; the queue full) is also pushed onto the reply list, so
+/// that a read of it sent in the same write returns at once.
 /// Returns `{status, detail}`: `{'ok', entry id}`, `{'never', ''}`,
 /// `{'gone', seconds since a server was seen}`, `{'full', queued}`.
 const SEND_SCRIPT: &str = r"
+local sent = redis.call('GET', KEYS[3])
+if sent then return {'ok', sent} end
+local function refuse(status, detail)
+  redis.call('RPUSH', KEYS[4], string.char(2) .. status)
+  redis.call('EXPIRE', KEYS[4], ARGV[3])
+  return {status, detail}
+end
 local newest = redis.call('ZRANGE', KEYS[2], 0, 0, 'REV', 'WITHSCORES')
-if #newest == 0 then return {'never', ''} end
+if #newest == 0 then return refuse('never', '') end
 local age = tonumber(redis.call('TIME')[1]) - tonumber(newest[2])
-if age > tonumber(ARGV[1]) then return {'gone', tostring(age)} end
+if age > tonumber(ARGV[1]) then return refuse('gone', tostring(age)) end
 local queued = redis.call('XLEN', KEYS[1])
-if queued >= tonumber(ARGV[2]) then return {'full', tostring(queued)} end
-return {'ok', redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))}
+if queued >= tonumber(ARGV[2]) then return refuse('full', tostring(queued)) end
+local entry = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+redis.call('SET', KEYS[3], entry, 'EX', ARGV[3])
+return {'ok', entry}
 ";
 
-/// Run by a caller that waited a while: when no server was seen within
-/// ARGV[1] seconds, withdraws the request (so no server handles it after
-/// its caller gave up) and returns the age; else -1.
+/// Run by a caller that waited a while or reconnected. KEYS: stream,
+/// servers, state, reply list. Returns -1 when all is well (a reply waits,
+/// or a server lives); -2 when the request is gone (a failover lost it: it
+/// must be sent again); else, no server was seen within ARGV[1] seconds:
+/// the request is withdrawn (so no server handles it after its caller gave
+/// up) and the age is returned.
 const CHECK_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
+local entry = redis.call('GET', KEYS[3])
+if not entry then return -2 end
 local newest = redis.call('ZRANGE', KEYS[2], 0, 0, 'REV', 'WITHSCORES')
 local age = 1e12
 if #newest > 0 then age = tonumber(redis.call('TIME')[1]) - tonumber(newest[2]) end
 if age <= tonumber(ARGV[1]) then return -1 end
-redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('XDEL', KEYS[1], entry)
 return math.min(age, 1e9)
 ";
 
-/// Calls one function through Redis.
-pub struct RemoteChannel {
-    peer: String,
+/// First byte of a reply list element that the send script wrote itself.
+const REPLY_REFUSED: u8 = 2;
+
+/// What every call to one peer shares.
+struct Peer {
+    name: String,
     caller: String,
     namespace: String,
+    keys: FunctionKeys,
     stream: String,
     servers: String,
-    link: Arc<Mutex<RedisLink>>,
-    send_script: redis::Script,
+}
+
+/// Calls one function through Redis.
+pub struct RemoteChannel {
+    peer: Arc<Peer>,
+    pool: Arc<LinkPool>,
 }
 
 impl RemoteChannel {
@@ -59,20 +94,23 @@ impl RemoteChannel {
     /// send, in the same round trip as the request: requests are queued
     /// while a server was seen within `SERVER_GONE`, else refused with
     /// `UnknownPeer`.
-    pub fn open(peer: &str, caller: &str, namespace: &str, link: Arc<Mutex<RedisLink>>) -> Result<Self, CallError> {
-        Ok(Self {
-            peer: peer.to_owned(),
+    pub fn open(peer: &str, caller: &str, namespace: &str, pool: Arc<LinkPool>) -> Result<Self, CallError> {
+        let keys = FunctionKeys::new(namespace, peer);
+        let peer = Peer {
+            name: peer.to_owned(),
             caller: caller.to_owned(),
             namespace: namespace.to_owned(),
-            stream: keys::request_stream(namespace, peer),
-            servers: keys::servers(namespace, peer),
-            link,
-            send_script: redis::Script::new(SEND_SCRIPT),
-        })
+            stream: keys.requests(),
+            servers: keys.servers(),
+            keys,
+        };
+        Ok(Self { peer: Arc::new(peer), pool })
     }
+}
 
+impl Peer {
     fn refusal(&self, status: &str, detail: &str) -> CallError {
-        let (peer, namespace) = (&self.peer, &self.namespace);
+        let (peer, namespace) = (&self.name, &self.namespace);
         match status {
             "never" => CallError::UnknownPeer(format!(
                 "{peer} (no server of it ever started in namespace {namespace}, on this node or through Redis)"
@@ -88,15 +126,38 @@ impl RemoteChannel {
     }
 }
 
-fn lock(link: &Mutex<RedisLink>) -> std::sync::MutexGuard<'_, RedisLink> {
-    link.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A request id unique across nodes and restarts.
 fn new_request_id(caller: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("{caller}-{}-{started:x}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One request's keys and how to (re)send it.
+struct Request {
+    id: String,
+    reply_key: String,
+    state_key: String,
+    body_key: Option<String>,
+}
+
+impl Request {
+    /// The send script with the entry's fields (`body` inline, or the key
+    /// of a body SET beside it).
+    fn send_command(&self, peer: &Peer, body: Option<&[u8]>) -> redis::Cmd {
+        let mut eval = redis::cmd("EVAL");
+        // EVAL, not EVALSHA: a pipelined read must never wait behind a
+        // NOSCRIPT (a restarted Redis, a promoted replica); Redis caches
+        // the compiled script by its hash either way.
+        eval.arg(SEND_SCRIPT).arg(4).arg(&peer.stream).arg(&peer.servers).arg(&self.state_key).arg(&self.reply_key);
+        eval.arg(SERVER_GONE.as_secs()).arg(MAX_QUEUED).arg(KEEP_SECONDS);
+        eval.arg("id").arg(&self.id).arg("reply").arg(&self.reply_key).arg("caller").arg(&peer.caller);
+        match (&self.body_key, body) {
+            (Some(key), _) => eval.arg("bodykey").arg(key),
+            (None, body) => eval.arg("body").arg(body.unwrap_or_default()),
+        };
+        eval
+    }
 }
 
 impl Channel for RemoteChannel {
@@ -105,131 +166,199 @@ impl Channel for RemoteChannel {
     }
 
     fn send(&self, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
-        let id = new_request_id(&self.caller);
-        let reply_key = keys::reply_list(&self.namespace, &id);
-        let inline = request.len() <= keys::INLINE_BODY_MAX;
-        // Only a large body travels under a key of its own.
-        let body_key = if inline { String::new() } else { keys::request_body(&self.namespace, &id) };
-        let mut send = redis::cmd("EVALSHA");
-        send.arg(self.send_script.get_hash()).arg(2).arg(&self.stream).arg(&self.servers);
-        send.arg(SERVER_GONE.as_secs()).arg(MAX_QUEUED);
-        send.arg("id").arg(&id).arg("reply").arg(&reply_key).arg("caller").arg(&self.caller);
-        // Retried over reconnects; a request added twice has one id and is handled once.
-        let (status, detail): (String, String) = lock(&self.link).run("XADD", |c| {
-            let mut pipe = redis::pipe();
-            if inline {
-                let mut entry = send.clone();
-                entry.arg("body").arg(request);
-                pipe.add_command(entry);
-            } else {
-                // The body goes first as a plain SET, in the same round trip,
-                // never through Lua (a copy of up to 100 MiB per call).
-                pipe.cmd("SET").arg(&body_key).arg(request).arg("EX").arg(KEEP_SECONDS).ignore();
-                let mut entry = send.clone();
-                entry.arg("bodykey").arg(&body_key);
-                pipe.add_command(entry);
-            }
-            let sent = match pipe.query::<Vec<(String, String)>>(c) {
-                Err(e) if e.code() == Some("NOSCRIPT") => {
-                    self.send_script.load(c)?;
-                    pipe.query::<Vec<(String, String)>>(c)
-                }
-                other => other,
-            }?;
-            sent.into_iter()
-                .next()
-                .ok_or_else(|| (redis::ErrorKind::UnexpectedReturnType, "empty pipeline reply").into())
-        })?;
-        if status != "ok" && !inline {
-            // Best effort: it expires anyway.
-            let _ = lock(&self.link).run("DEL", |c| redis::cmd("DEL").arg(&body_key).query::<i64>(c));
-        }
-        if status != "ok" {
-            return Err(self.refusal(&status, &detail));
-        }
-        Ok(Box::new(RemotePending {
-            link: self.link.clone(),
-            peer: self.peer.clone(),
-            namespace: self.namespace.clone(),
-            stream: self.stream.clone(),
-            servers: self.servers.clone(),
-            entry: detail,
-            reply_key,
+        let peer = &self.peer;
+        let id = new_request_id(&peer.caller);
+        let inline = request.len() <= INLINE_BODY_MAX;
+        let keys = Request {
+            reply_key: peer.keys.reply_list(&id),
+            state_key: peer.keys.request_state(&id),
+            body_key: (!inline).then(|| peer.keys.request_body(&id)),
+            id,
+        };
+        let mut pending = RemotePending {
+            peer: peer.clone(),
+            link: self.pool.take()?,
+            request: keys,
+            resend: None,
+            pipelined: false,
             reply: None,
             deadline,
-        }))
+        };
+        if inline && pending.send_pipelined(request) {
+            // Kept to send again if a failover loses the request (small: ≤ 64 KiB).
+            pending.resend = Some(request.to_vec());
+            return Ok(Box::new(pending));
+        }
+        pending.send(request)?;
+        if inline {
+            pending.resend = Some(request.to_vec());
+        }
+        Ok(Box::new(pending))
     }
 }
 
+/// A remote call in flight, holding its own connection.
 struct RemotePending {
-    link: Arc<Mutex<RedisLink>>,
-    peer: String,
-    namespace: String,
-    stream: String,
-    servers: String,
-    /// The request's stream entry, withdrawn if every server is gone.
-    entry: String,
-    reply_key: String,
+    peer: Arc<Peer>,
+    link: PooledLink,
+    request: Request,
+    /// A small request's bytes, to send again if Redis lost it.
+    resend: Option<Vec<u8>>,
+    /// The send script and a first read of the reply list went out in one
+    /// write; their answers are not read yet.
+    pipelined: bool,
     reply: Option<Vec<u8>>,
     deadline: Instant,
 }
 
-impl RemotePending {
-    /// `UnknownPeer` when no server was seen within `SERVER_GONE`; the
-    /// request is withdrawn from the stream then.
-    fn check_servers(&self) -> Result<(), CallError> {
-        static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CHECK_SCRIPT));
-        let age: i64 = lock(&self.link).run("checking servers", |c| {
-            SCRIPT.key(&self.stream).key(&self.servers).arg(SERVER_GONE.as_secs()).arg(&self.entry).invoke(c)
-        })?;
-        if age < 0 {
-            return Ok(());
-        }
-        Err(CallError::UnknownPeer(format!(
-            "{} (no server of it seen in namespace {} for over {} s while the call waited; the request was withdrawn)",
-            self.peer,
-            self.namespace,
-            SERVER_GONE.as_secs()
-        )))
-    }
+/// How the first, pipelined read ended.
+enum FirstRead {
+    Reply(Vec<u8>),
+    /// Sent; no reply within the first read.
+    Waiting,
+    /// The connection broke: whether the request got in is unknown.
+    Broken,
 }
 
-impl PendingReply for RemotePending {
-    fn wait(&mut self) -> Result<usize, CallError> {
-        if let Some(reply) = &self.reply {
-            return Ok(reply.len());
-        }
-        let mut next_check = Instant::now() + LIVENESS_CHECK;
-        let element = loop {
-            if Instant::now() >= next_check {
-                self.check_servers()?;
-                next_check = Instant::now() + LIVENESS_CHECK;
+impl RemotePending {
+    fn first_block(&self) -> f64 {
+        self.deadline.saturating_duration_since(Instant::now()).min(REPLY_POLL).as_secs_f64().max(0.001)
+    }
+
+    /// Writes the send script and a blocking read of the reply list at once
+    /// (single server only). False when it could not: send the slow way.
+    fn send_pipelined(&mut self, request: &[u8]) -> bool {
+        let mut pipe = redis::pipe();
+        pipe.add_command(self.request.send_command(&self.peer, Some(request)));
+        pipe.add_command(blmove(&self.request.reply_key, self.first_block()));
+        // Answers of earlier clean-ups are read after this write, not before.
+        self.pipelined = self.link.write_pipelined(&pipe.get_packed_pipeline());
+        self.pipelined
+    }
+
+    /// Sends the request in one round trip, retried over reconnects (the
+    /// request's state makes a retry add nothing).
+    fn send(&mut self, request: &[u8]) -> Result<(), CallError> {
+        let (peer, keys) = (&self.peer, &self.request);
+        let send = keys.send_command(peer, Some(request));
+        let set_body = keys.body_key.as_ref().map(|body_key| {
+            // The body goes as a plain SET, never through Lua (a copy of up
+            // to 100 MiB per call).
+            let mut set = redis::cmd("SET");
+            set.arg(body_key).arg(request).arg("EX").arg(KEEP_SECONDS);
+            set
+        });
+        let (status, detail): (String, String) = if self.link.is_cluster() {
+            // A cluster client sends no pipelines: the body first, then the entry.
+            if let Some(set) = &set_body {
+                self.link.run("SET body", |c| set.query::<()>(c))?;
             }
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                // A late reply lands in a list nobody reads; it expires.
-                return Err(CallError::Timeout(format!("{} did not answer by the call's deadline", self.peer)));
+            self.link.run("XADD", |c| send.query(c))?
+        } else {
+            // Both in one round trip.
+            let mut pipe = redis::pipe();
+            if let Some(set) = set_body {
+                pipe.add_command(set).ignore();
             }
-            // BLMOVE onto the same list hands us the reply and keeps it there:
-            // if the connection drops before we read the answer (a Redis
-            // restart), the retry finds it again. BLPOP would have lost it.
-            // It blocks at most REPLY_POLL at a time so a dead connection is noticed.
-            let block = left.min(REPLY_POLL).as_secs_f64().max(0.001);
-            let moved: Option<Vec<u8>> = lock(&self.link).run("BLMOVE", |c| {
-                redis::cmd("BLMOVE")
-                    .arg(&self.reply_key)
-                    .arg(&self.reply_key)
-                    .arg("LEFT")
-                    .arg("LEFT")
-                    .arg(block)
-                    .query(c)
-            })?;
-            if let Some(element) = moved {
-                // Best effort: the list also expires on its own.
-                let _ = lock(&self.link).run("DEL", |c| redis::cmd("DEL").arg(&self.reply_key).query::<i64>(c));
-                break element;
-            }
+            pipe.add_command(send);
+            self.link.run("XADD", |c| {
+                pipe.query::<Vec<(String, String)>>(c)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| (redis::ErrorKind::UnexpectedReturnType, "empty pipeline reply").into())
+            })?
         };
+        if status == "ok" {
+            return Ok(());
+        }
+        // Best effort: they expire anyway.
+        let mut clean_up = redis::cmd("DEL");
+        clean_up.arg(&keys.reply_key).arg(keys.body_key.as_deref().unwrap_or(&keys.reply_key));
+        let _ = self.link.run("DEL", |c| clean_up.query::<i64>(c));
+        Err(peer.refusal(&status, &detail))
+    }
+
+    /// Reads the answers of the pipelined send and first read.
+    fn read_pipelined(&mut self) -> Result<FirstRead, CallError> {
+        if !self.link.read_unread() {
+            return Ok(FirstRead::Broken);
+        }
+        let Some(Ok(connection)) = self.link.server_connection() else {
+            return Ok(FirstRead::Broken);
+        };
+        let sent = connection.recv_response().and_then(Value::extract_error);
+        let first = connection.recv_response().and_then(Value::extract_error);
+        let (sent, first) = match (sent, first) {
+            (Ok(sent), Ok(first)) => (sent, first),
+            (Err(e), _) | (_, Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                self.link.disconnect();
+                return Ok(FirstRead::Broken);
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(CallError::Redis(format!("sending to {}: {e}", self.peer.name))),
+        };
+        let (status, detail): (String, String) = redis::from_redis_value(sent)
+            .map_err(|e| CallError::Protocol(format!("unexpected answer sending to {}: {e}", self.peer.name)))?;
+        if status != "ok" {
+            self.forget_reply_list();
+            return Err(self.peer.refusal(&status, &detail));
+        }
+        match redis::from_redis_value::<Option<Vec<u8>>>(first) {
+            Ok(Some(element)) => Ok(FirstRead::Reply(element)),
+            Ok(None) => Ok(FirstRead::Waiting),
+            Err(e) => Err(CallError::Protocol(format!("unexpected reply from {}: {e}", self.peer.name))),
+        }
+    }
+
+    /// After a reconnect or a long wait: -1 all is well, else sends again a
+    /// request Redis lost, or fails when no server lives.
+    fn check(&mut self) -> Result<(), CallError> {
+        static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CHECK_SCRIPT));
+        let (peer, keys) = (&self.peer, &self.request);
+        let verdict: i64 = self.link.run("checking the request", |c| {
+            SCRIPT
+                .key(&peer.stream)
+                .key(&peer.servers)
+                .key(&keys.state_key)
+                .key(&keys.reply_key)
+                .arg(SERVER_GONE.as_secs())
+                .invoke(c)
+        })?;
+        match verdict {
+            -1 => Ok(()),
+            -2 => match self.resend.take() {
+                Some(request) => {
+                    tracing::info!(peer = %peer.name, request = %keys.id, "Redis lost the request (a failover?); sending it again");
+                    let sent = self.send(&request);
+                    self.resend = Some(request);
+                    sent
+                }
+                None => Err(CallError::Redis(format!(
+                    "Redis lost request {} to {} (a failover?) and its body was too large to keep for a retry",
+                    keys.id, peer.name
+                ))),
+            },
+            _ => Err(CallError::UnknownPeer(format!(
+                "{} (no server of it seen in namespace {} for over {} s while the call waited; the request was withdrawn)",
+                peer.name,
+                peer.namespace,
+                SERVER_GONE.as_secs()
+            ))),
+        }
+    }
+
+    /// Drops the reply list once read: without waiting on a single server
+    /// (off the call's critical path), else in a round trip.
+    fn forget_reply_list(&mut self) {
+        let mut del = redis::cmd("DEL");
+        del.arg(&self.request.reply_key);
+        if !self.link.send_without_waiting(&del, false) {
+            // Best effort: the list also expires on its own.
+            let _ = self.link.run("DEL", |c| del.query::<i64>(c));
+        }
+    }
+
+    fn finish(&mut self, element: Vec<u8>) -> Result<usize, CallError> {
+        self.forget_reply_list();
         match element.split_first() {
             Some((&REPLY_OK, _)) => {
                 let mut body = element;
@@ -239,7 +368,58 @@ impl PendingReply for RemotePending {
                 Ok(len)
             }
             Some((&REPLY_FAILED, message)) => Err(CallError::PeerFailed(String::from_utf8_lossy(message).into_owned())),
-            _ => Err(CallError::Protocol(format!("malformed reply from {}", self.peer))),
+            // A send retried after a refusal finds the refusal.
+            Some((&REPLY_REFUSED, status)) => Err(self.peer.refusal(&String::from_utf8_lossy(status), "")),
+            _ => Err(CallError::Protocol(format!("malformed reply from {}", self.peer.name))),
+        }
+    }
+}
+
+fn blmove(list: &str, block_seconds: f64) -> redis::Cmd {
+    // BLMOVE onto the same list hands us the reply and keeps it there: if
+    // the connection drops before we read the answer (a Redis restart), the
+    // retry finds it again. BLPOP would have lost it.
+    let mut cmd = redis::cmd("BLMOVE");
+    cmd.arg(list).arg(list).arg("LEFT").arg("LEFT").arg(block_seconds);
+    cmd
+}
+
+impl PendingReply for RemotePending {
+    fn wait(&mut self) -> Result<usize, CallError> {
+        if let Some(reply) = &self.reply {
+            return Ok(reply.len());
+        }
+        if std::mem::take(&mut self.pipelined) {
+            match self.read_pipelined()? {
+                FirstRead::Reply(element) => return self.finish(element),
+                FirstRead::Waiting => {}
+                // Whether it got in is unknown: the check finds out, and sends it again if not.
+                FirstRead::Broken => self.check()?,
+            }
+        }
+        let mut next_check = Instant::now() + LIVENESS_CHECK;
+        loop {
+            let reconnects = self.link.reconnects();
+            if Instant::now() >= next_check {
+                self.check()?;
+                next_check = Instant::now() + LIVENESS_CHECK;
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // A late reply lands in a list nobody reads; it expires.
+                return Err(CallError::Timeout(format!("{} did not answer by the call's deadline", self.peer.name)));
+            }
+            // It blocks at most REPLY_POLL at a time so a dead connection is noticed.
+            let read = blmove(&self.request.reply_key, self.first_block());
+            let moved: Option<Vec<u8>> = self.link.run("BLMOVE", |c| read.query(c))?;
+            if let Some(element) = moved {
+                return self.finish(element);
+            }
+            if self.link.reconnects() != reconnects {
+                // Redis (or a cluster node) went away meanwhile: a failover
+                // may have lost the request.
+                self.check()?;
+            }
         }
     }
 
@@ -250,5 +430,14 @@ impl PendingReply for RemotePending {
         }
         out.copy_from_slice(self.reply.as_deref().unwrap_or_default());
         Ok(())
+    }
+}
+
+impl Drop for RemotePending {
+    fn drop(&mut self) {
+        if self.pipelined {
+            // Its answers were never read: the connection is out of step.
+            self.link.disconnect();
+        }
     }
 }

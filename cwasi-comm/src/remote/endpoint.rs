@@ -1,5 +1,6 @@
 //! Where a Redis URL points: what the node operator's allow-list of
-//! endpoints is checked against.
+//! endpoints is checked against. A Redis Cluster URL
+//! (`redis+cluster://h1:p1,h2:p2`) points at each of its seed nodes.
 
 use std::fmt;
 
@@ -18,7 +19,7 @@ pub struct Endpoint {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EndpointError {
-    #[error("expected a redis:// or rediss:// URL")]
+    #[error("expected a redis://, rediss://, redis+cluster:// or rediss+cluster:// URL")]
     Scheme,
     #[error("no host")]
     NoHost,
@@ -27,6 +28,15 @@ pub enum EndpointError {
 }
 
 impl Endpoint {
+    /// The endpoints `url` names: one for a server, each seed of a cluster.
+    pub fn parse_all(url: &str) -> Result<Vec<Self>, EndpointError> {
+        match super::link::cluster_seeds(url) {
+            None => Ok(vec![Self::parse(url)?]),
+            Some(Err(_)) => Err(EndpointError::NoHost),
+            Some(Ok(seeds)) => seeds.iter().map(|seed| Self::parse(seed)).collect(),
+        }
+    }
+
     pub fn parse(url: &str) -> Result<Self, EndpointError> {
         let (tls, rest) = if let Some(rest) = url.strip_prefix("rediss://") {
             (true, rest)
@@ -101,6 +111,17 @@ mod tests {
         assert_eq!(Endpoint::parse("http://h"), Err(EndpointError::Scheme));
         assert_eq!(Endpoint::parse("redis://:pw@/0"), Err(EndpointError::NoHost));
         assert!(matches!(Endpoint::parse("redis://h:port"), Err(EndpointError::Port(_))));
+    }
+
+    #[test]
+    fn a_cluster_url_names_each_seed() {
+        let seeds = Endpoint::parse_all("rediss+cluster://:pw@10.0.0.1:7000,10.0.0.2#insecure").unwrap();
+        let shown: Vec<String> = seeds.iter().map(|e| e.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.1:7000", "10.0.0.2:6379"]);
+        assert!(seeds.iter().all(|e| e.tls && e.insecure));
+        assert_eq!(Endpoint::parse_all("redis://h:1").unwrap().len(), 1);
+        assert_eq!(Endpoint::parse_all("redis+cluster://"), Err(EndpointError::NoHost));
+        assert!(Endpoint::parse_all("redis+cluster://h:port").is_err());
     }
 
     #[test]

@@ -1,9 +1,14 @@
-//! A Redis connection that reconnects, with a bounded retry.
+//! A Redis connection that reconnects, with a bounded retry: to one server
+//! (`redis://`, `rediss://`) or to a Redis Cluster (`redis+cluster://`,
+//! `rediss+cluster://` with comma-separated seed nodes), whose MOVED/ASK
+//! redirections and slot map the cluster client follows.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::{Connection, RedisError, RedisResult};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection};
+use redis::{Connection, ConnectionLike, RedisError, RedisResult};
 
 use crate::CallError;
 
@@ -17,38 +22,94 @@ pub const CA_FILE_ENV: &str = "CWASI_REDIS_CA_FILE";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longer than any blocking command we send (they block at most 1 s).
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Redirections and reconnects the cluster client tries within one
+/// operation before `RedisLink::run`'s own retry takes over.
+const CLUSTER_RETRIES: u32 = 4;
+
+/// Where a link connects.
+enum Target {
+    Server(redis::Client),
+    Cluster(ClusterClient),
+}
+
+enum Live {
+    Server(Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Live {
+    fn as_dyn(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Live::Server(c) => c,
+            Live::Cluster(c) => c.as_mut(),
+        }
+    }
+}
 
 pub struct RedisLink {
-    client: redis::Client,
+    target: Target,
     /// The URL without its password, for messages.
     shown_url: String,
-    connection: Option<Connection>,
+    connection: Option<Live>,
     retry_for: Duration,
+    /// Connections made after the first: a caller waiting on a reply uses it
+    /// to notice that Redis (or a cluster's node) went away meanwhile.
+    reconnects: u64,
+    connected_once: bool,
+    /// Commands sent without waiting for their answers (a single server
+    /// only), read before the connection's next use; `Some` must succeed and
+    /// is sent again (it is idempotent) if the connection broke meanwhile.
+    unread: Vec<Option<redis::Cmd>>,
+    /// This connection's `CLIENT ID`, once asked.
+    client_id: Option<i64>,
 }
 
 impl RedisLink {
     pub fn new(url: &str) -> Result<Self, CallError> {
-        let client = client(url, std::env::var_os(CA_FILE_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))?;
+        let ca_file = std::env::var_os(CA_FILE_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let target = match cluster_seeds(url) {
+            Some(seeds) => Target::Cluster(cluster_client(url, &seeds?, ca_file)?),
+            None => Target::Server(client(url, ca_file)?),
+        };
         let retry_for =
             std::env::var(RETRY_ENV).ok().and_then(|v| v.parse().ok()).map_or(DEFAULT_RETRY, Duration::from_millis);
-        Ok(Self { client, shown_url: redact(url), connection: None, retry_for })
+        Ok(Self {
+            target,
+            shown_url: redact(url),
+            connection: None,
+            retry_for,
+            reconnects: 0,
+            connected_once: false,
+            unread: Vec::new(),
+            client_id: None,
+        })
     }
 
     pub fn url(&self) -> &str {
         &self.shown_url
     }
 
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    /// How often the link had to connect again.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
     /// Runs `op`, reconnecting and retrying while Redis is unreachable or
-    /// still loading, for at most the retry window.
+    /// still loading (a cluster: failing over), for at most the retry window.
     pub fn run<T>(
         &mut self,
         what: &str,
-        mut op: impl FnMut(&mut Connection) -> RedisResult<T>,
+        mut op: impl FnMut(&mut dyn ConnectionLike) -> RedisResult<T>,
     ) -> Result<T, CallError> {
         let deadline = Instant::now() + self.retry_for;
         let mut backoff = Duration::from_millis(20);
         loop {
-            let result = self.connection().and_then(&mut op);
+            self.settle();
+            let result = self.connection().and_then(|c| op(c.as_dyn()));
             match result {
                 Ok(value) => return Ok(value),
                 Err(e) if transient(&e) => {
@@ -67,15 +128,297 @@ impl RedisLink {
         }
     }
 
-    fn connection(&mut self) -> RedisResult<&mut Connection> {
+    /// The connection to a single server, for a caller that writes a
+    /// pipeline now and reads its answers later (`None` for a cluster, whose
+    /// client only does whole round trips). On an error, call
+    /// [`RedisLink::disconnect`]: the stream is out of step.
+    pub fn server_connection(&mut self) -> Option<RedisResult<&mut Connection>> {
+        if self.is_cluster() {
+            return None;
+        }
+        self.settle();
+        Some(self.connection().map(|live| match live {
+            Live::Server(c) => c,
+            Live::Cluster(_) => unreachable!("checked above"),
+        }))
+    }
+
+    /// Drops the connection; the next operation connects again. Commands
+    /// that must succeed and whose answers were not read yet are sent again
+    /// by the next [`RedisLink::run`].
+    pub fn disconnect(&mut self) {
+        self.connection = None;
+        self.client_id = None;
+    }
+
+    /// Sends `command` on a single server's live connection without waiting
+    /// for its answer, which the next use of the link reads: the caller goes
+    /// on at once (a clean-up off a call's critical path, an answer whose
+    /// acknowledgement the server's next read collects). With `must_succeed`
+    /// the command, which must be idempotent, is sent again if the
+    /// connection breaks before its answer is read. False when it was not
+    /// sent (a cluster, no live connection, or the write failed): run it.
+    pub fn send_without_waiting(&mut self, command: &redis::Cmd, must_succeed: bool) -> bool {
+        let Some(Live::Server(connection)) = self.connection.as_mut() else {
+            return false;
+        };
+        if connection.send_packed_command(&command.get_packed_command()).is_err() {
+            self.disconnect();
+            return false;
+        }
+        self.unread.push(must_succeed.then(|| command.clone()));
+        true
+    }
+
+    /// Commands sent without waiting whose answers are not read yet.
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
+    }
+
+    /// Reads the answers of commands sent without waiting; when the
+    /// connection broke, sends those that must succeed again (bounded by
+    /// the retry window; past it they are given up, with a warning).
+    fn settle(&mut self) {
+        if self.unread.is_empty() || self.read_unread() {
+            return;
+        }
+        let again: Vec<redis::Cmd> = std::mem::take(&mut self.unread).into_iter().flatten().collect();
+        for command in again {
+            if let Err(e) = self.run("sending again", |c| command.query::<redis::Value>(c)) {
+                tracing::warn!("a command sent without waiting was lost: {e}");
+            }
+        }
+    }
+
+    /// Writes `packed` commands on a single server's connection without
+    /// reading anything: answers still unread from earlier commands come
+    /// first, [`RedisLink::read_unread`] reads them, then the caller reads
+    /// its own. False for a cluster, or when no connection could be made or
+    /// the write failed (then disconnected).
+    pub fn write_pipelined(&mut self, packed: &[u8]) -> bool {
+        if self.is_cluster() {
+            return false;
+        }
+        if self.connection.is_none() && self.connection().is_err() {
+            return false;
+        }
+        let Some(Live::Server(connection)) = self.connection.as_mut() else {
+            return false;
+        };
+        if connection.send_packed_command(packed).is_err() {
+            self.disconnect();
+            return false;
+        }
+        true
+    }
+
+    /// Reads the unread answers on the live connection. False when it broke
+    /// (then disconnected, with the unanswered commands still listed, sent
+    /// again by the next [`RedisLink::run`]).
+    pub fn read_unread(&mut self) -> bool {
+        while !self.unread.is_empty() {
+            let Some(Live::Server(connection)) = self.connection.as_mut() else {
+                return false;
+            };
+            match connection.recv_response() {
+                Ok(value) => {
+                    if let Err(e) = value.extract_error() {
+                        tracing::warn!("a command sent without waiting failed at {}: {e}", self.shown_url);
+                    }
+                    self.unread.remove(0);
+                }
+                Err(_) => {
+                    self.disconnect();
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Writes `command`, then reads the answers still unread from earlier
+    /// commands, then `command`'s: a server that answered a request without
+    /// waiting and now blocks for the next one wakes once, not twice.
+    pub fn run_after_unread<T: redis::FromRedisValue>(
+        &mut self,
+        what: &str,
+        command: &redis::Cmd,
+    ) -> Result<T, CallError> {
+        if let Some(Live::Server(connection)) = self.connection.as_mut()
+            && !self.unread.is_empty()
+        {
+            if connection.send_packed_command(&command.get_packed_command()).is_err() {
+                self.disconnect();
+            } else if self.read_unread()
+                && let Some(Live::Server(connection)) = self.connection.as_mut()
+            {
+                match connection.recv_response().and_then(redis::Value::extract_error) {
+                    Ok(value) => {
+                        return redis::from_redis_value(value)
+                            .map_err(|e| CallError::Protocol(format!("{what} at {}: {e}", self.shown_url)));
+                    }
+                    Err(e) if !transient(&e) => {
+                        return Err(CallError::Redis(format!("{what} at {}: {e}", self.shown_url)));
+                    }
+                    Err(_) => self.disconnect(),
+                }
+            }
+        }
+        // Reconnects, sends again what must succeed, then `command`.
+        self.run(what, |c| command.query(c))
+    }
+
+    /// This connection's client id (`CLIENT ID`), for `CLIENT UNBLOCK`.
+    pub fn client_id(&mut self) -> Result<i64, CallError> {
+        if let Some(id) = self.client_id {
+            return Ok(id);
+        }
+        let id: i64 = self.run("CLIENT ID", |c| redis::cmd("CLIENT").arg("ID").query(c))?;
+        self.client_id = Some(id);
+        Ok(id)
+    }
+
+    fn connection(&mut self) -> RedisResult<&mut Live> {
         if self.connection.is_none() {
-            let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-            connection.set_read_timeout(Some(IO_TIMEOUT))?;
-            connection.set_write_timeout(Some(IO_TIMEOUT))?;
-            self.connection = Some(connection);
+            let live = match &self.target {
+                Target::Server(client) => {
+                    let connection = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+                    connection.set_read_timeout(Some(IO_TIMEOUT))?;
+                    connection.set_write_timeout(Some(IO_TIMEOUT))?;
+                    Live::Server(connection)
+                }
+                Target::Cluster(client) => Live::Cluster(Box::new(client.get_connection()?)),
+            };
+            if self.connected_once {
+                self.reconnects += 1;
+            }
+            self.client_id = None;
+            self.connected_once = true;
+            self.connection = Some(live);
         }
         Ok(self.connection.as_mut().expect("just connected"))
     }
+}
+
+/// Links to one Redis, one per call in flight: a caller waiting for its
+/// reply holds its own connection, so calls started together (fan-out) wait
+/// side by side.
+pub struct LinkPool {
+    url: String,
+    idle: Mutex<Vec<RedisLink>>,
+}
+
+/// Connections kept for reuse; more calls in flight open more.
+const IDLE_LINKS_KEPT: usize = 8;
+
+impl LinkPool {
+    pub fn new(url: &str) -> Result<Arc<Self>, CallError> {
+        let first = RedisLink::new(url)?;
+        Ok(Arc::new(Self { url: url.to_owned(), idle: Mutex::new(vec![first]) }))
+    }
+
+    /// The URL without its password, for messages.
+    pub fn url(&self) -> String {
+        redact(&self.url)
+    }
+
+    pub fn take(self: &Arc<Self>) -> Result<PooledLink, CallError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let link = match idle {
+            Some(link) => link,
+            None => RedisLink::new(&self.url)?,
+        };
+        // Boxed: a request being served carries its link, and stays small.
+        Ok(PooledLink { link: Some(Box::new(link)), pool: self.clone() })
+    }
+}
+
+/// A link taken from a [`LinkPool`], given back when dropped.
+pub struct PooledLink {
+    link: Option<Box<RedisLink>>,
+    pool: Arc<LinkPool>,
+}
+
+impl std::ops::Deref for PooledLink {
+    type Target = RedisLink;
+    fn deref(&self) -> &RedisLink {
+        self.link.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PooledLink {
+    fn deref_mut(&mut self) -> &mut RedisLink {
+        self.link.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for PooledLink {
+    fn drop(&mut self) {
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_LINKS_KEPT
+            && let Some(link) = self.link.take()
+        {
+            idle.push(*link);
+        }
+    }
+}
+
+/// The seed node URLs of a `redis+cluster://` or `rediss+cluster://` URL
+/// (`None`: not a cluster URL): `[user:password@]host:port,host:port[/…]`
+/// becomes one `redis://` (`rediss://`) URL per seed, each with the
+/// credentials and what follows the hosts.
+pub fn cluster_seeds(url: &str) -> Option<Result<Vec<String>, CallError>> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else {
+        ("rediss", url.strip_prefix("rediss+cluster://")?)
+    };
+    let hosts_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(hosts_end);
+    let (credentials, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|host| format!("{scheme}://{credentials}{host}{tail}"))
+        .collect();
+    if seeds.is_empty() {
+        return Some(Err(CallError::Redis(format!("{} names no cluster node", redact(url)))));
+    }
+    Some(Ok(seeds))
+}
+
+fn cluster_client(url: &str, seeds: &[String], ca_file: Option<PathBuf>) -> Result<ClusterClient, CallError> {
+    let bad_url = |e: RedisError| CallError::Redis(format!("bad Redis Cluster URL {}: {e}", redact(url)));
+    let infos = seeds.iter().map(|seed| connection_info(seed)).collect::<RedisResult<Vec<_>>>().map_err(bad_url)?;
+    let tls = infos.iter().any(|info| matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }));
+    if tls {
+        install_crypto_provider();
+    }
+    let mut builder = ClusterClientBuilder::new(infos)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(IO_TIMEOUT)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(20)
+        .max_retry_wait(500)
+        .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    if let Some(path) = ca_file.filter(|_| tls) {
+        builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(read_ca(&path)?) });
+    }
+    builder.build().map_err(bad_url)
+}
+
+fn install_crypto_provider() {
+    // rustls needs one crypto provider for the process; ring is the one
+    // built in. An error only says one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, CallError> {
+    std::fs::read(path).map_err(|e| CallError::Redis(format!("cannot read {CA_FILE_ENV} {}: {e}", path.display())))
 }
 
 /// A client for `url`; a `rediss://` one trusts the PEM CA certificates in
@@ -85,14 +428,11 @@ fn client(url: &str, ca_file: Option<PathBuf>) -> Result<redis::Client, CallErro
     let info = connection_info(url).map_err(bad_url)?;
     let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
     if tls {
-        // rustls needs one crypto provider for the process; ring is the one
-        // built in. An error only says one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
     }
     match ca_file {
         Some(path) if tls => {
-            let root_cert = std::fs::read(&path)
-                .map_err(|e| CallError::Redis(format!("cannot read {CA_FILE_ENV} {}: {e}", path.display())))?;
+            let root_cert = read_ca(&path)?;
             let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
             redis::Client::build_with_tls(info, certificates)
                 .map_err(|e| CallError::Redis(format!("{CA_FILE_ENV} {} for {}: {e}", path.display(), redact(url))))
@@ -115,10 +455,10 @@ fn transient(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
-        || matches!(e.code(), Some("LOADING" | "MASTERDOWN" | "TRYAGAIN"))
+        || matches!(e.code(), Some("LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY"))
 }
 
-/// `redis://:secret@host` -> `redis://:***@host`.
+/// `redis://:secret@host` -> `redis://***@host`.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
@@ -135,6 +475,19 @@ mod tests {
         assert_eq!(redact("redis://:pw@10.0.0.1:6379"), "redis://***@10.0.0.1:6379");
         assert_eq!(redact("rediss://user:pw@h/0"), "rediss://***@h/0");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("redis+cluster://:pw@a:1,b:2"), "redis+cluster://***@a:1,b:2");
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seeds_with_the_same_credentials_and_tls() {
+        let seeds = cluster_seeds("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001").unwrap().unwrap();
+        assert_eq!(seeds, ["redis://u:p@10.0.0.1:7000", "redis://u:p@10.0.0.2:7001"]);
+        let seeds = cluster_seeds("rediss+cluster://[::1]:7000,h:7001/0").unwrap().unwrap();
+        assert_eq!(seeds, ["rediss://[::1]:7000/0", "rediss://h:7001/0"]);
+        assert!(cluster_seeds("redis://h:6379").is_none());
+        assert!(cluster_seeds("redis+cluster://:pw@").unwrap().is_err());
+        assert!(RedisLink::new("redis+cluster://127.0.0.1:7000,127.0.0.1:7001").unwrap().is_cluster());
+        assert!(!RedisLink::new("redis://127.0.0.1:7000").unwrap().is_cluster());
     }
 
     #[test]

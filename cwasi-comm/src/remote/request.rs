@@ -1,0 +1,201 @@
+//! A remote request being served, and its answer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::keys::{DEAD_LETTERS_KEPT, FORGET_SECONDS, FunctionKeys, GROUP, KEEP_SECONDS, REPLY_FAILED, REPLY_OK};
+use super::link::{PooledLink, RedisLink};
+use crate::CallError;
+
+/// Answers, marks the request's state done and acknowledges atomically
+/// (and drops a body kept beside the entry); a request already done
+/// (delivered twice) is only acknowledged, so the script can run again
+/// safely. With a reason (ARGV[6]) the entry is copied to the dead-letter
+/// stream first; with an empty answer (ARGV[3]) no reply is written (the
+/// entry named a reply list that is not its own).
+const ANSWER_SCRIPT: &str = r"
+if ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'reason', ARGV[6], 'entry', ARGV[2], unpack(ARGV, 9))
+  redis.call('EXPIRE', KEYS[5], ARGV[8])
+end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[1]) ~= 'd' then
+  redis.call('SET', KEYS[1], 'd', 'EX', ARGV[4])
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[3], ARGV[2])
+if ARGV[5] == '1' then
+  redis.call('DEL', KEYS[4])
+end
+return 1
+";
+
+/// The stream entries being handled in this process: the listener's
+/// heartbeat keeps them ours, and recovery never hands them out again.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    entries: Mutex<BTreeSet<String>>,
+    finished: Condvar,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn insert(&self, entry: &str) {
+        self.lock().insert(entry.to_owned());
+    }
+
+    pub fn contains(&self, entry: &str) -> bool {
+        self.lock().contains(entry)
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+
+    fn remove(&self, entry: &str) {
+        self.lock().remove(entry);
+        self.finished.notify_all();
+    }
+
+    /// Waits up to `timeout` for `entry` to finish; true when it did.
+    pub fn wait_finished(&self, entry: &str, timeout: Duration) -> bool {
+        let guard = self.lock();
+        let (guard, _) = self
+            .finished
+            .wait_timeout_while(guard, timeout, |entries| entries.contains(entry))
+            .unwrap_or_else(|e| e.into_inner());
+        !guard.contains(entry)
+    }
+}
+
+/// A remote request being served.
+pub struct RemoteRequest {
+    pub(crate) stream_entry: String,
+    pub(crate) id: String,
+    pub(crate) reply_key: String,
+    pub(crate) body: Vec<u8>,
+    /// The key a large body was kept in, dropped with the answer.
+    pub(crate) body_key: Option<String>,
+    pub(crate) keys: FunctionKeys,
+    pub(crate) stream: String,
+    /// The link the answer goes out on: sent without waiting, its
+    /// acknowledgement read by the link's next use (the next read).
+    pub(crate) link: PooledLink,
+    pub(crate) in_flight: Arc<InFlight>,
+}
+
+impl RemoteRequest {
+    pub fn len(&self) -> u64 {
+        self.body.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
+        if out.len() != self.body.len() {
+            return Err(CallError::Protocol("request length mismatch".into()));
+        }
+        out.copy_from_slice(&self.body);
+        Ok(())
+    }
+
+    pub fn reply(mut self, reply: &[u8]) -> Result<(), CallError> {
+        self.answer(REPLY_OK, reply)
+    }
+
+    pub fn fail(mut self, message: &str) -> Result<(), CallError> {
+        self.answer(REPLY_FAILED, message.as_bytes())
+    }
+
+    fn answer(&mut self, status: u8, body: &[u8]) -> Result<(), CallError> {
+        let answer = Answer {
+            keys: &self.keys,
+            stream: &self.stream,
+            stream_entry: &self.stream_entry,
+            id: &self.id,
+            reply_key: Some(&self.reply_key),
+            body_key: self.body_key.as_deref(),
+            dead: None,
+        };
+        let command = answer.command(status, body);
+        // Idempotent (the state says done): sent again if the connection
+        // breaks before it is acknowledged.
+        if self.link.send_without_waiting(&command, true) {
+            return Ok(());
+        }
+        self.link.run("answering", |c| command.query::<i64>(c))?;
+        Ok(())
+    }
+}
+
+impl Drop for RemoteRequest {
+    fn drop(&mut self) {
+        self.in_flight.remove(&self.stream_entry);
+    }
+}
+
+/// What the answer script needs about one entry.
+pub(crate) struct Answer<'a> {
+    pub keys: &'a FunctionKeys,
+    pub stream: &'a str,
+    pub stream_entry: &'a str,
+    pub id: &'a str,
+    /// `None`: write no reply (the entry named a list not its own).
+    pub reply_key: Option<&'a str>,
+    /// A body kept beside the entry, dropped with it.
+    pub body_key: Option<&'a str>,
+    /// Copy the entry to the dead-letter stream: the reason, and the entry's fields.
+    pub dead: Option<(&'a str, &'a HashMap<String, Vec<u8>>)>,
+}
+
+impl Answer<'_> {
+    /// The answer script as one `EVAL` (never `NOSCRIPT`, so it can go out
+    /// without waiting; Redis caches the compiled script by its hash).
+    fn command(&self, status: u8, body: &[u8]) -> redis::Cmd {
+        let mut element = Vec::new();
+        if self.reply_key.is_some() {
+            element.reserve(body.len() + 1);
+            element.push(status);
+            element.extend_from_slice(body);
+        }
+        let state = self.keys.request_state(self.id);
+        // Only a dead letter names the dead-letter stream; otherwise any key of the slot does.
+        let dead_stream = self.dead.map(|_| self.keys.dead_letters());
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(ANSWER_SCRIPT)
+            .arg(5)
+            .arg(&state)
+            .arg(self.reply_key.unwrap_or(self.stream))
+            .arg(self.stream)
+            .arg(self.body_key.unwrap_or(self.stream))
+            .arg(dead_stream.as_deref().unwrap_or(self.stream))
+            .arg(GROUP)
+            .arg(self.stream_entry)
+            .arg(&element)
+            .arg(KEEP_SECONDS)
+            .arg(if self.body_key.is_some() { "1" } else { "0" })
+            .arg(self.dead.map_or("", |(reason, _)| reason))
+            .arg(DEAD_LETTERS_KEPT)
+            .arg(FORGET_SECONDS);
+        if let Some((_, fields)) = self.dead {
+            for (name, value) in fields {
+                eval.arg(name).arg(value);
+            }
+        }
+        eval
+    }
+
+    /// Runs the answer script and waits for it.
+    pub fn send(&self, link: &mut RedisLink, status: u8, body: &[u8]) -> Result<(), CallError> {
+        let command = self.command(status, body);
+        link.run("answering", |c| command.query::<i64>(c))?;
+        Ok(())
+    }
+}
