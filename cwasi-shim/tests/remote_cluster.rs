@@ -129,3 +129,69 @@ fn the_two_node_rig_of_demo_and_bench_runs_on_a_cluster_in_the_test_network() {
         measured.timings.median_ns, measured.timings.p99_ns, measured.timings.samples
     );
 }
+
+#[test]
+fn the_callees_slot_moving_between_masters_during_1000_calls_loses_nothing_and_handles_nothing_twice() {
+    let network = TestNetwork::new(&["node-a", "node-b"]).unwrap();
+    let cluster = RedisCluster::start_on(&network).unwrap();
+    let url = cluster.url();
+    let (server, caller) = (test_image("counter-server").unwrap(), test_image("call-sequence").unwrap());
+    let node_b = Node::start_on(&network, SHIM.as_ref(), "node-b", Some(&url), &[], &[&server]);
+    let shared = tempfile::tempdir().unwrap();
+    let count_file = shared.path().join("count");
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", shared.path().display());
+    node_b.serve(&server, "counter", &["--mount", &mount, "--env", "COUNT_FILE=/data/count", "--env", "REPLICA=b"]);
+    let node_a = Node::start_on(&network, SHIM.as_ref(), "node-a", Some(&url), &[], &[&caller]);
+    let mut run = node_a.spawn(
+        "sequence-reshard",
+        &caller,
+        &["--rm", "--annotation", "cwasi.io/peers=counter"],
+        &["/call-sequence.wasm", "counter", "1000"],
+    );
+    let key = queue_key("counter");
+    let (mut moved_from, mut moved_back) = (None, false);
+    let mut last_line = String::new();
+    for line in BufReader::new(run.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // As `redis-cli --cluster reshard` moves a slot (10 keys a step):
+        // calls meet ASK and TRYAGAIN while it moves and MOVED after.
+        if line == "progress 300" && moved_from.is_none() {
+            let owner = cluster.master_of_key(&key).unwrap();
+            let to = *cluster.masters().unwrap().iter().find(|&&m| m != owner).unwrap();
+            let (from, keys) = cluster.migrate_slot_of(&key, to, 10).unwrap();
+            eprintln!("moved the slot of counter ({keys} keys) from node {from} to node {to}");
+            assert_eq!(cluster.master_of_key(&key).unwrap(), to);
+            moved_from = Some(from);
+        }
+        if line == "progress 600" && !moved_back {
+            let home = moved_from.expect("moved at 300");
+            let (_, keys) = cluster.migrate_slot_of(&key, home, 10).unwrap();
+            eprintln!("moved it back ({keys} keys)");
+            moved_back = true;
+        }
+        last_line = line;
+    }
+    let status = run.wait().unwrap();
+    let warnings = |node: &Node| -> String {
+        let log = node.containerd.log();
+        log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+    };
+    assert!(
+        moved_from.is_some() && moved_back,
+        "the sequence stopped early: {last_line}\nnode A:\n{}\nnode B:\n{}",
+        warnings(&node_a),
+        warnings(&node_b)
+    );
+    let handled = std::fs::read_to_string(&count_file).unwrap();
+    let mut requests: Vec<u64> = handled.lines().map(|l| l.trim_start_matches("b ").parse().unwrap()).collect();
+    requests.sort_unstable();
+    let twice: Vec<u64> = requests.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    assert!(
+        status.success(),
+        "{status:?}: {last_line}\nhandled twice: {twice:?}\nnode A:\n{}\nnode B:\n{}",
+        warnings(&node_a),
+        warnings(&node_b)
+    );
+    assert_eq!(last_line, "sequence ok: 1000 calls");
+    assert_eq!(requests, (0..1000).collect::<Vec<u64>>(), "not every request handled exactly once");
+}

@@ -304,14 +304,63 @@ impl RedisCluster {
 
     /// The node that is master of the slot of `key` now.
     pub fn master_of_key(&self, key: &str) -> anyhow::Result<usize> {
-        let live = (0..NODES).find(|&i| self.alive(i)).context("no cluster node is running")?;
-        let slot: usize = self.cli(live, &["CLUSTER", "KEYSLOT", key])?.trim().parse().context("CLUSTER KEYSLOT")?;
+        let slot = self.slot_of(key)?;
         let view = self.view()?;
         let owner = view
             .iter()
             .find(|l| l.has("master") && !l.failed() && l.owns(slot))
             .with_context(|| format!("no live master owns slot {slot} of {key:?}: {view:?}"))?;
         self.index_of(&owner.id).with_context(|| format!("slot {slot} is owned by an unknown node {}", owner.id))
+    }
+
+    /// The hash slot of `key`.
+    pub fn slot_of(&self, key: &str) -> anyhow::Result<usize> {
+        let live = (0..NODES).find(|&i| self.alive(i)).context("no cluster node is running")?;
+        self.cli(live, &["CLUSTER", "KEYSLOT", key])?.trim().parse().context("CLUSTER KEYSLOT")
+    }
+
+    /// Moves the slot of `key` to master `to` as `redis-cli --cluster
+    /// reshard` does: IMPORTING on `to`, MIGRATING on the owner, MIGRATE of
+    /// its keys `batch` at a time (redis-cli's `--cluster-pipeline` is 10),
+    /// then SETSLOT NODE on every master. Clients meet ASK (and TRYAGAIN for
+    /// multi-key commands) while it moves, MOVED after. Returns the former
+    /// owner and how many keys moved.
+    pub fn migrate_slot_of(&self, key: &str, to: usize, batch: usize) -> anyhow::Result<(usize, usize)> {
+        let slot = self.slot_of(key)?.to_string();
+        let from = self.master_of_key(key)?;
+        if from == to {
+            bail!("node {to} owns slot {slot} already");
+        }
+        let (from_id, to_id) = (self.nodes[from].id.clone(), self.nodes[to].id.clone());
+        self.cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])?;
+        self.cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])?;
+        let (port, count) = (self.nodes[to].port.to_string(), batch.max(1).to_string());
+        let mut moved = 0;
+        loop {
+            let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, &count])?;
+            let keys: Vec<&str> = keys.lines().map(str::trim).filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut migrate = vec!["MIGRATE", self.place.host.as_str(), &port, "", "0", "5000"];
+            if let Some(password) = &self.password {
+                migrate.extend(["AUTH", password.as_str()]);
+            }
+            migrate.push("KEYS");
+            migrate.extend(&keys);
+            let out = self.cli(from, &migrate)?;
+            if !matches!(out.trim(), "OK" | "NOKEY") {
+                bail!("MIGRATE of {keys:?} from node {from} to {to}: {}", out.trim());
+            }
+            moved += keys.len();
+        }
+        // The new owner first, then the old one, then the other masters.
+        self.cli(to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])?;
+        self.cli(from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])?;
+        for other in self.masters()?.into_iter().filter(|&m| m != to && m != from) {
+            self.cli(other, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])?;
+        }
+        Ok((from, moved))
     }
 
     /// SIGKILL of node `i` (no shutdown: what a crash does).

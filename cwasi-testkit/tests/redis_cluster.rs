@@ -85,3 +85,23 @@ fn a_password_protected_cluster_forms_and_refuses_clients_without_it() {
     let out = Command::new("redis-cli").args(["-h", &host, "-p", &port, "GET", "auth-0"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("NOAUTH"), "{out:?}");
 }
+
+#[test]
+fn a_slot_moves_to_another_master_with_its_keys() {
+    let cluster = RedisCluster::start().unwrap();
+    // Keys of one hash tag share a slot.
+    for i in 0..20 {
+        let key = format!("{{tag}}:{i}");
+        assert_eq!(cli(&cluster, 0, &["SET", &key, &i.to_string()]).trim(), "OK");
+    }
+    let from = cluster.master_of_key("{tag}").unwrap();
+    let to = *cluster.masters().unwrap().iter().find(|&&m| m != from).unwrap();
+    assert_eq!(cluster.migrate_slot_of("{tag}", to, 3).unwrap(), (from, 20));
+    assert_eq!(cluster.master_of_key("{tag}").unwrap(), to);
+    let slot = cluster.slot_of("{tag}").unwrap().to_string();
+    assert_eq!(cluster.cli(to, &["CLUSTER", "COUNTKEYSINSLOT", &slot]).unwrap().trim(), "20");
+    assert_eq!(cluster.cli(from, &["CLUSTER", "COUNTKEYSINSLOT", &slot]).unwrap().trim(), "0");
+    for i in 0..20 {
+        assert_eq!(cli(&cluster, from, &["GET", &format!("{{tag}}:{i}")]).trim(), i.to_string());
+    }
+}
