@@ -1,29 +1,43 @@
 //! Functions on different nodes calling each other through a real Redis:
-//! two private containerd instances play two nodes.
+//! two private containerd instances play two nodes, each in a network
+//! namespace of its own, with Redis in another: remote traffic crosses
+//! veths and a bridge, and Redis is reachable only across that network.
 
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use cwasi_testkit::{Containerd, Node, RedisServer, TestImage, test_image};
+use cwasi_testkit::{Containerd, Node, RedisServer, TestImage, TestNetwork, test_image};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
 
-fn node(name: &str, redis_url: &str, images: &[&TestImage]) -> Node {
-    Node::start(SHIM.as_ref(), name, Some(redis_url), &[], images)
+/// Nodes A and B (and C for the TLS test) and Redis, each in its namespace.
+fn network() -> TestNetwork {
+    TestNetwork::new(&["node-a", "node-b", "node-c"]).unwrap()
+}
+
+fn node(network: &TestNetwork, name: &str, redis_url: &str, images: &[&TestImage]) -> Node {
+    Node::start_on(network, SHIM.as_ref(), name, Some(redis_url), &[], images)
 }
 
 /// `env` goes to containerd and so to the shim (e.g. `CWASI_REDIS_CA_FILE`).
-fn node_with_env(name: &str, redis_url: &str, images: &[&TestImage], env: &[(&str, &str)]) -> Node {
-    Node::start(SHIM.as_ref(), name, Some(redis_url), env, images)
+fn node_with_env(
+    network: &TestNetwork,
+    name: &str,
+    redis_url: &str,
+    images: &[&TestImage],
+    env: &[(&str, &str)],
+) -> Node {
+    Node::start_on(network, SHIM.as_ref(), name, Some(redis_url), env, images)
 }
 
 #[test]
 fn producer_on_node_a_gets_every_digest_right_from_sha256_on_node_b() {
-    let redis = RedisServer::start().unwrap();
+    let network = network();
+    let redis = RedisServer::start_on(&network).unwrap();
     let (server, producer) = (test_image("sha256-server").unwrap(), test_image("producer").unwrap());
-    let node_b = node("node-b", &redis.url(), &[&server]);
+    let node_b = node(&network, "node-b", &redis.url(), &[&server]);
     node_b.serve(&server, "sha256", &[]);
-    let node_a = node("node-a", &redis.url(), &[&producer]);
+    let node_a = node(&network, "node-a", &redis.url(), &[&producer]);
     let sizes = cwasi_testkit::digest_sizes(SHIM.as_ref());
     let mut command = vec!["/producer.wasm", "sha256"];
     command.extend(sizes.iter().copied());
@@ -43,11 +57,12 @@ fn producer_on_node_a_gets_every_digest_right_from_sha256_on_node_b() {
 
 #[test]
 fn a_redis_restart_in_the_middle_of_1000_calls_loses_nothing_and_handles_nothing_twice() {
-    let mut redis = RedisServer::start().unwrap();
+    let network = network();
+    let mut redis = RedisServer::start_on(&network).unwrap();
     let (server, caller) = (test_image("counter-server").unwrap(), test_image("call-sequence").unwrap());
-    let node_b = node("node-b", &redis.url(), &[&server]);
+    let node_b = node(&network, "node-b", &redis.url(), &[&server]);
     node_b.serve(&server, "counter", &[]);
-    let node_a = node("node-a", &redis.url(), &[&caller]);
+    let node_a = node(&network, "node-a", &redis.url(), &[&caller]);
     let mut run = node_a
         .containerd
         .ctr_command(&Containerd::run_args(
@@ -77,11 +92,12 @@ fn a_redis_restart_in_the_middle_of_1000_calls_loses_nothing_and_handles_nothing
 
 #[test]
 fn requests_queued_while_the_server_restarts_are_answered_after_it() {
-    let redis = RedisServer::start().unwrap();
+    let network = network();
+    let redis = RedisServer::start_on(&network).unwrap();
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("call-sequence").unwrap());
-    let node_b = node("node-b", &redis.url(), &[&server]);
+    let node_b = node(&network, "node-b", &redis.url(), &[&server]);
     node_b.serve(&server, "echo", &[]);
-    let node_a = node("node-a", &redis.url(), &[&caller]);
+    let node_a = node(&network, "node-a", &redis.url(), &[&caller]);
     let mut run = node_a
         .containerd
         .ctr_command(&Containerd::run_args(
@@ -118,11 +134,12 @@ fn requests_queued_while_the_server_restarts_are_answered_after_it() {
 
 #[test]
 fn redis_down_is_a_typed_error_and_serving_recovers_when_it_returns() {
-    let mut redis = RedisServer::start().unwrap();
+    let network = network();
+    let mut redis = RedisServer::start_on(&network).unwrap();
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
-    let node_b = node("node-b", &redis.url(), &[&server]);
+    let node_b = node(&network, "node-b", &redis.url(), &[&server]);
     node_b.serve(&server, "echo", &[]);
-    let node_a = node("node-a", &redis.url(), &[&caller]);
+    let node_a = node(&network, "node-a", &redis.url(), &[&caller]);
     let call = |id: &str| {
         node_a
             .run(
@@ -165,11 +182,12 @@ fn redis_down_is_a_typed_error_and_serving_recovers_when_it_returns() {
 
 #[test]
 fn a_password_protected_redis_works_and_the_password_stays_out_of_logs() {
-    let redis = RedisServer::start_with_password("s3cret-pw").unwrap();
+    let network = network();
+    let redis = RedisServer::start_with_password_on(&network, "s3cret-pw").unwrap();
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
-    let node_b = node("node-b", &redis.url(), &[&server]);
+    let node_b = node(&network, "node-b", &redis.url(), &[&server]);
     node_b.serve(&server, "echo", &[]);
-    let node_a = node("node-a", &redis.url(), &[&caller]);
+    let node_a = node(&network, "node-a", &redis.url(), &[&caller]);
     let out = node_a
         .run("call-auth", &caller, &["--rm", "--annotation", "cwasi.io/peers=echo"], &["/caller.wasm", "echo", "hello"])
         .unwrap()
@@ -185,14 +203,16 @@ fn a_password_protected_redis_works_and_the_password_stays_out_of_logs() {
 
 #[test]
 fn rediss_works_with_the_ca_named_in_cwasi_redis_ca_file_and_fails_without_it() {
-    let redis = RedisServer::start_tls().unwrap();
+    let network = network();
+    // The certificate names the Redis namespace's address too.
+    let redis = RedisServer::start_tls_on(&network).unwrap();
     assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
     let ca = redis.tls_files().unwrap().ca_cert.to_string_lossy().into_owned();
     let (server, caller) = (test_image("echo-server").unwrap(), test_image("caller").unwrap());
     let trusting = [("CWASI_REDIS_CA_FILE", ca.as_str())];
-    let node_b = node_with_env("node-b", &redis.url(), &[&server], &trusting);
+    let node_b = node_with_env(&network, "node-b", &redis.url(), &[&server], &trusting);
     node_b.serve(&server, "echo", &[]);
-    let node_a = node_with_env("node-a", &redis.url(), &[&caller], &trusting);
+    let node_a = node_with_env(&network, "node-a", &redis.url(), &[&caller], &trusting);
     let flags = node_a.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]);
     let out = node_a
         .containerd
@@ -205,7 +225,7 @@ fn rediss_works_with_the_ca_named_in_cwasi_redis_ca_file_and_fails_without_it() 
 
     // Without the CA the server's certificate is refused (the system store
     // does not know the test CA): the call fails instead of trusting it.
-    let node_c = node_with_env("node-c", &redis.url(), &[&caller], &[("CWASI_REDIS_RETRY_MS", "300")]);
+    let node_c = node_with_env(&network, "node-c", &redis.url(), &[&caller], &[("CWASI_REDIS_RETRY_MS", "300")]);
     let flags = node_c.flags(&["--rm", "--annotation", "cwasi.io/peers=echo"]);
     let out = node_c.containerd.run("call-untrusted", &caller, &flags, &["/caller.wasm", "echo", "hello"]).unwrap();
     assert_eq!(out.code, Some(2), "{out:?}");

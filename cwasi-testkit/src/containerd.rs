@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 
 use crate::cni::{CNI_BIN_DIR, CniNetwork};
 use crate::images::TestImage;
+use crate::netns::Netns;
 use crate::teardown::{Registered, Teardown, register};
 
 /// The runtime type of the cwasi shim.
@@ -55,7 +56,17 @@ impl Containerd {
     /// daemon's PATH, path of the binary).
     pub fn start_with_shims(shims: &[(&str, &Path)], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = rig_dir()?;
-        Self::launch(dir, None, shims, env, r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#, "")
+        Self::launch(dir, None, None, shims, env, r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#, "")
+    }
+
+    /// Like [`Containerd::start`], the daemon in network namespace `netns`
+    /// (a node of a [`TestNetwork`](crate::TestNetwork)): its shims inherit
+    /// it, and so do guests, which run with `--net-host`. Only the network
+    /// namespace differs; files and mounts are the host's.
+    pub fn start_in(shim: &Path, env: &[(&str, &str)], netns: &Netns) -> anyhow::Result<Self> {
+        let dir = rig_dir()?;
+        let shims = [("containerd-shim-cwasi-v1", shim)];
+        Self::launch(dir, Some(netns), None, &shims, env, r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#, "")
     }
 
     /// containerd with its CRI plugin, as a Kubernetes node runs it:
@@ -97,12 +108,13 @@ impl Containerd {
 
 {runtime_config}"#
         );
-        Self::launch(dir, network, &[("containerd-shim-cwasi-v1", shim)], &[], "", &cri)
+        Self::launch(dir, None, network, &[("containerd-shim-cwasi-v1", shim)], &[], "", &cri)
     }
 
     /// `top_level` keys go before the first table, `tables` at the end.
     fn launch(
         dir: tempfile::TempDir,
+        netns: Option<&Netns>,
         network: Option<CniNetwork>,
         shims: &[(&str, &Path)],
         env: &[(&str, &str)],
@@ -137,7 +149,11 @@ state = "{state}"
         )?;
         let log = fs::File::create(dir.path().join("containerd.log"))?;
         let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-        let daemon = Command::new("containerd")
+        let mut command = Command::new("containerd");
+        if let Some(netns) = netns {
+            netns.apply(&mut command)?;
+        }
+        let daemon = command
             .arg("--config")
             .arg(&config)
             .env("PATH", path)

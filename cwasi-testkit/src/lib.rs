@@ -1,5 +1,5 @@
 //! Test rig for cwasi: a private containerd driven through `ctr`, a private
-//! redis-server, two nodes and a Redis for the demo and the benchmarks, and
+//! redis-server or Redis Cluster, nodes in network namespaces, two nodes and a Redis for the demo and the benchmarks, and
 //! the OCI images of the guest functions in `test-functions/`.
 //!
 //! Everything a [`Containerd`] creates lives under one temporary directory
@@ -10,7 +10,10 @@ mod cni;
 mod containerd;
 mod images;
 mod mounts;
+mod netns;
 mod node;
+mod place;
+mod redis_cluster;
 mod redis_server;
 mod teardown;
 mod two_nodes;
@@ -21,10 +24,12 @@ pub use containerd::{Containerd, CtrOutput, RUNTIME};
 pub use images::{
     TestImage, pause_image, test_image, test_image_for_kubernetes, test_image_with_peers, workspace_root,
 };
+pub use netns::{Netns, REDIS_NODE, TestNetwork};
 pub use node::Node;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisServer, TlsFiles};
 pub use teardown::on_interrupt;
-pub use two_nodes::{CallTimings, Measured, Route, TwoNodes};
+pub use two_nodes::{CallTimings, Measured, RedisBackend, Route, Topology, TwoNodes};
 pub use units::{human_bytes, human_latency};
 
 /// The engine a shim binary runs guests on (`wasmtime` or `wasmedge`).

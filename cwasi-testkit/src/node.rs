@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Containerd, CtrOutput, TestImage};
+use crate::{Containerd, CtrOutput, TestImage, TestNetwork};
 
 /// A node: a containerd whose functions carry `cwasi.io/node` and, unless
 /// the node's settings pick the Redis, `cwasi.io/redis`.
@@ -24,6 +24,25 @@ impl Node {
         images: &[&TestImage],
     ) -> Node {
         let containerd = Containerd::start(shim, env).expect("private containerd starts");
+        Self::with(containerd, name, redis_url, images)
+    }
+
+    /// Like [`Node::start`], with containerd (so its shims and guests) in
+    /// the namespace of node `name` of `network`: its remote traffic
+    /// crosses the network's veths and bridge.
+    pub fn start_on(
+        network: &TestNetwork,
+        shim: &Path,
+        name: &str,
+        redis_url: Option<&str>,
+        env: &[(&str, &str)],
+        images: &[&TestImage],
+    ) -> Node {
+        let containerd = Containerd::start_in(shim, env, network.netns(name)).expect("private containerd starts");
+        Self::with(containerd, name, redis_url, images)
+    }
+
+    fn with(containerd: Containerd, name: &str, redis_url: Option<&str>, images: &[&TestImage]) -> Node {
         for image in images {
             containerd.import(image).expect("image imports");
         }

@@ -1,17 +1,19 @@
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::netns::TestNetwork;
+use crate::place::Place;
 use crate::teardown::{Registered, Teardown, register};
 
-/// A private `redis-server` (Debian package) on a free loopback port, with
-/// its data in a temporary directory; plain, with a password, or TLS only.
+/// A private `redis-server` (Debian package) on a free loopback port (or on
+/// the Redis address of a [`TestNetwork`]), with its data in a temporary
+/// directory; plain, with a password, or TLS only.
 pub struct RedisServer {
     dir: tempfile::TempDir,
+    place: Place,
     port: u16,
     durable: bool,
     password: Option<String>,
@@ -28,43 +30,68 @@ impl RedisServer {
 
     /// `durable: false` is a plain in-memory Redis, as benchmarks want.
     pub fn start_with(durable: bool) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("cwasi-redis-").tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut server = Self { dir, port, durable, password: None, tls: None, process: None };
-        server.launch()?;
-        Ok(server)
+        Self::start_at(Place::loopback(), durable, None, false)
+    }
+
+    /// A durable server in the Redis namespace of `network`, bound to its
+    /// address there: only the network's nodes reach it.
+    pub fn start_on(network: &TestNetwork) -> anyhow::Result<Self> {
+        Self::start_on_with(network, true)
+    }
+
+    /// [`RedisServer::start_on`], durable or not as in [`RedisServer::start_with`].
+    pub fn start_on_with(network: &TestNetwork, durable: bool) -> anyhow::Result<Self> {
+        Self::start_at(Place::redis_of(network), durable, None, false)
     }
 
     /// A server that requires `password` (`requirepass`).
     pub fn start_with_password(password: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("cwasi-redis-").tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut server =
-            Self { dir, port, durable: false, password: Some(password.to_owned()), tls: None, process: None };
-        server.launch()?;
-        Ok(server)
+        Self::start_at(Place::loopback(), false, Some(password), false)
+    }
+
+    /// Like [`RedisServer::start_with_password`], on `network` as [`RedisServer::start_on`].
+    pub fn start_with_password_on(network: &TestNetwork, password: &str) -> anyhow::Result<Self> {
+        Self::start_at(Place::redis_of(network), false, Some(password), false)
     }
 
     /// A server that speaks TLS only (`--tls-port`, no plain port), with a
     /// certificate for `127.0.0.1` and `localhost` from a CA made for it
     /// ([`RedisServer::tls_files`]); clients need no certificate.
     pub fn start_tls() -> anyhow::Result<Self> {
+        Self::start_at(Place::loopback(), false, None, true)
+    }
+
+    /// Like [`RedisServer::start_tls`], on `network` as [`RedisServer::start_on`]:
+    /// the certificate names the network address too.
+    pub fn start_tls_on(network: &TestNetwork) -> anyhow::Result<Self> {
+        Self::start_at(Place::redis_of(network), false, None, true)
+    }
+
+    fn start_at(place: Place, durable: bool, password: Option<&str>, tls: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("cwasi-redis-").tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let tls = TlsFiles::create(dir.path())?;
-        let mut server = Self { dir, port, durable: false, password: None, tls: Some(tls), process: None };
+        let port = place.free_port()?;
+        let tls = tls.then(|| TlsFiles::create_for(dir.path(), &[&place.host])).transpose()?;
+        let password = password.map(str::to_owned);
+        let mut server = Self { dir, place, port, durable, password, tls, process: None };
         server.launch()?;
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:<port>` (`rediss://` with TLS), with
-    /// `:<password>@` when it has one.
+    /// `redis://<address>:<port>` (`rediss://` with TLS), with
+    /// `:<password>@` when it has one; the address is 127.0.0.1 or, on a
+    /// test network, the Redis namespace's.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        let host = &self.place.host;
         match &self.password {
-            Some(password) => format!("{scheme}://:{password}@127.0.0.1:{}", self.port),
-            None => format!("{scheme}://127.0.0.1:{}", self.port),
+            Some(password) => format!("{scheme}://:{password}@{host}:{}", self.port),
+            None => format!("{scheme}://{host}:{}", self.port),
         }
+    }
+
+    /// `host:port` the server listens on.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.place.host, self.port)
     }
 
     /// The CA and server certificate of a TLS server.
@@ -78,8 +105,10 @@ impl RedisServer {
 
     fn launch(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("redis.log"))?;
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1"])
+        let child = self
+            .place
+            .command("redis-server")?
+            .args(["--bind", self.place.host.as_str()])
             .args(match &self.tls {
                 None => vec!["--port".into(), self.port.to_string()],
                 Some(tls) => {
@@ -131,13 +160,9 @@ impl RedisServer {
         if self.tls.is_some() {
             // Listening is as far as plain TCP gets; the log says when it is ready.
             let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
-            return log.contains("Ready to accept connections") && TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            return log.contains("Ready to accept connections") && self.place.listening(self.port);
         }
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        // Any answer will do (a password-protected server answers NOAUTH).
-        let mut reply = [0u8; 1];
-        stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok()
+        self.place.answers_ping(self.port)
     }
 
     /// Stops the server as an operator would (SIGTERM: it flushes its data).
@@ -181,6 +206,11 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// Writes `ca.pem`, `server.pem` and `server.key` into `dir`.
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        Self::create_for(dir, &[])
+    }
+
+    /// Like [`TlsFiles::create`], the certificate naming `hosts` too.
+    pub fn create_for(dir: &Path, hosts: &[&str]) -> anyhow::Result<Self> {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -188,7 +218,13 @@ impl TlsFiles {
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
         let server_key = KeyPair::generate()?;
-        let mut server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        for host in hosts {
+            if !names.iter().any(|n| n == host) {
+                names.push((*host).to_owned());
+            }
+        }
+        let mut server = CertificateParams::new(names)?;
         server.distinguished_name.push(DnType::CommonName, "localhost");
         let server = server.signed_by(&server_key, &ca)?;
         let files = Self {

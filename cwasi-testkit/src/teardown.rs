@@ -20,6 +20,27 @@ use crate::mounts::unmount_below;
 
 /// What stopping one rig piece takes; runs on any thread.
 #[derive(Debug, Clone)]
+pub(crate) enum Piece {
+    /// A process and its directory.
+    Process(Teardown),
+    /// Network namespaces (`ip netns add`), deleted with `ip netns del`.
+    Netns(Vec<String>),
+}
+
+impl Piece {
+    fn run(&self) {
+        match self {
+            Piece::Process(teardown) => {
+                teardown.run();
+                let _ = fs::remove_dir_all(&teardown.dir);
+            }
+            Piece::Netns(names) => crate::netns::delete_netns(names),
+        }
+    }
+}
+
+/// What stopping one process piece takes.
+#[derive(Debug, Clone)]
 pub(crate) struct Teardown {
     /// The piece's own process (containerd, redis-server).
     pub pid: u32,
@@ -71,7 +92,7 @@ fn processes_naming(dir: &Path, except: u32) -> Vec<Pid> {
         .collect()
 }
 
-static LIVE: Mutex<BTreeMap<u64, Teardown>> = Mutex::new(BTreeMap::new());
+static LIVE: Mutex<BTreeMap<u64, Piece>> = Mutex::new(BTreeMap::new());
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A registration in the live list; dropping it unregisters.
@@ -79,8 +100,12 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct Registered(u64);
 
 pub(crate) fn register(teardown: Teardown) -> Registered {
+    register_piece(Piece::Process(teardown))
+}
+
+pub(crate) fn register_piece(piece: Piece) -> Registered {
     let key = NEXT.fetch_add(1, Ordering::Relaxed);
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).insert(key, teardown);
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).insert(key, piece);
     Registered(key)
 }
 
@@ -91,8 +116,15 @@ impl Drop for Registered {
 }
 
 /// On SIGINT or SIGTERM: tear down every live containerd and redis-server
-/// (with their shims, mounts and directories), then exit 130 (143 for SIGTERM).
+/// (with their shims, mounts and directories) and network namespace, then exit 130 (143 for SIGTERM).
+/// Installed once per process; later calls do nothing. A [`crate::TestNetwork`]
+/// installs it, as namespaces outlive the process that made them.
 pub fn on_interrupt() -> anyhow::Result<()> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| install_on_interrupt().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
+}
+
+fn install_on_interrupt() -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::Builder::new().name("teardown-on-signal".into()).spawn(move || {
@@ -100,9 +132,11 @@ pub fn on_interrupt() -> anyhow::Result<()> {
             eprintln!("\ninterrupted: stopping the private containerd and redis-server instances");
             // Held until exit: the main thread cannot start or drop a piece meanwhile.
             let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-            for teardown in live.values() {
-                teardown.run();
-                let _ = fs::remove_dir_all(&teardown.dir);
+            // Processes first (in registration order), then the network
+            // namespaces they ran in.
+            let (netns, processes): (Vec<_>, Vec<_>) = live.values().partition(|p| matches!(p, Piece::Netns(_)));
+            for piece in processes.into_iter().chain(netns) {
+                piece.run();
             }
             std::process::exit(128 + signal);
         }

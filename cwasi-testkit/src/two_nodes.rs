@@ -9,7 +9,57 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::{Containerd, RedisServer, TestImage, test_image, test_image_with_peers};
+use crate::netns::REDIS_NODE;
+use crate::{Containerd, RedisCluster, RedisServer, TestImage, TestNetwork, test_image, test_image_with_peers};
+
+/// Where the two nodes and their Redis run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// Both nodes in the host's network, one in-memory redis-server on loopback.
+    Loopback,
+    /// Each node in a network namespace of its own and the redis-server in
+    /// another, joined by a bridge ([`TestNetwork`]).
+    Netns,
+    /// Both nodes in the host's network, a 6-process Redis Cluster on loopback.
+    Cluster,
+    /// [`Topology::Netns`] with a Redis Cluster in the Redis namespace.
+    ClusterNetns,
+}
+
+impl Topology {
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::Loopback => "loopback",
+            Topology::Netns => "netns",
+            Topology::Cluster => "cluster",
+            Topology::ClusterNetns => "cluster-netns",
+        }
+    }
+
+    fn netns(self) -> bool {
+        matches!(self, Topology::Netns | Topology::ClusterNetns)
+    }
+
+    fn cluster(self) -> bool {
+        matches!(self, Topology::Cluster | Topology::ClusterNetns)
+    }
+}
+
+/// The Redis of a [`TwoNodes`]: one server or a cluster.
+pub enum RedisBackend {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl RedisBackend {
+    /// The URL the nodes use (`redis://…` or `redis+cluster://…`).
+    pub fn url(&self) -> String {
+        match self {
+            RedisBackend::Single(server) => server.url(),
+            RedisBackend::Cluster(cluster) => cluster.url(),
+        }
+    }
+}
 
 /// How a call reaches its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,13 +118,17 @@ pub struct Measured {
 }
 
 pub struct TwoNodes {
-    pub redis: RedisServer,
+    pub redis: RedisBackend,
     pub node_a: Containerd,
     pub node_b: Containerd,
     caller: TestImage,
     /// (function name, test function that serves it)
     servers: Vec<(String, String)>,
     annotations_a: Vec<String>,
+    /// With [`Topology::Netns`]: the network (dropped last, after the
+    /// processes in it). A client that must reach Redis as node A does runs
+    /// in `network.netns("node-a")` ([`crate::Netns::run_in`]).
+    pub network: Option<TestNetwork>,
 }
 
 impl TwoNodes {
@@ -83,15 +137,31 @@ impl TwoNodes {
     /// as `l<function>` and on node B as `r<function>`. The caller is the `bench-caller`
     /// test function, shipping every server module for embedded calls.
     pub fn start(shim: &Path, servers: &[(&str, &str, &[&str])]) -> anyhow::Result<Self> {
+        Self::start_with(shim, servers, Topology::Loopback)
+    }
+
+    /// Like [`TwoNodes::start`], on `topology`. A single redis-server is
+    /// in-memory (as benchmarks want); a cluster has persistence on.
+    pub fn start_with(shim: &Path, servers: &[(&str, &str, &[&str])], topology: Topology) -> anyhow::Result<Self> {
         anyhow::ensure!(shim.exists(), "{} is missing: run `make build` first", shim.display());
-        let redis = RedisServer::start_with(false)?;
+        let network = topology.netns().then(|| TestNetwork::new(&["node-a", "node-b"])).transpose()?;
+        let redis = match (&network, topology.cluster()) {
+            (None, false) => RedisBackend::Single(RedisServer::start_with(false)?),
+            (Some(network), false) => RedisBackend::Single(RedisServer::start_on_with(network, false)?),
+            (None, true) => RedisBackend::Cluster(RedisCluster::start()?),
+            (Some(network), true) => RedisBackend::Cluster(RedisCluster::start_on(network)?),
+        };
+        debug_assert!(network.as_ref().is_none_or(|n| redis.url().contains(n.address(REDIS_NODE))));
         let mut modules: Vec<&str> = servers.iter().map(|(_, module, _)| *module).collect();
         modules.sort_unstable();
         modules.dedup();
         let caller = test_image_with_peers("bench-caller", &modules)?;
         let server_images = modules.iter().map(|m| Ok((*m, test_image(m)?))).collect::<anyhow::Result<Vec<_>>>()?;
         let node = |name: &str| -> anyhow::Result<(Containerd, Vec<String>)> {
-            let containerd = Containerd::start(shim, &[])?;
+            let containerd = match &network {
+                Some(network) => Containerd::start_in(shim, &[], network.netns(name))?,
+                None => Containerd::start(shim, &[])?,
+            };
             containerd.import(&caller)?;
             for (_, image) in &server_images {
                 containerd.import(image)?;
@@ -120,7 +190,7 @@ impl TwoNodes {
             }
         }
         let servers = servers.iter().map(|(f, m, _)| (f.to_string(), m.to_string())).collect();
-        Ok(Self { redis, node_a, node_b, caller, servers, annotations_a })
+        Ok(Self { redis, node_a, node_b, caller, servers, annotations_a, network })
     }
 
     /// Runs one `bench-caller` on node A as container `id`: `functions` are
