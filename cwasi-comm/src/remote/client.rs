@@ -208,9 +208,11 @@ impl Channel for RemoteChannel {
             body_key: (!inline).then(|| peer.keys.request_body(&id)),
             id,
         };
+        let mut link = self.pool.take()?;
+        link.set_deadline(Some(deadline));
         let mut pending = RemotePending {
             peer: peer.clone(),
-            link: self.pool.take()?,
+            link,
             request: keys,
             entry: None,
             resend: None,

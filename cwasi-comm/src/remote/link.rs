@@ -22,6 +22,9 @@ pub const CA_FILE_ENV: &str = "CWASI_REDIS_CA_FILE";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longer than any blocking command we send (they block at most 1 s).
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Past a call's deadline a socket read still waits this long, so that a
+/// blocking read that ends at the deadline is heard rather than cut.
+const DEADLINE_SLACK: Duration = Duration::from_millis(200);
 /// Redirections and reconnects the cluster client tries within one
 /// operation before `RedisLink::run`'s own retry takes over.
 const CLUSTER_RETRIES: u32 = 4;
@@ -51,7 +54,13 @@ impl Live {
 struct Unread {
     answers: usize,
     again: Option<redis::Cmd>,
+    /// One of its answers was an error.
+    failed: bool,
 }
+
+/// How long a command sent without waiting (an answer) keeps being retried
+/// when it failed: giving up means its request is handled again.
+const AGAIN_RETRY: Duration = Duration::from_secs(60);
 
 pub struct RedisLink {
     target: Target,
@@ -66,8 +75,15 @@ pub struct RedisLink {
     /// Commands sent without waiting for their answers (a single server
     /// only), read before the connection's next use.
     unread: Vec<Unread>,
+    /// Commands sent without waiting that failed, to send again.
+    failed: Vec<redis::Cmd>,
     /// This connection's `CLIENT ID`, once asked.
     client_id: Option<i64>,
+    /// The deadline of the call this link serves: no operation, retry or
+    /// socket read outlasts it.
+    deadline: Option<Instant>,
+    /// The socket timeouts were shortened for a deadline.
+    short_timeouts: bool,
 }
 
 impl RedisLink {
@@ -87,7 +103,10 @@ impl RedisLink {
             reconnects: 0,
             connected_once: false,
             unread: Vec::new(),
+            failed: Vec::new(),
             client_id: None,
+            deadline: None,
+            short_timeouts: false,
         })
     }
 
@@ -104,26 +123,79 @@ impl RedisLink {
         self.reconnects
     }
 
+    /// Bounds every operation, retry and socket read of this link by a
+    /// call's deadline (`None`: the link's own limits).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// Socket timeouts for the next operation: the time left before the
+    /// deadline (and a little, so that a blocking read ending at it is
+    /// heard), never more than `IO_TIMEOUT`.
+    fn apply_timeouts(&mut self) -> RedisResult<()> {
+        let timeout = match self.deadline {
+            Some(deadline) => (deadline.saturating_duration_since(Instant::now()) + DEADLINE_SLACK).min(IO_TIMEOUT),
+            None if self.short_timeouts => IO_TIMEOUT,
+            None => return Ok(()),
+        };
+        self.short_timeouts = self.deadline.is_some();
+        match self.connection.as_mut() {
+            Some(Live::Server(c)) => {
+                c.set_read_timeout(Some(timeout))?;
+                c.set_write_timeout(Some(timeout))
+            }
+            Some(Live::Cluster(c)) => {
+                c.set_read_timeout(Some(timeout))?;
+                c.set_write_timeout(Some(timeout))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Runs `op`, reconnecting and retrying while Redis is unreachable or
-    /// still loading (a cluster: failing over), for at most the retry window.
+    /// still loading (a cluster: failing over), for at most the retry window
+    /// and never past the link's deadline.
     pub fn run<T>(
         &mut self,
         what: &str,
+        op: impl FnMut(&mut dyn ConnectionLike) -> RedisResult<T>,
+    ) -> Result<T, CallError> {
+        self.run_within(what, self.retry_for, op)
+    }
+
+    /// [`RedisLink::run`] with a retry window of `retry_for`: an answer is
+    /// worth waiting for longer (a slot migrating, a failover), since giving
+    /// up on it means its request is handled again.
+    pub fn run_within<T>(
+        &mut self,
+        what: &str,
+        retry_for: Duration,
         mut op: impl FnMut(&mut dyn ConnectionLike) -> RedisResult<T>,
     ) -> Result<T, CallError> {
-        let deadline = Instant::now() + self.retry_for;
+        let window = Instant::now() + retry_for;
+        let give_up = self.deadline.map_or(window, |deadline| deadline.min(window));
         let mut backoff = Duration::from_millis(20);
         loop {
             self.settle();
-            let result = self.connection().and_then(|c| op(c.as_dyn()));
+            let ready = self.connection().map(|_| ()).and_then(|()| self.apply_timeouts());
+            let result = ready.and_then(|()| match self.connection.as_mut() {
+                Some(live) => op(live.as_dyn()),
+                None => Err((redis::ErrorKind::Io, "not connected").into()),
+            });
             match result {
                 Ok(value) => return Ok(value),
                 Err(e) if transient(&e) => {
-                    self.connection = None;
-                    if Instant::now() + backoff > deadline {
+                    self.disconnect();
+                    if Instant::now() + backoff > give_up {
+                        if self.deadline.is_some_and(|deadline| give_up == deadline) {
+                            return Err(CallError::Timeout(format!(
+                                "Redis at {} did not answer by the call's deadline ({what}): {e}",
+                                self.shown_url
+                            )));
+                        }
                         return Err(CallError::Redis(format!(
-                            "Redis at {} unreachable for {:?} ({what}): {e}",
-                            self.shown_url, self.retry_for
+                            "Redis at {} unreachable for {retry_for:?} ({what}): {e}",
+                            self.shown_url
                         )));
                     }
                     std::thread::sleep(backoff);
@@ -143,6 +215,9 @@ impl RedisLink {
             return None;
         }
         self.settle();
+        if let Err(e) = self.connection().map(|_| ()).and_then(|()| self.apply_timeouts()) {
+            return Some(Err(e));
+        }
         Some(self.connection().map(|live| match live {
             Live::Server(c) => c,
             Live::Cluster(_) => unreachable!("checked above"),
@@ -174,7 +249,7 @@ impl RedisLink {
             self.disconnect();
             return false;
         }
-        self.unread.push(Unread { answers, again });
+        self.unread.push(Unread { answers, again, failed: false });
         true
     }
 
@@ -187,12 +262,13 @@ impl RedisLink {
     /// connection broke, sends those that must succeed again (bounded by
     /// the retry window; past it they are given up, with a warning).
     fn settle(&mut self) {
-        if self.unread.is_empty() || self.read_unread() {
-            return;
+        if !self.unread.is_empty() && !self.read_unread() {
+            // The connection broke: whatever was not answered goes again.
+            let unanswered = std::mem::take(&mut self.unread).into_iter().filter_map(|u| u.again);
+            self.failed.extend(unanswered);
         }
-        let again: Vec<redis::Cmd> = std::mem::take(&mut self.unread).into_iter().filter_map(|u| u.again).collect();
-        for command in again {
-            if let Err(e) = self.run("sending again", |c| command.query::<redis::Value>(c)) {
+        for command in std::mem::take(&mut self.failed) {
+            if let Err(e) = self.run_within("sending again", AGAIN_RETRY, |c| command.query::<redis::Value>(c)) {
                 tracing::warn!("a command sent without waiting was lost: {e}");
             }
         }
@@ -207,7 +283,7 @@ impl RedisLink {
         if self.is_cluster() {
             return false;
         }
-        if self.connection.is_none() && self.connection().is_err() {
+        if self.connection().map(|_| ()).and_then(|()| self.apply_timeouts()).is_err() {
             return false;
         }
         let Some(Live::Server(connection)) = self.connection.as_mut() else {
@@ -232,10 +308,17 @@ impl RedisLink {
                 Ok(value) => {
                     if let Err(e) = value.extract_error() {
                         tracing::warn!("a command sent without waiting failed at {}: {e}", self.shown_url);
+                        first.failed = true;
                     }
                     first.answers -= 1;
                     if first.answers == 0 {
-                        self.unread.remove(0);
+                        let done = self.unread.remove(0);
+                        // Sent again by the next settle, with the full retry.
+                        if done.failed
+                            && let Some(again) = done.again
+                        {
+                            self.failed.push(again);
+                        }
                     }
                 }
                 Err(_) => {
@@ -367,8 +450,9 @@ impl Drop for PooledLink {
     fn drop(&mut self) {
         let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < IDLE_LINKS_KEPT
-            && let Some(link) = self.link.take()
+            && let Some(mut link) = self.link.take()
         {
+            link.set_deadline(None);
             idle.push(*link);
         }
     }
@@ -466,7 +550,12 @@ fn transient(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
-        || matches!(e.code(), Some("LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY"))
+        // A cluster failing over or moving a slot: the cluster client
+        // follows what it can, and a retry does the rest.
+        || matches!(
+            e.code(),
+            Some("LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "UNBLOCKED" | "ASK" | "MOVED")
+        )
 }
 
 /// `redis://:secret@host` -> `redis://***@host`.

@@ -142,10 +142,15 @@ impl RemoteRequest {
                 return Ok(());
             }
         }
-        self.link.run("answering", |c| script.query::<i64>(c))?;
+        self.link.run_within("answering", ANSWER_RETRY, |c| script.query::<i64>(c))?;
         Ok(())
     }
 }
+
+/// How long an answer keeps being retried while Redis is unreachable (or a
+/// cluster fails over or moves the slot): past it the request is handled
+/// again by whoever claims it.
+const ANSWER_RETRY: Duration = Duration::from_secs(60);
 
 impl Drop for RemoteRequest {
     fn drop(&mut self) {
@@ -228,7 +233,7 @@ impl Answer<'_> {
     /// Runs the answer script and waits for it.
     pub fn send(&self, link: &mut RedisLink, status: u8, body: &[u8]) -> Result<(), CallError> {
         let command = self.command(status, body);
-        link.run("answering", |c| command.query::<i64>(c))?;
+        link.run_within("answering", ANSWER_RETRY, |c| command.query::<i64>(c))?;
         Ok(())
     }
 }
