@@ -91,6 +91,12 @@ impl Channel for LocalChannel {
         let connection = self.connection()?;
         let ring = connection.segment.request();
         let start = ring.head();
+        // Ordering: see `Ring::clear_taken`. The doorbell's `bump` (SeqCst)
+        // comes after the first slot's release `head.publish`, so a server
+        // thread that acquires the bumped value sees the request
+        // (listener.rs: `activity`). A connection moves between this
+        // caller's threads through the idle pool's mutex, which orders its
+        // rings' positions (read Relaxed) between them.
         ring.clear_taken();
         let sent = ring
             .send(request, 0, &mut || connection.check(&self.peer, deadline), || connection.doorbell.counter().bump());

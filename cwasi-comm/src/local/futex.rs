@@ -1,4 +1,15 @@
 //! Futex wait/wake on counters that live in memory shared between processes.
+//!
+//! Memory ordering: `publish` and `bump` are release stores (SeqCst) of the
+//! value that hand data to whoever acquires it (`wait_until` loads it with
+//! Acquire or SeqCst): the rings' `head`/`tail` (ring.rs) and the doorbell
+//! (listener.rs). Sleeping needs more than release/acquire: a publisher that
+//! stores the value then reads `waiters`, and a waiter that raises `waiters`
+//! then reads the value, must not both miss the other's write (store then
+//! load on each side, the Dekker pattern). All four accesses are SeqCst, so
+//! they fall in one total order: either the publisher sees the waiter and
+//! wakes it, or the waiter sees the new value and does not sleep. FUTEX_WAIT
+//! itself re-checks the value in the kernel, atomically with going to sleep.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +44,10 @@ fn spin_budget() -> Duration {
 impl SharedCounter {
     /// Stores `value` and wakes sleeping waiters, if any (no syscall otherwise).
     pub(crate) fn publish(&self, value: u32) {
+        // Ordering: SeqCst store (release for the data it hands over, paired
+        // with the Acquire/SeqCst loads in `wait_until`), then SeqCst load of
+        // `waiters`, paired with the waiter's SeqCst `fetch_add` then load
+        // (module comment: neither side may miss the other).
         self.value.store(value, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) != 0 {
             wake_all(&self.value);
@@ -41,6 +56,9 @@ impl SharedCounter {
 
     /// Adds one and wakes waiters.
     pub(crate) fn bump(&self) {
+        // Ordering: as in `publish`; the SeqCst read-modify-write releases
+        // what the bumping side wrote before (a ring's published `head`) to a
+        // waiter that acquires the new value.
         self.value.fetch_add(1, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) != 0 {
             wake_all(&self.value);
@@ -58,6 +76,9 @@ impl SharedCounter {
         let spin_until = Instant::now() + spin_budget();
         let mut spins = 0u32;
         loop {
+            // Ordering: Acquire, paired with the release in `publish`/`bump`:
+            // what the other side wrote before publishing `v` is visible to
+            // our caller once `ready(v)`.
             let v = self.value.load(Ordering::Acquire);
             if ready(v) {
                 return Ok(v);
@@ -74,12 +95,16 @@ impl SharedCounter {
             std::hint::spin_loop();
         }
         loop {
+            // Ordering: SeqCst `fetch_add` then SeqCst load, paired with the
+            // SeqCst store then load of `waiters` in `publish`/`bump`.
             self.waiters.fetch_add(1, Ordering::SeqCst);
             let v = self.value.load(Ordering::SeqCst);
             if !ready(v) {
                 wait(&self.value, v, tick);
             }
+            // Ordering: SeqCst, only a count (no data rides on it).
             self.waiters.fetch_sub(1, Ordering::SeqCst);
+            // Ordering: Acquire, paired with the release in `publish`/`bump`.
             let v = self.value.load(Ordering::Acquire);
             if ready(v) {
                 return Ok(v);

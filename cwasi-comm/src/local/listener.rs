@@ -74,12 +74,19 @@ impl Connection {
     /// Ends the call this connection carries; a broken one takes no more.
     fn finish_call(&self, broken: bool) {
         if broken {
+            // Ordering: `gone` is a flag (no data rides on it): Release here and
+            // Acquire where it is read, more than it needs.
             self.gone.store(true, Ordering::Release);
         }
+        // Ordering: Release, paired with the Acquire load of `busy` in
+        // `take_request`: the thread that takes the next request (another
+        // handler thread) then sees this thread's positions in the rings
+        // (reply `head`, request `tail`), which each side reads Relaxed.
         self.busy.store(false, Ordering::Release);
     }
 
     fn check_alive(&self) -> Result<(), CallError> {
+        // Ordering: `gone` is a flag (see `finish_call`).
         if self.gone.load(Ordering::Acquire) || hung_up(&self.socket) {
             self.gone.store(true, Ordering::Release);
             return Err(CallError::PeerGone(self.caller.clone()));
@@ -157,6 +164,8 @@ impl LocalRequest {
     /// stays busy (takes no new request) until the caller has it all.
     fn pump(self, rest: Vec<u8>) {
         let shared = self.shared.clone();
+        // Ordering: `pumps` is a count within this process (no data rides on
+        // it); AcqRel, and Acquire in `replies_in_delivery`, more than it needs.
         if shared.pumps.fetch_add(1, Ordering::AcqRel) >= MAX_PUMPS {
             shared.pumps.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(caller = %self.connection.caller, "too many unread replies; dropping this caller's call");
@@ -169,18 +178,22 @@ impl LocalRequest {
             connection.finish_call(delivered.is_err());
             shared.pumps.fetch_sub(1, Ordering::AcqRel);
             // The connection may carry a request that waited for it.
+            // Ordering: `bump` (SeqCst) releases `busy = false` to a guest
+            // thread that acquires the new doorbell value (`activity`).
             shared.doorbell.counter().bump();
         };
         if let Err(e) = std::thread::Builder::new().name("cwasi-reply-pump".into()).spawn(deliver) {
             // Without a thread the caller cannot get the rest: end its call.
             tracing::warn!(error = %e, "cannot start a reply pump; dropping the caller");
             self.connection.finish_call(true);
+            // Ordering: a count (see above).
             self.shared.pumps.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     fn mark_broken_on_error(&self, result: Result<(), CallError>) -> Result<(), CallError> {
         if result.is_err() {
+            // Ordering: a flag (see `Connection::finish_call`).
             self.connection.gone.store(true, Ordering::Release);
         }
         result
@@ -221,6 +234,12 @@ impl LocalListener {
     /// A counter that changes whenever something may be waiting: a new
     /// request, a caller coming or going, or [`LocalListener::notifier`].
     pub fn activity(&self) -> u32 {
+        // Ordering: SeqCst (so acquire), paired with the release of each
+        // `bump`: a caller publishes its request's first slot (`head`) before
+        // it bumps the doorbell, so a guest thread that read the bumped value
+        // here finds the request in `take_request`; one that read the value
+        // before the bump sees it change in `wait_for_activity`. No wake-up
+        // is lost either way.
         self.shared.doorbell.counter().value.load(Ordering::SeqCst)
     }
 
@@ -249,12 +268,14 @@ impl LocalListener {
 
     /// Replies still being delivered by pump threads.
     pub fn replies_in_delivery(&self) -> usize {
+        // Ordering: a count (see `pump`).
         self.shared.pumps.load(Ordering::Acquire)
     }
 }
 
 impl Drop for LocalListener {
     fn drop(&mut self) {
+        // Ordering: a flag, Release paired with the Acquire in `poll_loop`.
         self.shared.stop.store(true, Ordering::Release);
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
@@ -271,9 +292,13 @@ impl Shared {
     fn take_request(self: &Arc<Self>) -> Option<LocalRequest> {
         let connections = self.lock_connections();
         let count = connections.len();
+        // Ordering: Relaxed, only where a scan starts (fairness).
         let start = self.next_scan.fetch_add(1, Ordering::Relaxed);
         for i in 0..count {
             let connection = &connections[(start + i) % count];
+            // Ordering: `busy` Acquire, paired with the Release in
+            // `finish_call` (hands over the rings' positions, see there);
+            // `has_message` acquires the caller's `head` (ring.rs).
             if connection.gone.load(Ordering::Acquire)
                 || connection.busy.load(Ordering::Acquire)
                 || !connection.segment.request().has_message()
@@ -284,10 +309,14 @@ impl Shared {
                 Ok(header) if header.len <= MAX_PAYLOAD => header,
                 _ => {
                     tracing::warn!(caller = %connection.caller, "dropping a caller that sent an oversized request header");
+                    // Ordering: a flag (see `Connection::finish_call`).
                     connection.gone.store(true, Ordering::Release);
                     continue;
                 }
             };
+            // Ordering: `busy` is set under the connections mutex, which keeps
+            // two guest threads from taking one request; `mark_taken` pairs
+            // with the caller's `was_taken` (ring.rs).
             connection.busy.store(true, Ordering::Release);
             connection.segment.request().mark_taken();
             return Some(LocalRequest { connection: connection.clone(), shared: self.clone(), header });
@@ -296,6 +325,8 @@ impl Shared {
     }
 
     fn poll_loop(self: Arc<Self>, listener: OwnedFd) {
+        // Ordering: `stop`, `gone` and `busy` are flags here: this thread
+        // hands no data through them, it only decides what to poll and drop.
         while !self.stop.load(Ordering::Acquire) {
             // A connection known to be gone stays listed while a handler or a
             // pump still uses it, but is not polled: its hung-up socket would

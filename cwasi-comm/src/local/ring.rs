@@ -7,6 +7,21 @@
 //! the same time. Everything read from shared memory is checked: the peer
 //! may be buggy or hostile, and must never make us read or write outside
 //! the ring.
+//!
+//! Memory ordering (arm64 reorders what x86 does not): the producer owns
+//! `head`, the slots it has not published and the message metadata; the
+//! consumer owns `tail`. Each hand-off is a release store of one counter
+//! ([`SharedCounter::publish`], SeqCst) that the other side reads with an
+//! acquire load ([`SharedCounter::wait_until`]): `head` hands published slots
+//! (bytes, `slot_len`, `msg_len`, `status`) to the consumer, `tail` hands the
+//! freed slots back, with the consumer's reads of them done. A side reads its
+//! own counter `Relaxed`: only it writes it, and a thread that takes over a
+//! side (a reply pump, the next handler) got it through a lock or a
+//! release/acquire flag (listener.rs: `busy`; client.rs: the idle pool's mutex).
+//! Each `// Ordering:` comment below names the partner of that access.
+//!
+//! [`SharedCounter::publish`]: super::futex::SharedCounter::publish
+//! [`SharedCounter::wait_until`]: super::futex::SharedCounter::wait_until
 
 use std::ptr;
 use std::sync::atomic::Ordering;
@@ -75,6 +90,12 @@ impl<'a> Ring<'a> {
         after_first_slot: impl FnMut(),
         patience: Option<Duration>,
     ) -> Result<Sent, CallError> {
+        // Ordering: Relaxed, made visible by the release of the first slot's
+        // `head.publish` in `push`, paired with the consumer's acquire of `head`
+        // before it reads them in `wait_message`. The consumer has read the
+        // previous message's metadata before we get here: calls alternate, so
+        // it answered (or asked) on the other ring after reading it, and we
+        // acquired that ring's `head` before sending this message.
         self.ctl.meta.msg_len.store(msg.len() as u64, Ordering::Relaxed);
         self.ctl.meta.status.store(status, Ordering::Relaxed);
         self.push_all(msg, check, after_first_slot, patience)
@@ -120,11 +141,15 @@ impl<'a> Ring<'a> {
         patience: Option<Duration>,
     ) -> Result<(), SlotWait> {
         let n = self.slot_count as u32;
+        // Ordering: Relaxed, our own counter (see the module comment).
         let head = self.ctl.head.value.load(Ordering::Relaxed);
         let tick = patience.map_or(LIVENESS_TICK, |p| p.min(LIVENESS_TICK));
         // Started at the first check, after the spin: a slot that is free at
         // once (every small message) costs no clock read.
         let mut give_up: Option<Instant> = None;
+        // Ordering: `wait_until` loads `tail` with Acquire, paired with the
+        // consumer's release `tail.publish` in `recv_into`: its copy out of a
+        // slot happens before our copy into it below.
         self.ctl.tail.wait_until(
             |tail| head.wrapping_sub(tail) < n,
             tick,
@@ -151,6 +176,9 @@ impl<'a> Ring<'a> {
         unsafe {
             ptr::copy_nonoverlapping(chunk.as_ptr(), self.data.add(slot * self.slot_bytes), chunk.len());
         }
+        // Ordering: the slot's bytes and length (Relaxed) are released by
+        // `head.publish` (a SeqCst store), paired with the consumer's acquire
+        // of `head` in `wait_until` (`recv_into`, `wait_message`, `has_message`).
         self.ctl.meta.slot_len[slot].store(chunk.len() as u32, Ordering::Relaxed);
         self.ctl.head.publish(head.wrapping_add(1));
         if let Some(mut after_publish) = after_publish {
@@ -161,6 +189,7 @@ impl<'a> Ring<'a> {
 
     /// The producer's position: where the next message will start.
     pub(crate) fn head(&self) -> u32 {
+        // Ordering: Relaxed, the producer's own counter.
         self.ctl.head.value.load(Ordering::Relaxed)
     }
 
@@ -169,12 +198,16 @@ impl<'a> Ring<'a> {
     /// The consumer must be gone, so that nothing moves under us.
     pub(crate) fn unconsumed_message(&self, start: u32) -> Option<Vec<u8>> {
         let n = self.slot_count as u32;
+        // Ordering: `head` is our own (Acquire is more than needed). `tail`:
+        // Acquire, paired with the gone consumer's last release `tail.publish`
+        // in `recv_into`; a slot it took shows as `tail != start`.
         let head = self.ctl.head.value.load(Ordering::Acquire);
         let tail = self.ctl.tail.value.load(Ordering::Acquire);
         let slots = head.wrapping_sub(start);
         if tail != start || slots == 0 || slots > n {
             return None;
         }
+        // Ordering: Relaxed, metadata and slot lengths we wrote ourselves.
         let len = usize::try_from(self.ctl.meta.msg_len.load(Ordering::Relaxed)).ok()?;
         let mut message = Vec::with_capacity(len);
         for i in 0..slots {
@@ -191,20 +224,32 @@ impl<'a> Ring<'a> {
 
     /// Consumer side: marks the waiting request as taken by a handler.
     pub(crate) fn mark_taken(&self) {
+        // Ordering: Release, paired with the caller's Acquire in `was_taken`.
+        // The flag carries no other data; the caller reads it after it saw
+        // the server's socket hang up, which the kernel orders after this
+        // store. It follows the caller's `clear_taken` in the flag's
+        // modification order: we acquired `head`, which the caller released
+        // after clearing it.
         self.ctl.meta.taken.store(1, Ordering::Release);
     }
 
     /// Producer side, before a new request: not taken yet.
     pub(crate) fn clear_taken(&self) {
+        // Ordering: Relaxed, released by the request's first `head.publish`
+        // (the server marks a request taken only after acquiring `head`, so
+        // its `mark_taken` cannot be overwritten by this store).
         self.ctl.meta.taken.store(0, Ordering::Relaxed);
     }
 
     pub(crate) fn was_taken(&self) -> bool {
+        // Ordering: Acquire, paired with the server's Release in `mark_taken`.
         self.ctl.meta.taken.load(Ordering::Acquire) != 0
     }
 
     /// True when a message (or its first slot) is waiting.
     pub(crate) fn has_message(&self) -> bool {
+        // Ordering: `head` Acquire, paired with the producer's release
+        // `head.publish` in `push`; `tail` Relaxed, the consumer's own counter.
         self.ctl.head.value.load(Ordering::Acquire) != self.ctl.tail.value.load(Ordering::Relaxed)
     }
 
@@ -213,6 +258,10 @@ impl<'a> Ring<'a> {
         &self,
         check: &mut dyn FnMut() -> Result<(), CallError>,
     ) -> Result<MessageHeader, CallError> {
+        // Ordering: `tail` Relaxed (our own). `wait_until` loads `head` with
+        // Acquire, paired with the producer's release `head.publish` in
+        // `push`, which makes the Relaxed metadata below (stored before the
+        // first slot was published, see `send_patiently`) visible.
         let tail = self.ctl.tail.value.load(Ordering::Relaxed);
         self.ctl.head.wait_until(|head| head != tail, LIVENESS_TICK, &mut *check)?;
         Ok(MessageHeader {
@@ -229,9 +278,13 @@ impl<'a> Ring<'a> {
         check: &mut dyn FnMut() -> Result<(), CallError>,
     ) -> Result<(), CallError> {
         let n = self.slot_count as u32;
+        // Ordering: Relaxed, the consumer's own counter.
         let mut tail = self.ctl.tail.value.load(Ordering::Relaxed);
         let mut offset = 0usize;
         loop {
+            // Ordering: `wait_until` loads `head` with Acquire, paired with the
+            // producer's release `head.publish` in `push`: the slot's bytes
+            // and `slot_len` (Relaxed, below) are the published ones.
             let head = self.ctl.head.wait_until(|head| head != tail, LIVENESS_TICK, &mut *check)?;
             if head.wrapping_sub(tail) > n {
                 return Err(CallError::Protocol("ring counters out of range".into()));
@@ -251,6 +304,9 @@ impl<'a> Ring<'a> {
             }
             offset += len;
             tail = tail.wrapping_add(1);
+            // Ordering: `publish` is a SeqCst (so release) store, paired with
+            // the producer's acquire of `tail` in `push`: our copy out of the
+            // slot is done before the producer may write it again.
             self.ctl.tail.publish(tail);
             if offset == out.len() {
                 return Ok(());
@@ -287,6 +343,56 @@ mod tests {
             });
             assert_eq!(received, msg, "length {len}");
         }
+    }
+
+    /// Calls as the local protocol makes them (request, then reply on the
+    /// other ring) between two threads, thousands of times, with sizes that
+    /// wrap the two-slot rings at every offset; every byte is checked. Run
+    /// under qemu by `make test-arm64` (emulation does not reorder memory the
+    /// way arm64 hardware can; see README: arm64 / edge).
+    #[test]
+    fn many_calls_cross_intact_both_ways() {
+        const CALLS: u32 = 3000;
+        let (caller_side, fd) = Segment::create(4096, 2).unwrap();
+        let server_side = Segment::open(fd).unwrap();
+        // A hung ring fails the test instead of hanging it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let in_time = move || {
+            if std::time::Instant::now() < deadline { Ok(()) } else { Err(crate::CallError::Timeout("stress".into())) }
+        };
+        // Sizes from 0 to three slots and a bit, varied by a small LCG.
+        let size = |call: u32, salt: u32| {
+            (call.wrapping_mul(2_654_435_761).wrapping_add(salt) >> 7) as usize % (3 * 4096 + 17)
+        };
+        let pattern = |call: u32, salt: u32, len: usize| -> Vec<u8> {
+            (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(call ^ salt) as u8).collect()
+        };
+        let receive = |ring: super::Ring<'_>, check: &mut dyn FnMut() -> Result<(), crate::CallError>| {
+            let header = ring.wait_message(&mut *check).unwrap();
+            let mut out = vec![0u8; header.len as usize];
+            ring.recv_into(&mut out, check).unwrap();
+            (header.status, out)
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut check = in_time;
+                for call in 0..CALLS {
+                    let (status, request) = receive(server_side.request(), &mut check);
+                    assert_eq!(status, call, "request status of call {call}");
+                    assert!(request == pattern(call, 1, size(call, 1)), "request of call {call} corrupted");
+                    let reply = pattern(call, 2, size(call, 2));
+                    server_side.reply().send(&reply, call + 1, &mut check, || {}).unwrap();
+                }
+            });
+            let mut check = in_time;
+            for call in 0..CALLS {
+                let request = pattern(call, 1, size(call, 1));
+                caller_side.request().send(&request, call, &mut check, || {}).unwrap();
+                let (status, reply) = receive(caller_side.reply(), &mut check);
+                assert_eq!(status, call + 1, "reply status of call {call}");
+                assert!(reply == pattern(call, 2, size(call, 2)), "reply of call {call} corrupted");
+            }
+        });
     }
 
     #[test]

@@ -87,6 +87,9 @@ impl Segment {
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         let segment = Self { map, slot_bytes, slot_count };
         let header = segment.header();
+        // Ordering: the geometry (Relaxed) is released by the `magic` store,
+        // paired with the Acquire load of `magic` in `open`. (The fd reaches
+        // the server through sendmsg, which orders these stores anyway.)
         header.version.store(VERSION, Ordering::Relaxed);
         header.slot_bytes.store(slot_bytes as u32, Ordering::Relaxed);
         header.slot_count.store(slot_count as u32, Ordering::Relaxed);
@@ -110,6 +113,8 @@ impl Segment {
         let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
         let mut segment = Self { map, slot_bytes: 0, slot_count: 0 };
         let header = segment.header();
+        // Ordering: Acquire on `magic`, paired with the Release store in
+        // `create`: the geometry read (Relaxed) after it is the caller's.
         if header.magic.load(Ordering::Acquire) != MAGIC || header.version.load(Ordering::Relaxed) != VERSION {
             return Err(invalid("not a cwasi segment of this version"));
         }
