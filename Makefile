@@ -9,7 +9,7 @@ ifeq ($(ENGINE),wasmedge)
 ENGINE_FEATURES := --features cwasi-shim/wasmedge
 endif
 
-.PHONY: all prereqs prereqs-arm64 as-root build build-arm64 test-functions test test-arm64 test-wasmedge demo bench bench-quick runwasi-reference install uninstall clean
+.PHONY: all prereqs prereqs-arm64 as-root build build-arm64 test-functions test test-arm64 test-arm64-units test-wasmedge demo bench bench-quick runwasi-reference install uninstall clean
 
 all: build
 
@@ -36,11 +36,12 @@ test-functions: prereqs
 		--manifest-path test-functions/Cargo.toml --target-dir target/test-functions
 
 # Unit tests and the integration suite (a private containerd, as root), then the arm64
-# emulated tests when their prerequisites are installed (`make prereqs-arm64`; CI has not).
+# emulated unit tests when their prerequisites are installed (`make prereqs-arm64`). They
+# build two small crates for aarch64, not the whole shim (that is `make test-arm64`).
 test: prereqs as-root
 	$(CARGO) test --release --workspace $(ENGINE_FEATURES)
-	@if $(ARM64_PRESENT); then $(MAKE) --no-print-directory test-arm64; \
-	else echo "test-arm64 skipped: no qemu-aarch64 or no $(ARM64_TARGET) Rust target (make prereqs-arm64)"; fi
+	@if $(ARM64_PRESENT); then $(MAKE) --no-print-directory test-arm64-units; \
+	else echo "test-arm64-units skipped: no qemu-aarch64 or no $(ARM64_TARGET) Rust target (make prereqs-arm64)"; fi
 
 # The engine-independent suite (lifecycle, limits, the three modes, CRI) on WasmEdge.
 test-wasmedge: prereqs as-root
@@ -80,10 +81,13 @@ build-arm64: prereqs prereqs-arm64
 	$(ARM64_ENV) $(CARGO) build --release --target $(ARM64_TARGET) -p cwasi-shim --bin containerd-shim-cwasi-v1
 	@file $(ARM64_SHIM)
 
-# Unit tests of the shared-memory protocol and the engine layer, then the arm64 shim's guest
-# runner on hello.wasm, all under qemu-user. No containerd: these need not run as root.
-test-arm64: prereqs prereqs-arm64 build-arm64 test-functions
+# Unit tests of the shared-memory protocol and the engine layer under qemu-user.
+test-arm64-units: prereqs prereqs-arm64
 	$(ARM64_ENV) $(CARGO) test --release --target $(ARM64_TARGET) -p cwasi-comm -p cwasi-engine --lib
+
+# Those, then the arm64 shim's guest runner on hello.wasm under qemu-user. No containerd:
+# these need not run as root.
+test-arm64: test-arm64-units build-arm64 test-functions
 	QEMU_AARCH64="$(QEMU_AARCH64)" scripts/arm64-smoke.sh $(ARM64_SHIM)
 
 install: build

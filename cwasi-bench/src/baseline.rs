@@ -41,6 +41,28 @@ pub fn redis_set_get_ns(url: &str, len: usize, runs: usize) -> anyhow::Result<(u
     Ok((median(times.into_iter()), p99))
 }
 
+/// Median and p99 of a `SET`+`GET` through a Redis Cluster client (the
+/// cluster's `redis+cluster://` URL as cwasi takes it).
+pub fn cluster_set_get_ns(url: &str, len: usize, runs: usize) -> anyhow::Result<(u64, u64)> {
+    let seeds = cwasi_comm::remote::cluster_seeds(url).context("not a cluster URL")??;
+    let mut connection = redis::cluster::ClusterClient::new(seeds)?.get_connection()?;
+    let value: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..runs.max(1) + 1 {
+        let started = Instant::now();
+        redis::cmd("SET").arg("cwasi-bench:raw").arg(&value).query::<()>(&mut connection)?;
+        let back: Vec<u8> = redis::cmd("GET").arg("cwasi-bench:raw").query(&mut connection)?;
+        let elapsed = started.elapsed().as_nanos() as u64;
+        anyhow::ensure!(back.len() == len, "GET returned {} bytes", back.len());
+        if i > 0 {
+            times.push(elapsed);
+        }
+    }
+    times.sort_unstable();
+    let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
+    Ok((median(times.into_iter()), p99))
+}
+
 /// What counting one call costs the caller: reading the clock twice and the
 /// relaxed atomic adds of the stats file (`cwasi_comm::stats`), as a guest
 /// host does per call; the median over rounds of many calls, in nanoseconds.

@@ -3,10 +3,12 @@
 
 use anyhow::{Context, bail};
 
-pub const USAGE: &str = "usage: cwasi-bench [matrix|start|all] [--quick] [--runs N] [--payloads BYTES,...]
+pub const USAGE: &str = "usage: cwasi-bench [matrix|start|topologies|all] [--quick] [--runs N] [--payloads BYTES,...]
   matrix      every mode x payload x shape, beside memcpy and a raw Redis SET+GET
   start       container start time of hello, cwasi against a stock runwasi shim
-  all         both (the default)
+  topologies  remote mode with nodes in network namespaces and on a Redis Cluster,
+              each beside a raw SET+GET from node A
+  all         all three (the default)
   --quick     1 KiB and 1 MiB, fewer iterations (CI)
   --runs N    start-time runs (default 20)
   --payloads  matrix payload sizes in bytes, comma-separated";
@@ -15,6 +17,7 @@ pub const USAGE: &str = "usage: cwasi-bench [matrix|start|all] [--quick] [--runs
 pub enum Benchmark {
     Matrix,
     Start,
+    Topologies,
     All,
 }
 
@@ -72,8 +75,9 @@ pub fn parse(args: &[String]) -> anyhow::Result<Command> {
                 benchmark = Some(match name {
                     "matrix" => Benchmark::Matrix,
                     "start" => Benchmark::Start,
+                    "topologies" => Benchmark::Topologies,
                     "all" => Benchmark::All,
-                    other => bail!("unknown benchmark {other:?} (known: matrix, start, all)"),
+                    other => bail!("unknown benchmark {other:?} (known: matrix, start, topologies, all)"),
                 });
             }
         }

@@ -6,7 +6,10 @@
 //!   `target/bench/report.{md,csv,svg}` and prints the table.
 //! - `cwasi-bench start [--runs N]`: container start time of hello through
 //!   cwasi (compiling, cached) and through a stock runwasi shim when built.
-//! - `cwasi-bench all`: both, into one report.
+//! - `cwasi-bench topologies [--quick]`: remote mode on loopback, with nodes in
+//!   network namespaces, on a Redis Cluster, and both, each beside a raw
+//!   SET+GET from node A's network.
+//! - `cwasi-bench all`: all of them, into one report.
 
 mod baseline;
 mod cli;
@@ -15,6 +18,7 @@ mod matrix;
 mod report;
 mod rig;
 mod start_time;
+mod topologies;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,9 +47,11 @@ fn run(options: cli::Options) -> anyhow::Result<()> {
     match benchmark {
         cli::Benchmark::Matrix => report.matrix = Some(matrix::run(quick, payloads)?),
         cli::Benchmark::Start => report.start = Some(start_time::run(runs)?),
+        cli::Benchmark::Topologies => report.topologies = Some(topologies::run(quick)?),
         cli::Benchmark::All => {
             report.start = Some(start_time::run(runs)?);
             report.matrix = Some(matrix::run(quick, payloads)?);
+            report.topologies = Some(topologies::run(quick)?);
         }
     }
     let dir = cwasi_testkit::workspace_root().join("target/bench");

@@ -10,12 +10,14 @@ use plotters::prelude::*;
 use crate::matrix::{Matrix, Row, human};
 use crate::rig::{BenchMode, CallTimings, Shape};
 use crate::start_time::StartTimes;
+use crate::topologies::TopologyRow;
 
 pub struct Report {
     pub machine: String,
     pub quick: bool,
     pub matrix: Option<Matrix>,
     pub start: Option<StartTimes>,
+    pub topologies: Option<Vec<TopologyRow>>,
 }
 
 /// One line of the plot: its name, colour and (payload, ms) points.
@@ -27,7 +29,7 @@ fn ms(ns: u64) -> f64 {
 
 impl Report {
     pub fn new(machine: String, quick: bool) -> Self {
-        Self { machine, quick, matrix: None, start: None }
+        Self { machine, quick, matrix: None, start: None, topologies: None }
     }
 
     pub fn markdown(&self) -> String {
@@ -86,6 +88,33 @@ impl Report {
                     latency(raw.p99_ns),
                     ratio(sequential),
                     ratio(round_trip),
+                );
+            }
+        }
+        if let Some(rows) = &self.topologies {
+            let _ = writeln!(
+                md,
+                "\nRemote mode by topology: both nodes on loopback with one Redis; each node in a network namespace and Redis in another (a bridge between them); a 3-master, 3-replica Redis Cluster; both. Beside a raw SET+GET of the same bytes from node A's network (a cluster client on the cluster), median (p99):\n"
+            );
+            let _ = writeln!(
+                md,
+                "| topology | payload | remote sequential | remote round trip | raw SET+GET | sequential / raw | round trip / raw |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+            for row in rows {
+                let cell = |t: &CallTimings| format!("{} ({})", latency(t.median_ns), latency(t.p99_ns));
+                let ratio = |t: &CallTimings| format!("{:.2}", t.median_ns as f64 / row.raw_median_ns as f64);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} ({}) | {} | {} |",
+                    row.topology.name(),
+                    human(row.payload),
+                    cell(&row.sequential),
+                    row.round_trip.as_ref().map_or("–".to_owned(), cell),
+                    latency(row.raw_median_ns),
+                    latency(row.raw_p99_ns),
+                    ratio(&row.sequential),
+                    row.round_trip.as_ref().map_or("–".to_owned(), ratio),
                 );
             }
         }

@@ -5,6 +5,11 @@ use cwasi_testkit::{TwoNodes, workspace_root};
 
 pub use cwasi_testkit::{CallTimings, Route as BenchMode};
 
+/// The functions one operation of `shape` calls (at once).
+pub fn functions(shape: Shape) -> &'static [&'static str] {
+    shape.functions()
+}
+
 /// How the caller calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -39,7 +44,7 @@ impl Shape {
     }
 
     /// The functions one operation calls (at once).
-    fn functions(self) -> &'static [&'static str] {
+    pub fn functions(self) -> &'static [&'static str] {
         match self {
             Shape::Sequential => &["sink"],
             Shape::FanOut4 => &["sink-1", "sink-2", "sink-3", "sink-4"],
