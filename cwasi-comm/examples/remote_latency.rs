@@ -1,6 +1,7 @@
 //! Round trip of a small remote call through Redis, beside a raw SET+GET,
 //! without containers: what the remote protocol itself costs.
-//! `cargo run --release -p cwasi-comm --example remote_latency -- redis://127.0.0.1:6379 [bytes] [calls]`
+//! `cargo run --release -p cwasi-comm --example remote_latency -- redis://127.0.0.1:6379 [bytes] [calls] [listener]`
+//! (`listener`: the listener thread reads for the handler, as when local callers are connected).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};

@@ -77,8 +77,8 @@ pub struct RedisLink {
     unread: Vec<Unread>,
     /// Commands sent without waiting that failed, to send again.
     failed: Vec<redis::Cmd>,
-    /// This connection's `CLIENT ID`, once asked.
-    client_id: Option<i64>,
+    /// This connection's `CLIENT ID` once asked (`Some(None)`: refused).
+    client_id: Option<Option<i64>>,
     /// The deadline of the call this link serves: no operation, retry or
     /// socket read outlasts it.
     deadline: Option<Instant>,
@@ -253,11 +253,6 @@ impl RedisLink {
         true
     }
 
-    /// Commands sent without waiting whose answers are not read yet.
-    pub fn has_unread(&self) -> bool {
-        !self.unread.is_empty()
-    }
-
     /// Reads the answers of commands sent without waiting; when the
     /// connection broke, sends those that must succeed again (bounded by
     /// the retry window; past it they are given up, with a warning).
@@ -362,12 +357,17 @@ impl RedisLink {
         self.run(what, |c| command.query(c))
     }
 
-    /// This connection's client id (`CLIENT ID`), for `CLIENT UNBLOCK`.
-    pub fn client_id(&mut self) -> Result<i64, CallError> {
+    /// This connection's client id (`CLIENT ID`), for `CLIENT UNBLOCK`;
+    /// `None` when the ACL refuses it (asked once per connection).
+    pub fn client_id(&mut self) -> Result<Option<i64>, CallError> {
         if let Some(id) = self.client_id {
             return Ok(id);
         }
-        let id: i64 = self.run("CLIENT ID", |c| redis::cmd("CLIENT").arg("ID").query(c))?;
+        let id = self.run("CLIENT ID", |c| match redis::cmd("CLIENT").arg("ID").query::<i64>(c) {
+            Ok(id) => Ok(Some(id)),
+            Err(e) if e.code() == Some("NOPERM") => Ok(None),
+            Err(e) => Err(e),
+        })?;
         self.client_id = Some(id);
         Ok(id)
     }

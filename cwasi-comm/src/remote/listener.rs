@@ -160,7 +160,7 @@ impl RemoteListener {
         let mut link = shared.intake.pool.take().ok()?;
         // Without the right to ask (an ACL without `client|id`), a read
         // cannot be interrupted and only ends with its block time.
-        let client_id = link.client_id().ok();
+        let client_id = link.client_id().ok().flatten();
         if let Some(id) = client_id {
             shared.lock_blocked().push(id);
         }
