@@ -124,8 +124,8 @@ fn spinning_guest_is_held_to_its_cpu_quota_in_the_containers_cgroup() {
     // The guest process is in the container's own cgroup, not the shim's.
     let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let cpu_dir = cgroup_dir(pid, "cpu");
-    assert!(cpu_dir.ends_with("spin-quota"), "{cgroups}");
-    assert!(cgroup_dir(pid, "memory").ends_with("spin-quota"), "{cgroups}");
+    assert!(cpu_dir.to_string_lossy().ends_with("spin-quota"), "{cgroups}");
+    assert!(cgroup_dir(pid, "memory").to_string_lossy().ends_with("spin-quota"), "{cgroups}");
     assert_eq!(cgroup_file(pid, "memory", "memory.limit_in_bytes", "memory.max"), limit);
 
     let (before, started) = (cpu_seconds(pid), Instant::now());

@@ -1,6 +1,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -265,6 +266,17 @@ state = "{state}"
         command: &[&'a str],
     ) -> Vec<&'a str> {
         let mut args = vec!["run", "--runtime", runtime, "--platform", "wasip1/wasm"];
+        // ctr's default cgroup, /<namespace>/<id>, is the same for every rig's
+        // "echo": tests running at once would share (and delete) each other's
+        // cgroups. Each container gets its own, ending in its id, unless the
+        // test names one.
+        if !flags.contains(&"--cgroup") {
+            static CONTAINERS: AtomicU64 = AtomicU64::new(0);
+            let n = CONTAINERS.fetch_add(1, Ordering::Relaxed);
+            // Leaked: the arguments borrow for 'a; a few bytes per container a test starts.
+            let path: &'a str = String::leak(format!("/{NAMESPACE}/{}-{n}-{id}", std::process::id()));
+            args.extend(["--cgroup", path]);
+        }
         args.extend_from_slice(flags);
         args.push(&image.reference);
         args.push(id);

@@ -82,8 +82,9 @@ pub struct RedisLink {
     /// The deadline of the call this link serves: no operation, retry or
     /// socket read outlasts it.
     deadline: Option<Instant>,
-    /// The socket timeouts were shortened for a deadline.
-    short_timeouts: bool,
+    /// The socket timeouts the connection has now (set only on a change:
+    /// two system calls a call otherwise).
+    applied_timeout: Duration,
 }
 
 impl RedisLink {
@@ -106,7 +107,7 @@ impl RedisLink {
             failed: Vec::new(),
             client_id: None,
             deadline: None,
-            short_timeouts: false,
+            applied_timeout: IO_TIMEOUT,
         })
     }
 
@@ -135,10 +136,12 @@ impl RedisLink {
     fn apply_timeouts(&mut self) -> RedisResult<()> {
         let timeout = match self.deadline {
             Some(deadline) => (deadline.saturating_duration_since(Instant::now()) + DEADLINE_SLACK).min(IO_TIMEOUT),
-            None if self.short_timeouts => IO_TIMEOUT,
-            None => return Ok(()),
+            None => IO_TIMEOUT,
         };
-        self.short_timeouts = self.deadline.is_some();
+        if timeout == self.applied_timeout {
+            return Ok(());
+        }
+        self.applied_timeout = timeout;
         match self.connection.as_mut() {
             Some(Live::Server(c)) => {
                 c.set_read_timeout(Some(timeout))?;
@@ -387,6 +390,7 @@ impl RedisLink {
                 self.reconnects += 1;
             }
             self.client_id = None;
+            self.applied_timeout = IO_TIMEOUT;
             self.connected_once = true;
             self.connection = Some(live);
         }

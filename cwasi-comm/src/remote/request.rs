@@ -38,6 +38,9 @@ return 1
 pub(crate) struct InFlight {
     entries: Mutex<BTreeSet<String>>,
     finished: Condvar,
+    /// Threads in `wait_finished`: without one, a finish wakes nobody (no
+    /// system call per request).
+    waiters: std::sync::atomic::AtomicUsize,
 }
 
 impl InFlight {
@@ -58,17 +61,24 @@ impl InFlight {
     }
 
     fn remove(&self, entry: &str) {
-        self.lock().remove(entry);
-        self.finished.notify_all();
+        let mut entries = self.lock();
+        entries.remove(entry);
+        // Read under the lock that waiters count themselves under.
+        if self.waiters.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            self.finished.notify_all();
+        }
     }
 
     /// Waits up to `timeout` for `entry` to finish; true when it did.
     pub fn wait_finished(&self, entry: &str, timeout: Duration) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
         let guard = self.lock();
+        self.waiters.fetch_add(1, Relaxed);
         let (guard, _) = self
             .finished
             .wait_timeout_while(guard, timeout, |entries| entries.contains(entry))
             .unwrap_or_else(|e| e.into_inner());
+        self.waiters.fetch_sub(1, Relaxed);
         !guard.contains(entry)
     }
 }
