@@ -22,12 +22,24 @@ pub fn redis_set_get_ns(url: &str, len: usize, runs: usize) -> anyhow::Result<(u
     // The same connection settings as cwasi's remote mode (TCP_NODELAY).
     let info = cwasi_comm::remote::connection_info(url)?;
     let mut connection = redis::Client::open(info)?.get_connection().context("connecting to the bench Redis")?;
+    set_get_ns(&mut connection, len, runs)
+}
+
+/// The same through a Redis Cluster client (the cluster's
+/// `redis+cluster://` URL as cwasi takes it).
+pub fn cluster_set_get_ns(url: &str, len: usize, runs: usize) -> anyhow::Result<(u64, u64)> {
+    let seeds = cwasi_comm::remote::cluster_seeds(url).context("not a cluster URL")??;
+    let mut connection = redis::cluster::ClusterClient::new(seeds)?.get_connection()?;
+    set_get_ns(&mut connection, len, runs)
+}
+
+fn set_get_ns(connection: &mut dyn redis::ConnectionLike, len: usize, runs: usize) -> anyhow::Result<(u64, u64)> {
     let value: Vec<u8> = (0..len).map(|i| i as u8).collect();
     let mut times = Vec::with_capacity(runs);
     for i in 0..runs.max(1) + 1 {
         let started = Instant::now();
-        redis::cmd("SET").arg("cwasi-bench:raw").arg(&value).query::<()>(&mut connection)?;
-        let back: Vec<u8> = redis::cmd("GET").arg("cwasi-bench:raw").query(&mut connection)?;
+        redis::cmd("SET").arg("cwasi-bench:raw").arg(&value).query::<()>(connection)?;
+        let back: Vec<u8> = redis::cmd("GET").arg("cwasi-bench:raw").query(connection)?;
         let elapsed = started.elapsed().as_nanos() as u64;
         anyhow::ensure!(back.len() == len, "GET returned {} bytes", back.len());
         // The first round warms the connection and Redis' allocator.
@@ -35,29 +47,7 @@ pub fn redis_set_get_ns(url: &str, len: usize, runs: usize) -> anyhow::Result<(u
             times.push(elapsed);
         }
     }
-    redis::cmd("DEL").arg("cwasi-bench:raw").query::<()>(&mut connection)?;
-    times.sort_unstable();
-    let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
-    Ok((median(times.into_iter()), p99))
-}
-
-/// Median and p99 of a `SET`+`GET` through a Redis Cluster client (the
-/// cluster's `redis+cluster://` URL as cwasi takes it).
-pub fn cluster_set_get_ns(url: &str, len: usize, runs: usize) -> anyhow::Result<(u64, u64)> {
-    let seeds = cwasi_comm::remote::cluster_seeds(url).context("not a cluster URL")??;
-    let mut connection = redis::cluster::ClusterClient::new(seeds)?.get_connection()?;
-    let value: Vec<u8> = (0..len).map(|i| i as u8).collect();
-    let mut times = Vec::with_capacity(runs);
-    for i in 0..runs.max(1) + 1 {
-        let started = Instant::now();
-        redis::cmd("SET").arg("cwasi-bench:raw").arg(&value).query::<()>(&mut connection)?;
-        let back: Vec<u8> = redis::cmd("GET").arg("cwasi-bench:raw").query(&mut connection)?;
-        let elapsed = started.elapsed().as_nanos() as u64;
-        anyhow::ensure!(back.len() == len, "GET returned {} bytes", back.len());
-        if i > 0 {
-            times.push(elapsed);
-        }
-    }
+    redis::cmd("DEL").arg("cwasi-bench:raw").query::<()>(connection)?;
     times.sort_unstable();
     let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
     Ok((median(times.into_iter()), p99))

@@ -18,6 +18,56 @@ fn queue_key(function: &str) -> String {
     format!("cwasi:{{{NAMESPACE}/{function}}}:req")
 }
 
+/// A 1000-call series from `call-sequence` on node A to `counter` on node B,
+/// which also appends each request it handles to a file: a count that does
+/// not depend on the replies.
+struct CounterSeries {
+    node_a: Node,
+    node_b: Node,
+    _shared: tempfile::TempDir,
+    count_file: std::path::PathBuf,
+    run: std::process::Child,
+}
+
+impl CounterSeries {
+    fn start(network: &TestNetwork, url: &str, id: &str) -> Self {
+        let (server, caller) = (test_image("counter-server").unwrap(), test_image("call-sequence").unwrap());
+        let node_b = Node::start_on(network, SHIM.as_ref(), "node-b", Some(url), &[], &[&server]);
+        let shared = tempfile::tempdir().unwrap();
+        let count_file = shared.path().join("count");
+        let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", shared.path().display());
+        node_b.serve(&server, "counter", &["--mount", &mount, "--env", "COUNT_FILE=/data/count", "--env", "REPLICA=b"]);
+        let node_a = Node::start_on(network, SHIM.as_ref(), "node-a", Some(url), &[], &[&caller]);
+        let run = node_a.spawn(
+            id,
+            &caller,
+            &["--rm", "--annotation", "cwasi.io/peers=counter"],
+            &["/call-sequence.wasm", "counter", "1000"],
+        );
+        Self { node_a, node_b, _shared: shared, count_file, run }
+    }
+
+    /// Reads the series' lines, calling `at_progress` with each, until it
+    /// ends; its exit status and last line.
+    fn follow(&mut self, mut at_progress: impl FnMut(&str)) -> (std::process::ExitStatus, String) {
+        let mut last_line = String::new();
+        for line in BufReader::new(self.run.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            at_progress(&line);
+            last_line = line;
+        }
+        (self.run.wait().unwrap(), last_line)
+    }
+
+    /// The request numbers the server handled, sorted (duplicates kept).
+    fn handled(&self) -> Vec<u64> {
+        let handled = std::fs::read_to_string(&self.count_file).unwrap();
+        let mut requests: Vec<u64> = handled.lines().map(|l| l.trim_start_matches("b ").parse().unwrap()).collect();
+        requests.sort_unstable();
+        requests
+    }
+}
+
 #[test]
 fn producer_on_node_a_gets_every_digest_right_through_the_cluster() {
     let network = TestNetwork::new(&["node-a", "node-b"]).unwrap();
@@ -59,27 +109,10 @@ fn producer_on_node_a_gets_every_digest_right_through_the_cluster() {
 fn a_master_killed_and_restarted_during_1000_calls_loses_nothing_and_handles_nothing_twice() {
     let network = TestNetwork::new(&["node-a", "node-b"]).unwrap();
     let mut cluster = RedisCluster::start_on(&network).unwrap();
-    let url = cluster.url();
-    let (server, caller) = (test_image("counter-server").unwrap(), test_image("call-sequence").unwrap());
-    let node_b = Node::start_on(&network, SHIM.as_ref(), "node-b", Some(&url), &[], &[&server]);
-    // Each request handled is also appended to a file, a count that does not
-    // depend on the replies.
-    let shared = tempfile::tempdir().unwrap();
-    let count_file = shared.path().join("count");
-    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", shared.path().display());
-    node_b.serve(&server, "counter", &["--mount", &mount, "--env", "COUNT_FILE=/data/count", "--env", "REPLICA=b"]);
-    let node_a = Node::start_on(&network, SHIM.as_ref(), "node-a", Some(&url), &[], &[&caller]);
-    let mut run = node_a.spawn(
-        "sequence-cluster",
-        &caller,
-        &["--rm", "--annotation", "cwasi.io/peers=counter"],
-        &["/call-sequence.wasm", "counter", "1000"],
-    );
+    let mut series = CounterSeries::start(&network, &cluster.url(), "sequence-cluster");
     let started = Instant::now();
     let (mut victim, mut promoted, mut restarted) = (None, None, false);
-    let mut last_line = String::new();
-    for line in BufReader::new(run.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
+    let (status, last_line) = series.follow(|line| {
         if line == "progress 300" && victim.is_none() {
             // The master holding the callee's keys: its requests and replies.
             let key = queue_key("counter");
@@ -99,17 +132,12 @@ fn a_master_killed_and_restarted_during_1000_calls_loses_nothing_and_handles_not
             assert!(cluster.is_replica(old), "the restarted master did not rejoin as a replica");
             restarted = true;
         }
-        last_line = line;
-    }
-    let status = run.wait().unwrap();
+    });
     assert!(victim.is_some() && promoted.is_some(), "the sequence never reached 300 calls: {last_line}");
     assert!(restarted, "the sequence never reached 600 calls: {last_line}");
-    assert!(status.success(), "{status:?}: {last_line}\nnode A:\n{}", node_a.containerd.log());
+    assert!(status.success(), "{status:?}: {last_line}\nnode A:\n{}", series.node_a.containerd.log());
     assert_eq!(last_line, "sequence ok: 1000 calls");
-    let handled = std::fs::read_to_string(&count_file).unwrap();
-    let mut requests: Vec<u64> = handled.lines().map(|l| l.trim_start_matches("b ").parse().unwrap()).collect();
-    requests.sort_unstable();
-    assert_eq!(requests, (0..1000).collect::<Vec<u64>>(), "not every request handled exactly once");
+    assert_eq!(series.handled(), (0..1000).collect::<Vec<u64>>(), "not every request handled exactly once");
     assert_eq!(cluster.master_of_key(&queue_key("counter")).unwrap(), promoted.unwrap());
     eprintln!("1000 calls across a failover and a restart in {:?}", started.elapsed());
     // Within a bound so a stuck retry loop shows, with a wide margin.
@@ -134,25 +162,10 @@ fn the_two_node_rig_of_demo_and_bench_runs_on_a_cluster_in_the_test_network() {
 fn the_callees_slot_moving_between_masters_during_1000_calls_loses_nothing_and_handles_nothing_twice() {
     let network = TestNetwork::new(&["node-a", "node-b"]).unwrap();
     let cluster = RedisCluster::start_on(&network).unwrap();
-    let url = cluster.url();
-    let (server, caller) = (test_image("counter-server").unwrap(), test_image("call-sequence").unwrap());
-    let node_b = Node::start_on(&network, SHIM.as_ref(), "node-b", Some(&url), &[], &[&server]);
-    let shared = tempfile::tempdir().unwrap();
-    let count_file = shared.path().join("count");
-    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", shared.path().display());
-    node_b.serve(&server, "counter", &["--mount", &mount, "--env", "COUNT_FILE=/data/count", "--env", "REPLICA=b"]);
-    let node_a = Node::start_on(&network, SHIM.as_ref(), "node-a", Some(&url), &[], &[&caller]);
-    let mut run = node_a.spawn(
-        "sequence-reshard",
-        &caller,
-        &["--rm", "--annotation", "cwasi.io/peers=counter"],
-        &["/call-sequence.wasm", "counter", "1000"],
-    );
+    let mut series = CounterSeries::start(&network, &cluster.url(), "sequence-reshard");
     let key = queue_key("counter");
     let (mut moved_from, mut moved_back) = (None, false);
-    let mut last_line = String::new();
-    for line in BufReader::new(run.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
+    let (status, last_line) = series.follow(|line| {
         // As `redis-cli --cluster reshard` moves a slot (10 keys a step):
         // calls meet ASK and TRYAGAIN while it moves and MOVED after.
         if line == "progress 300" && moved_from.is_none() {
@@ -169,9 +182,7 @@ fn the_callees_slot_moving_between_masters_during_1000_calls_loses_nothing_and_h
             eprintln!("moved it back ({keys} keys)");
             moved_back = true;
         }
-        last_line = line;
-    }
-    let status = run.wait().unwrap();
+    });
     let warnings = |node: &Node| -> String {
         let log = node.containerd.log();
         log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
@@ -179,18 +190,16 @@ fn the_callees_slot_moving_between_masters_during_1000_calls_loses_nothing_and_h
     assert!(
         moved_from.is_some() && moved_back,
         "the sequence stopped early: {last_line}\nnode A:\n{}\nnode B:\n{}",
-        warnings(&node_a),
-        warnings(&node_b)
+        warnings(&series.node_a),
+        warnings(&series.node_b)
     );
-    let handled = std::fs::read_to_string(&count_file).unwrap();
-    let mut requests: Vec<u64> = handled.lines().map(|l| l.trim_start_matches("b ").parse().unwrap()).collect();
-    requests.sort_unstable();
+    let requests = series.handled();
     let twice: Vec<u64> = requests.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
     assert!(
         status.success(),
         "{status:?}: {last_line}\nhandled twice: {twice:?}\nnode A:\n{}\nnode B:\n{}",
-        warnings(&node_a),
-        warnings(&node_b)
+        warnings(&series.node_a),
+        warnings(&series.node_b)
     );
     assert_eq!(last_line, "sequence ok: 1000 calls");
     assert_eq!(requests, (0..1000).collect::<Vec<u64>>(), "not every request handled exactly once");
