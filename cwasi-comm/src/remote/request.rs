@@ -4,7 +4,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::keys::{DEAD_LETTERS_KEPT, FORGET_SECONDS, FunctionKeys, GROUP, KEEP_SECONDS, REPLY_FAILED, REPLY_OK};
+use super::keys::{
+    DEAD_LETTERS_KEPT, FORGET_SECONDS, FunctionKeys, GROUP, INLINE_BODY_MAX, KEEP_SECONDS, REPLY_FAILED, REPLY_OK,
+};
 use super::link::{PooledLink, RedisLink};
 use crate::CallError;
 
@@ -137,7 +139,10 @@ impl RemoteRequest {
             dead: None,
         };
         let script = answer.command(status, body);
-        if !self.link.is_cluster() {
+        // Only a small answer goes out without waiting: its script is kept
+        // until acknowledged, and a large one is slow to send anyway (a copy
+        // of up to 4 GiB kept for a retry would cost more than the wait).
+        if !self.link.is_cluster() && body.len() <= INLINE_BODY_MAX {
             // A new request cannot have been answered yet: a transaction does
             // what the script does, at a third of its cost in Redis. The
             // script, which checks, is what goes again if the connection
@@ -146,11 +151,15 @@ impl RemoteRequest {
                 (script.get_packed_command(), 1)
             } else {
                 let transaction = answer.transaction(status, body);
-                (transaction.get_packed_pipeline(), transaction.cmd_iter().count() + 2)
+                (transaction.get_packed_pipeline(), transaction.len() + 2)
             };
-            if self.link.send_without_waiting(&packed, answers, Some(script.clone())) {
+            if self.link.send_without_waiting(&packed, answers, Some(script)) {
                 return Ok(());
             }
+            // Not sent: send it the waiting way (the script was moved into the attempt).
+            let script = answer.command(status, body);
+            self.link.run_within("answering", ANSWER_RETRY, |c| script.query::<i64>(c))?;
+            return Ok(());
         }
         self.link.run_within("answering", ANSWER_RETRY, |c| script.query::<i64>(c))?;
         Ok(())
