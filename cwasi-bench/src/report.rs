@@ -124,7 +124,7 @@ impl Report {
             let share = 100.0 * matrix.stats_cost_ns as f64 / local.timings.median_ns as f64;
             let _ = writeln!(
                 md,
-                "\nCounters for the node tool (`cwasi calls`): {} ns per call (two clock reads and the atomic adds), {share:.1} % of the local 1 KiB round trip ({}) in this run.",
+                "\nPer-call bookkeeping, counters for the node tool (`cwasi calls`) and the trace context: {} ns per call (two clock reads, the atomic adds, a span id), {share:.1} % of the local 1 KiB round trip ({}) in this run.",
                 matrix.stats_cost_ns,
                 latency(local.timings.median_ns)
             );

@@ -95,6 +95,103 @@ fn parse_prometheus(text: &str) -> Vec<Sample> {
     samples
 }
 
+/// One log line as logfmt: `key=value` or `key="quoted \"value\""`, in order.
+/// Panics on anything else, so that every line is held to the one format.
+fn parse_logfmt(line: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut chars = line.chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        assert!(!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "bad key in {line}");
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next().unwrap_or_else(|| panic!("unterminated value in {line}")) {
+                    '\\' => value.push(chars.next().unwrap_or_else(|| panic!("dangling escape in {line}"))),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            assert!(matches!(chars.next(), None | Some(' ')), "junk after a quoted value in {line}");
+        } else {
+            value = chars.by_ref().take_while(|&c| c != ' ').collect();
+            assert!(!value.is_empty() && !value.contains('"'), "bad bare value in {line}");
+        }
+        pairs.push((key, value));
+    }
+    pairs
+}
+
+/// The lines of both nodes' logs with these `msg`s, as maps; every line of
+/// the logs, containerd's, the shims' and the guest processes', must be logfmt
+/// that starts with `time`, `level` and `msg`.
+fn logged(nodes: &[&Node], messages: &[&str]) -> Vec<HashMap<String, String>> {
+    let mut found = Vec::new();
+    for node in nodes {
+        for line in node.containerd.log().lines().filter(|l| !l.trim().is_empty()) {
+            let pairs = parse_logfmt(line);
+            let keys: Vec<&str> = pairs.iter().take(3).map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, ["time", "level", "msg"], "{line}");
+            let fields: HashMap<String, String> = pairs.into_iter().collect();
+            if messages.contains(&fields["msg"].as_str()) {
+                found.push(fields);
+            }
+        }
+    }
+    found
+}
+
+/// loader -(local)-> relay-a -(remote)-> relay-b -(embedded)-> echo: every
+/// call of the loader starts a trace that the three hops' lines share, each
+/// hop's span the parent of the next.
+fn each_call_is_one_trace_across_three_hops(node_a: &Node, node_b: &Node, calls: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let lines = logged(&[node_a, node_b], &["call", "served"]);
+        let embedded = lines.iter().filter(|l| l.get("mode").map(String::as_str) == Some("embedded")).count();
+        if embedded >= calls {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "{embedded} of {calls} embedded hops logged: {lines:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let field = |line: &HashMap<String, String>, key: &str| line.get(key).cloned().unwrap_or_default();
+    let one = |function: &str, msg: &str, key: &str, value: &str| -> HashMap<String, String> {
+        let matching: Vec<_> = lines
+            .iter()
+            .filter(|l| field(l, "function") == function && field(l, "msg") == msg && field(l, key) == value)
+            .collect();
+        assert_eq!(matching.len(), 1, "{function} {msg} with {key}={value}: {matching:#?}");
+        matching[0].clone()
+    };
+    let starts: Vec<_> =
+        lines.iter().filter(|l| field(l, "function") == "loader" && field(l, "msg") == "call").collect();
+    assert_eq!(starts.len(), calls, "{starts:#?}");
+    let mut traces = std::collections::HashSet::new();
+    for start in starts {
+        let (trace, span) = (field(start, "trace_id"), field(start, "span_id"));
+        assert_eq!((trace.len(), span.len()), (32, 16), "{start:?}");
+        assert_eq!((field(start, "peer").as_str(), field(start, "mode").as_str()), ("relay-a", "local"));
+        assert!(start.get("parent_id").is_none(), "a workflow's first call starts its trace: {start:?}");
+        assert!(traces.insert(trace.clone()), "a trace id used twice: {trace}");
+        assert_eq!(field(start, "container"), "loader-1");
+
+        let served_a = one("relay-a", "served", "parent_id", &span);
+        assert_eq!((field(&served_a, "trace_id"), field(&served_a, "outcome").as_str()), (trace.clone(), "replied"));
+        let onward = one("relay-a", "call", "parent_id", &span);
+        assert_eq!((field(&onward, "trace_id"), field(&onward, "mode").as_str()), (trace.clone(), "remote"));
+        let remote_span = field(&onward, "span_id");
+
+        let served_b = one("relay-b", "served", "parent_id", &remote_span);
+        assert_eq!(field(&served_b, "trace_id"), trace);
+        let inner = one("relay-b", "call", "parent_id", &remote_span);
+        assert_eq!((field(&inner, "trace_id"), field(&inner, "peer").as_str()), (trace.clone(), "echo"));
+        assert_eq!((field(&inner, "mode").as_str(), field(&inner, "status").as_str()), ("embedded", "ok"));
+        assert_eq!(field(&inner, "container"), "relay-b");
+    }
+}
+
 fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
@@ -134,17 +231,26 @@ fn a_three_function_workflow_shows_in_functions_calls_and_metrics() {
     node_b.serve(
         &relay_with_echo,
         "relay-b",
-        &["--annotation", "cwasi.io/peers=echo", "--annotation", "cwasi.io/embed=echo=/echo-server.wasm"],
+        &[
+            "--annotation",
+            "cwasi.io/peers=echo",
+            "--annotation",
+            "cwasi.io/embed=echo=/echo-server.wasm",
+            "--annotation",
+            "cwasi.io/log=debug",
+        ],
     );
     let node_a = Node::start(&shim, "node-a", Some(&redis.url()), &[], &[&relay, &load]);
-    node_a.serve(&relay, "relay-a", &["--annotation", "cwasi.io/peers=relay-b"]);
+    node_a.serve(&relay, "relay-a", &["--annotation", "cwasi.io/peers=relay-b", "--annotation", "cwasi.io/log=debug"]);
 
     // loader -(local)-> relay-a -(remote)-> relay-b -(embedded)-> echo, 20 times.
     let loader = ["--rm", "--annotation", "cwasi.io/function=loader", "--annotation", "cwasi.io/peers=relay-a"];
-    let out = node_a.run("loader-1", &load, &loader, &["/call-load.wasm", "--count", "20", "relay-a=relay-b,echo:hi"]);
+    let traced = [&loader[..], &["--annotation", "cwasi.io/log=debug"]].concat();
+    let out = node_a.run("loader-1", &load, &traced, &["/call-load.wasm", "--count", "20", "relay-a=relay-b,echo:hi"]);
     let out = out.unwrap().ok().unwrap();
     assert!(out.stdout.contains("summary ok=20 err=0"), "{}", out.stdout);
     assert!(out.stdout.contains("ok relay-a") && out.stdout.contains(":hi"), "{}", out.stdout);
+    each_call_is_one_trace_across_three_hops(&node_a, &node_b, 20);
 
     let (dir_a, dir_b) = (run_dir(&node_a), run_dir(&node_b));
     let functions_a = json(&dir_a, "functions");

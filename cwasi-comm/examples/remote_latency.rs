@@ -6,8 +6,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use cwasi_comm::Channel;
 use cwasi_comm::remote::{RemoteChannel, RemoteListener};
+use cwasi_comm::{Channel, TraceContext};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -68,7 +68,8 @@ fn main() -> anyhow::Result<()> {
     for i in 0..calls + 20 {
         let started = Instant::now();
         let t0 = base.elapsed().as_nanos() as u64;
-        let mut pending = channel.send(&payload, Instant::now() + Duration::from_secs(10))?;
+        let mut pending =
+            channel.send(&payload, Instant::now() + Duration::from_secs(10), TraceContext::for_call(None))?;
         let t1 = base.elapsed().as_nanos() as u64;
         let len = pending.wait()?;
         let t2 = base.elapsed().as_nanos() as u64;

@@ -20,9 +20,13 @@ pub const REDIS: &str = "cwasi.io/redis";
 pub const MODE: &str = "cwasi.io/mode";
 pub const TIMEOUT: &str = "cwasi.io/timeout";
 pub const CONCURRENCY: &str = "cwasi.io/concurrency";
+pub const LOG: &str = "cwasi.io/log";
 
 /// Annotation keys cwasi understands; any other `cwasi.io/` key is a typo.
-const KNOWN: [&str; 9] = [FUNCTION, SERVE, PEERS, EMBED, NODE, REDIS, MODE, TIMEOUT, CONCURRENCY];
+const KNOWN: [&str; 10] = [FUNCTION, SERVE, PEERS, EMBED, NODE, REDIS, MODE, TIMEOUT, CONCURRENCY, LOG];
+
+/// Levels `cwasi.io/log` takes, most to least verbose.
+pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
 /// The longest deadline a function may give its calls.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -112,6 +116,11 @@ pub struct FunctionConfig {
     /// Handler instances a serving container runs at once (`cwasi.io/concurrency`).
     #[serde(default = "one")]
     pub concurrency: u32,
+    /// How much the function's guest process logs (`cwasi.io/log`, one of
+    /// [`LOG_LEVELS`]): `debug` logs every call and every request served,
+    /// with its trace id. `None`: the node's setting (`RUST_LOG`, else info).
+    #[serde(default)]
+    pub log_level: Option<String>,
 }
 
 fn one() -> u32 {
@@ -231,7 +240,13 @@ impl FunctionConfig {
                 _ => return Err(invalid(CONCURRENCY, text, "expected a whole number from 1 to 64")),
             },
         };
+        let log_level = match get(LOG) {
+            None => None,
+            Some(level) if LOG_LEVELS.contains(&level) => Some(level.to_owned()),
+            Some(other) => return Err(invalid(LOG, other, "expected trace, debug, info, warn or error")),
+        };
         Ok(FunctionConfig {
+            log_level,
             name,
             serve,
             peers,
@@ -304,6 +319,7 @@ mod tests {
             (MODE, "sha256=local,resize=remote"),
             (TIMEOUT, "1500ms"),
             (CONCURRENCY, "4"),
+            (LOG, "debug"),
         ])
         .unwrap();
         assert_eq!(cfg.name, "producer");
@@ -316,6 +332,7 @@ mod tests {
         assert_eq!(cfg.forced_modes["resize"], Mode::Remote);
         assert_eq!(cfg.call_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(cfg.concurrency, 4);
+        assert_eq!(cfg.log_level.as_deref(), Some("debug"));
     }
 
     #[test]
@@ -348,5 +365,8 @@ mod tests {
         assert!(parse(&[(EMBED, "noequals")]).is_err());
         assert!(parse(&[(MODE, "a=teleport")]).is_err());
         assert!(parse(&[(REDIS, "http://x")]).is_err());
+        assert!(parse(&[(LOG, "verbose")]).is_err());
+        assert!(parse(&[(LOG, "cwasi=debug")]).is_err());
+        assert_eq!(parse(&[]).unwrap().log_level, None);
     }
 }

@@ -1,14 +1,16 @@
 use std::time::Instant;
 
+use crate::trace::TraceContext;
 use crate::{CallError, Mode};
 
 /// One way of reaching one peer. The router picks a channel per call.
 pub trait Channel: Send + Sync {
     fn mode(&self) -> Mode;
 
-    /// Sends `request` (read straight from the caller's memory) and returns
-    /// the call in flight, which ends with [`CallError::Timeout`] at `deadline`.
-    fn send(&self, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError>;
+    /// Sends `request` (read straight from the caller's memory) with the
+    /// call's `trace` context and returns the call in flight, which ends with
+    /// [`CallError::Timeout`] at `deadline`.
+    fn send(&self, request: &[u8], deadline: Instant, trace: TraceContext) -> Result<Box<dyn PendingReply>, CallError>;
 }
 
 /// A call whose request was sent.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use cwasi_abi::Status;
 
 use crate::stats::{CallCounter, FunctionStats};
-use crate::{CallError, FunctionServer, IncomingRequest, PendingReply, Router};
+use crate::trace::TraceContext;
+use crate::{CallError, FunctionServer, IncomingRequest, Mode, PendingReply, Router};
 
 /// Per-guest state behind the `cwasi` imports.
 pub struct GuestHost {
@@ -17,15 +18,39 @@ pub struct GuestHost {
     stats: Option<Arc<FunctionStats>>,
     calls: HashMap<u32, Call>,
     next_handle: u32,
-    current: Option<IncomingRequest>,
+    current: Option<Serving>,
 }
 
-/// A call in flight, and what its end is counted with.
+/// A call in flight, and what its end is counted and logged with.
 struct Call {
     pending: Box<dyn PendingReply>,
     counter: Option<CallCounter>,
     started: Instant,
     bytes_out: usize,
+    mode: Mode,
+    trace: TraceContext,
+    /// The peer's name, kept only when calls are logged (debug).
+    logged_peer: Option<Box<str>>,
+    ended: bool,
+}
+
+/// The request the handler is serving, and since when.
+struct Serving {
+    request: IncomingRequest,
+    since: Instant,
+}
+
+/// What is logged of a request once its answer consumed it.
+struct Ended {
+    trace: Option<TraceContext>,
+    since: Instant,
+    bytes_in: u64,
+}
+
+impl Ended {
+    fn of(request: &IncomingRequest, since: Instant) -> Self {
+        Self { trace: request.trace(), since, bytes_in: request.len() }
+    }
 }
 
 impl GuestHost {
@@ -35,11 +60,37 @@ impl GuestHost {
         Self { router, server, stats, calls: HashMap::new(), next_handle: 1, current: None }
     }
 
-    /// Counts a call that ended (once: its counter is taken).
+    /// Counts and logs a call that ended (once).
     fn count(&self, call: &mut Call, status: Status, bytes_in: usize) {
-        if let (Some(stats), Some(counter)) = (&self.stats, call.counter.take()) {
-            stats.record_call(counter, status, call.bytes_out, bytes_in, call.started.elapsed());
+        if std::mem::replace(&mut call.ended, true) {
+            return;
         }
+        let elapsed = call.started.elapsed();
+        if let (Some(stats), Some(counter)) = (&self.stats, call.counter.take()) {
+            stats.record_call(counter, status, call.bytes_out, bytes_in, elapsed);
+        }
+        if let Some(peer) = &call.logged_peer {
+            let trace = &call.trace;
+            tracing::debug!(
+                peer = %peer,
+                mode = %call.mode,
+                status = status.name(),
+                elapsed_us = elapsed.as_micros() as u64,
+                bytes_out = call.bytes_out,
+                bytes_in,
+                trace_id = %trace.trace_id(),
+                span_id = %trace.span_id(),
+                parent_id = trace.parent_id().map(tracing::field::display),
+                "call"
+            );
+        }
+    }
+
+    /// The trace context of a call made now: it continues the trace of the
+    /// request being served, else starts one.
+    fn trace_for_call(&self) -> TraceContext {
+        let parent = self.current.as_ref().and_then(|serving| serving.request.trace());
+        TraceContext::for_call(parent.as_ref())
     }
 
     pub fn router(&self) -> &Router {
@@ -51,10 +102,11 @@ impl GuestHost {
         let peer = std::str::from_utf8(peer).map_err(|_| Status::BadName)?;
         let started = Instant::now();
         let deadline = self.router.deadline(timeout);
-        let (mode, pending) = match self.router.call(peer, request, deadline) {
+        let trace = self.trace_for_call();
+        let (mode, pending) = match self.router.call(peer, request, deadline, trace) {
             Ok(routed) => routed,
             Err(e) => {
-                let status = self.report("call", peer, e);
+                let status = self.report("call", peer, Some(&trace), e);
                 if let Some(stats) = &self.stats {
                     let counter = stats.counter(peer, None);
                     stats.record_call(counter, status, request.len(), 0, started.elapsed());
@@ -63,9 +115,11 @@ impl GuestHost {
             }
         };
         let counter = self.stats.as_ref().map(|stats| stats.counter(peer, Some(mode)));
+        let logged_peer = tracing::enabled!(tracing::Level::DEBUG).then(|| peer.into());
         let handle = self.next_handle;
         self.next_handle = self.next_handle.checked_add(1).unwrap_or(1);
-        self.calls.insert(handle, Call { pending, counter, started, bytes_out: request.len() });
+        let call = Call { pending, counter, started, bytes_out: request.len(), mode, trace, logged_peer, ended: false };
+        self.calls.insert(handle, call);
         Ok(handle)
     }
 
@@ -78,7 +132,7 @@ impl GuestHost {
                 u32::try_from(len).map_err(|_| Status::TooLarge)
             }
             Err(e) => {
-                let status = self.report("reply", "", e);
+                let status = self.report("reply", "", Some(&call.trace), e);
                 self.count(&mut call, status, 0);
                 Err(status)
             }
@@ -91,7 +145,7 @@ impl GuestHost {
         let len = match call.pending.wait() {
             Ok(len) => len,
             Err(e) => {
-                let status = self.report("reply", "", e);
+                let status = self.report("reply", "", Some(&call.trace), e);
                 self.count(&mut call, status, 0);
                 return Err(status);
             }
@@ -101,64 +155,89 @@ impl GuestHost {
             return Err(Status::LengthMismatch);
         }
         self.count(&mut call, Status::Ok, len);
-        call.pending.read_into(out).map_err(|e| self.report("reply", "", e))
+        let trace = call.trace;
+        call.pending.read_into(out).map_err(|e| self.report("reply", "", Some(&trace), e))
     }
 
     pub fn serve_next(&mut self) -> Result<u32, Status> {
         let server = self.server.as_ref().ok_or(Status::NotServing)?;
-        if let Some(unanswered) = self.current.take() {
+        if let Some(Serving { request, since }) = self.current.take() {
             // The handler asked for the next request without answering this one.
-            let _ = unanswered.fail("the handler did not reply");
-            self.count_answer(false, 0);
+            let ended = Ended::of(&request, since);
+            let sent = request.fail("the handler did not reply");
+            self.finish_serving(ended, false, 0, sent.is_ok());
         }
         let request = server.next_request();
         let len = u32::try_from(request.len()).map_err(|_| Status::TooLarge)?;
         if let Some(stats) = &self.stats {
             stats.request_taken(request.len());
         }
-        self.current = Some(request);
+        self.current = Some(Serving { request, since: Instant::now() });
         Ok(len)
     }
 
-    fn count_answer(&self, ok: bool, bytes_out: usize) {
+    /// Counts and logs a request whose answer went out (`sent`) or not.
+    fn finish_serving(&self, ended: Ended, replied: bool, bytes_out: usize, sent: bool) {
         if let Some(stats) = &self.stats {
-            stats.request_answered(ok, bytes_out as u64);
+            stats.request_answered(replied && sent, bytes_out as u64);
         }
+        let trace = ended.trace;
+        tracing::debug!(
+            outcome = if !sent {
+                "undelivered"
+            } else if replied {
+                "replied"
+            } else {
+                "failed"
+            },
+            elapsed_us = ended.since.elapsed().as_micros() as u64,
+            bytes_in = ended.bytes_in,
+            bytes_out,
+            trace_id = trace.map(|t| tracing::field::display(t.trace_id())),
+            parent_id = trace.map(|t| tracing::field::display(t.span_id())),
+            "served"
+        );
     }
 
     pub fn serve_read(&mut self, out: &mut [u8]) -> Result<(), Status> {
-        let request = self.current.as_ref().ok_or(Status::NoRequest)?;
-        if request.len() != out.len() as u64 {
+        let serving = self.current.as_ref().ok_or(Status::NoRequest)?;
+        if serving.request.len() != out.len() as u64 {
             return Err(Status::LengthMismatch);
         }
-        if let Err(e) = request.read_into(out) {
+        if let Err(e) = serving.request.read_into(out) {
+            let trace = serving.request.trace();
             self.current = None;
-            return Err(self.report("request", "", e));
+            return Err(self.report("request", "", trace.as_ref(), e));
         }
         Ok(())
     }
 
     pub fn serve_reply(&mut self, reply: &[u8]) -> Result<(), Status> {
-        let request = self.current.take().ok_or(Status::NoRequest)?;
-        let sent = request.reply(reply);
-        self.count_answer(sent.is_ok(), reply.len());
-        sent.map_err(|e| self.report("reply to", "", e))
+        let Serving { request, since } = self.current.take().ok_or(Status::NoRequest)?;
+        let ended = Ended::of(&request, since);
+        self.answered(ended, true, reply.len(), request.reply(reply))
     }
 
     pub fn serve_fail(&mut self, message: &[u8]) -> Result<(), Status> {
-        let request = self.current.take().ok_or(Status::NoRequest)?;
-        let sent = request.fail(&String::from_utf8_lossy(message));
-        self.count_answer(false, message.len());
-        sent.map_err(|e| self.report("reply to", "", e))
+        let Serving { request, since } = self.current.take().ok_or(Status::NoRequest)?;
+        let ended = Ended::of(&request, since);
+        self.answered(ended, false, message.len(), request.fail(&String::from_utf8_lossy(message)))
     }
 
-    fn report(&self, what: &str, peer: &str, error: CallError) -> Status {
+    fn answered(&self, ended: Ended, replied: bool, bytes: usize, sent: Result<(), CallError>) -> Result<(), Status> {
+        let trace = ended.trace;
+        self.finish_serving(ended, replied, bytes, sent.is_ok());
+        sent.map_err(|e| self.report("reply to", "", trace.as_ref(), e))
+    }
+
+    fn report(&self, what: &str, peer: &str, trace: Option<&TraceContext>, error: CallError) -> Status {
         let status = error.status();
+        let trace_id = trace.map(|t| tracing::field::display(t.trace_id()));
         match status {
             Status::Forbidden | Status::UnknownPeer | Status::SelfCall => {
-                tracing::warn!(peer = %peer, "{what} failed: {error}")
+                tracing::warn!(peer = %peer, trace_id, "{what} failed: {error}")
             }
-            _ => tracing::info!(peer = %peer, "{what} failed: {error}"),
+            _ => tracing::info!(peer = %peer, trace_id, "{what} failed: {error}"),
         }
         status
     }

@@ -26,6 +26,8 @@ pub mod remote;
 mod router;
 mod server;
 pub mod stats;
+pub mod threads;
+pub mod trace;
 
 pub use annotations::{AnnotationError, FunctionConfig, Mode, PeerPolicy};
 pub use channel::{Channel, EmbeddedPeers, PendingReply};
@@ -34,6 +36,7 @@ pub use guest_host::GuestHost;
 pub use registry::{NodeRegistry, Registration};
 pub use router::{DEFAULT_CALL_TIMEOUT, Router};
 pub use server::{FunctionServer, IncomingRequest};
+pub use trace::TraceContext;
 
 /// The largest payload cwasi carries (guest lengths are 32-bit).
 pub const MAX_PAYLOAD: u64 = u32::MAX as u64;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::local::LocalChannel;
 use crate::remote::{LinkPool, RemoteChannel};
+use crate::trace::TraceContext;
 use crate::{CallError, Channel, EmbeddedPeers, FunctionConfig, MAX_PAYLOAD, Mode, NodeRegistry, PendingReply};
 
 /// Deadline of a call when neither the call nor `cwasi.io/timeout` nor the
@@ -72,13 +73,14 @@ impl Router {
         Instant::now() + timeout.or(self.me.call_timeout).unwrap_or(DEFAULT_CALL_TIMEOUT)
     }
 
-    /// Sends `request` to `peer` and returns the mode chosen and the call in
-    /// flight; it ends at `deadline` at the latest.
+    /// Sends `request` to `peer` as the call `trace` and returns the mode
+    /// chosen and the call in flight; it ends at `deadline` at the latest.
     pub fn call(
         self: &Arc<Self>,
         peer: &str,
         request: &[u8],
         deadline: Instant,
+        trace: TraceContext,
     ) -> Result<(Mode, Box<dyn PendingReply>), CallError> {
         if !self.me.peers.allows(peer) {
             return Err(CallError::Forbidden { caller: self.me.name.clone(), peer: peer.to_owned() });
@@ -102,16 +104,16 @@ impl Router {
             return Ok((Mode::Embedded, pending));
         }
         if matches!(forced, None | Some(Mode::Local))
-            && let Some(pending) = self.call_local(peer, request, deadline, LOCAL_ATTEMPTS)?
+            && let Some(pending) = self.call_local(peer, request, deadline, trace, LOCAL_ATTEMPTS)?
         {
-            let routed = RoutedCall { router: self.clone(), peer: peer.to_owned(), deadline, inner: pending };
+            let routed = RoutedCall { router: self.clone(), peer: peer.to_owned(), deadline, trace, inner: pending };
             return Ok((Mode::Local, Box::new(routed)));
         }
         if matches!(forced, None | Some(Mode::Remote))
             && let Some(link) = self.redis_link()?
         {
             let channel = self.remote_channel(peer, &link)?;
-            let pending = channel.send(request, deadline)?;
+            let pending = channel.send(request, deadline, trace)?;
             self.announce(peer, Mode::Remote, || link.url().to_owned());
             return Ok((Mode::Remote, pending));
         }
@@ -129,11 +131,12 @@ impl Router {
         peer: &str,
         request: &[u8],
         deadline: Instant,
+        trace: TraceContext,
         attempts: usize,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
         for _ in 0..attempts {
             let Some(channel) = self.local_channel(peer) else { return Ok(None) };
-            match channel.send(request, deadline) {
+            match channel.send(request, deadline, trace) {
                 Ok(pending) => {
                     self.announce(peer, Mode::Local, || channel.socket_path().display().to_string());
                     return Ok(Some(pending));
@@ -205,7 +208,7 @@ impl Router {
         }
     }
 
-    /// Logs the first call to each peer in each mode (later ones at debug).
+    /// Logs the first call to each peer in each mode.
     /// `target` says where the call goes (socket, module, Redis URL without password).
     fn announce(&self, peer: &str, mode: Mode, target: impl FnOnce() -> String) {
         let bit = 1u8 << mode as u8;
@@ -224,10 +227,9 @@ impl Router {
                 }
             }
         };
+        // Every call is logged at debug, with its outcome, by `GuestHost`.
         if first {
             tracing::info!(peer = %peer, mode = %mode, target = %target(), "calling peer");
-        } else {
-            tracing::debug!(peer = %peer, mode = %mode, "calling peer");
         }
     }
 }
@@ -238,6 +240,7 @@ struct RoutedCall {
     router: Arc<Router>,
     peer: String,
     deadline: Instant,
+    trace: TraceContext,
     inner: Box<dyn PendingReply>,
 }
 
@@ -250,7 +253,7 @@ impl PendingReply for RoutedCall {
                     self.router.forget_stale(&self.peer);
                     self.inner = self
                         .router
-                        .call_local(&self.peer, &request, self.deadline, LOCAL_ATTEMPTS)?
+                        .call_local(&self.peer, &request, self.deadline, self.trace, LOCAL_ATTEMPTS)?
                         .ok_or_else(|| CallError::PeerGone(format!("{peer} (no other instance serves it)")))?;
                 }
                 other => return other,
@@ -315,9 +318,15 @@ mod tests {
     #[test]
     fn peers_outside_the_allow_list_are_forbidden() {
         let (router, _run) = router_with(&[("cwasi.io/peers", "a,b")]);
-        assert!(matches!(router.call("c", b"x", router.deadline(None)), Err(CallError::Forbidden { .. })));
+        assert!(matches!(
+            router.call("c", b"x", router.deadline(None), TraceContext::for_call(None)),
+            Err(CallError::Forbidden { .. })
+        ));
         let (router, _run) = router_with(&[]);
-        assert!(matches!(router.call("a", b"x", router.deadline(None)), Err(CallError::Forbidden { .. })));
+        assert!(matches!(
+            router.call("a", b"x", router.deadline(None), TraceContext::for_call(None)),
+            Err(CallError::Forbidden { .. })
+        ));
     }
 
     #[test]
@@ -325,7 +334,8 @@ mod tests {
         let (router, _run) = router_with(&[("cwasi.io/peers", "*"), ("cwasi.io/embed", "sha=/sha.wasm")]);
         let fake = Arc::new(FakeEmbedded::default());
         router.attach_embedded(fake.clone());
-        let (mode, mut pending) = router.call("sha", b"bytes", router.deadline(None)).unwrap();
+        let (mode, mut pending) =
+            router.call("sha", b"bytes", router.deadline(None), TraceContext::for_call(None)).unwrap();
         assert_eq!(mode, Mode::Embedded);
         assert_eq!(pending.wait().unwrap(), 5);
         let mut out = [0u8; 5];
@@ -340,14 +350,20 @@ mod tests {
             ("cwasi.io/mode", "sha=local"),
         ]);
         router.attach_embedded(fake.clone());
-        assert!(matches!(router.call("sha", b"x", router.deadline(None)), Err(CallError::UnknownPeer(_))));
+        assert!(matches!(
+            router.call("sha", b"x", router.deadline(None), TraceContext::for_call(None)),
+            Err(CallError::UnknownPeer(_))
+        ));
         assert_eq!(fake.calls.lock().unwrap().len(), 1, "the forced mode must not reach the engine");
     }
 
     #[test]
     fn a_serving_function_calling_itself_is_refused_at_once() {
         let (router, _run) = router_with(&[("cwasi.io/peers", "*"), ("cwasi.io/serve", "true")]);
-        assert!(matches!(router.call("caller", b"x", router.deadline(None)), Err(CallError::SelfCall(_))));
+        assert!(matches!(
+            router.call("caller", b"x", router.deadline(None), TraceContext::for_call(None)),
+            Err(CallError::SelfCall(_))
+        ));
     }
 
     #[test]
@@ -363,6 +379,9 @@ mod tests {
     #[test]
     fn an_unknown_peer_without_remote_mode_is_unknown() {
         let (router, _run) = router_with(&[("cwasi.io/peers", "*")]);
-        assert!(matches!(router.call("nobody", b"", router.deadline(None)), Err(CallError::UnknownPeer(_))));
+        assert!(matches!(
+            router.call("nobody", b"", router.deadline(None), TraceContext::for_call(None)),
+            Err(CallError::UnknownPeer(_))
+        ));
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::local::{LocalListener, LocalRequest};
 use crate::remote::{RemoteListener, RemoteRequest};
+use crate::trace::TraceContext;
 use crate::{CallError, FunctionConfig, NodeRegistry, Registration};
 
 /// A function that serves calls (`cwasi.io/serve: "true"`): from this node
@@ -59,6 +60,14 @@ impl IncomingRequest {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The caller's trace context, which the handler's own calls continue.
+    pub fn trace(&self) -> Option<TraceContext> {
+        match &self.source {
+            Source::Local(r) => r.trace(),
+            Source::Remote(r) => r.trace(),
+        }
     }
 
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::confinement::Confinement;
 use crate::instances;
+use crate::log_format;
 
 pub const SUBCOMMAND: &str = "__cwasi-run-guest";
 const LAUNCH_ENV: &str = "CWASI_GUEST_LAUNCH";
@@ -74,17 +75,19 @@ pub fn engine_name() -> &'static str {
 
 /// Runs the guest and returns the process exit status.
 pub fn main() -> i32 {
-    init_logging();
     let launch = match std::env::var(LAUNCH_ENV)
         .context("missing guest launch")
         .and_then(|json| serde_json::from_str::<GuestLaunch>(&json).context("bad guest launch"))
     {
         Ok(launch) => launch,
         Err(e) => {
+            init_logging(None);
+            tracing::error!("{e:#}");
             eprintln!("cwasi: {e:#}");
             return 1;
         }
     };
+    init_logging(launch.function.log_level.as_deref());
     let _span = tracing::info_span!(
         "guest",
         container = %launch.container_id,
@@ -167,7 +170,9 @@ fn run(guest: &GuestSpec, host: GuestHost) -> i32 {
     }
 }
 
-fn init_logging() {
+/// Logs go to the shim's log FIFO, in the shim's format; `cwasi.io/log`
+/// sets the level for this function, else `RUST_LOG`, else info.
+fn init_logging(level: Option<&str>) {
     let Some(path) = std::env::var_os(LOG_PATH_ENV) else {
         return;
     };
@@ -175,12 +180,9 @@ fn init_logging() {
     let Ok(log) = OpenOptions::new().read(true).write(true).open(&path) else {
         return;
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_FILTER_ENV)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_target(false)
-        .with_writer(std::sync::Mutex::new(log))
-        .try_init();
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level),
+        None => log_format::filter_or("info"),
+    };
+    log_format::init(filter, std::sync::Mutex::new(log));
 }

@@ -33,7 +33,7 @@ pub fn run_all(guest: &GuestSpec, hosts: Vec<GuestHost>, run: fn(&GuestSpec, Gue
     let (ended, first) = mpsc::channel();
     for (index, host) in hosts.into_iter().enumerate() {
         let (share, ended) = (share.clone(), ended.clone());
-        let spawned = std::thread::Builder::new().name(format!("cwasi-instance-{index}")).spawn(move || {
+        let spawned = cwasi_comm::threads::spawn(&format!("cwasi-instance-{index}"), move || {
             let status = run(&share, host);
             tracing::info!(instance = index, status, "handler instance ended");
             let _ = ended.send(status);
@@ -66,9 +66,8 @@ impl StopSignals {
     /// Makes a stop signal end the guest process gracefully: a serving
     /// function drains first.
     pub fn handle(self, server: Option<Arc<FunctionServer>>) -> std::io::Result<()> {
-        let (signals, span) = (self.0, tracing::Span::current());
-        std::thread::Builder::new().name("cwasi-stop".into()).spawn(move || {
-            let _guest = span.enter();
+        let signals = self.0;
+        cwasi_comm::threads::spawn("cwasi-stop", move || {
             let signal = loop {
                 if let Ok(signal) = signals.wait() {
                     break signal;

@@ -10,6 +10,7 @@ mod guest_process;
 mod guest_runner;
 mod instance;
 mod instances;
+mod log_format;
 mod pod_sandbox;
 mod settings;
 
@@ -27,5 +28,11 @@ fn main() {
         }
         _ => {}
     }
+    // containerd passes -debug when it logs at debug itself.
+    let debug = std::env::args().any(|arg| arg == "-debug" || arg == "--debug");
+    log_format::init(
+        log_format::filter_or(if debug { "debug" } else { "info" }),
+        std::sync::Arc::new(log_format::ShimLog::in_current_dir()),
+    );
     shim_main::<instance::CwasiInstance>("cwasi", shim_version!(), None);
 }

@@ -185,7 +185,7 @@ fn the_callees_slot_moving_between_masters_during_1000_calls_loses_nothing_and_h
     });
     let warnings = |node: &Node| -> String {
         let log = node.containerd.log();
-        log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+        log.lines().filter(|l| l.contains("level=warning") || l.contains("level=error")).collect::<Vec<_>>().join("\n")
     };
     assert!(
         moved_from.is_some() && moved_back,

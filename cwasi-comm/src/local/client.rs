@@ -10,6 +10,7 @@ use super::handshake;
 use super::listener::{MAX_FAILURE_MESSAGE, STATUS_HANDLER_FAILED, hung_up};
 use super::ring::MessageHeader;
 use super::segment::{Doorbell, Segment};
+use crate::trace::TraceContext;
 use crate::{CallError, Channel, MAX_PAYLOAD, Mode, PendingReply};
 
 /// Slot geometry of a connection's rings: 4 slots of 1 MiB per direction, so
@@ -87,10 +88,11 @@ impl Channel for LocalChannel {
         Mode::Local
     }
 
-    fn send(&self, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
+    fn send(&self, request: &[u8], deadline: Instant, trace: TraceContext) -> Result<Box<dyn PendingReply>, CallError> {
         let connection = self.connection()?;
         let ring = connection.segment.request();
         let start = ring.head();
+        ring.set_trace(Some(trace));
         // Ordering: see `Ring::clear_taken`. The doorbell's `bump` (SeqCst)
         // comes after the first slot's release `head.publish`, so a server
         // thread that acquires the bumped value sees the request

@@ -25,6 +25,7 @@ use nix::sys::socket::{
 use super::handshake;
 use super::ring::{MessageHeader, Sent};
 use super::segment::{Doorbell, Segment};
+use crate::trace::TraceContext;
 use crate::{CallError, MAX_PAYLOAD};
 
 /// Status a reply carries when the handler failed; its payload is the message.
@@ -118,6 +119,11 @@ impl LocalRequest {
         self.header.len == 0
     }
 
+    /// The caller's trace context (a caller may send none).
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.header.trace
+    }
+
     /// Copies the request into `out` (exactly `len()` bytes).
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
         let connection = &self.connection;
@@ -182,7 +188,7 @@ impl LocalRequest {
             // thread that acquires the new doorbell value (`activity`).
             shared.doorbell.counter().bump();
         };
-        if let Err(e) = std::thread::Builder::new().name("cwasi-reply-pump".into()).spawn(deliver) {
+        if let Err(e) = crate::threads::spawn("cwasi-reply-pump", deliver) {
             // Without a thread the caller cannot get the rest: end its call.
             tracing::warn!(error = %e, "cannot start a reply pump; dropping the caller");
             self.connection.finish_call(true);
@@ -221,7 +227,7 @@ impl LocalListener {
         });
         let poller = {
             let shared = shared.clone();
-            std::thread::Builder::new().name("cwasi-local-accept".into()).spawn(move || shared.poll_loop(socket))?
+            crate::threads::spawn("cwasi-local-accept", move || shared.poll_loop(socket))?
         };
         Ok(Self { shared, poller: Some(poller) })
     }
@@ -379,19 +385,19 @@ impl Shared {
             };
             // A slow or hostile caller must not hold up the others.
             let shared = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name("cwasi-local-handshake".into())
-                .spawn(move || match shared.handshake(fd) {
-                    Ok(connection) => {
-                        tracing::debug!(function = %shared.function, caller = %connection.caller, "caller connected");
-                        shared.lock_connections().push(Arc::new(connection));
-                        shared.doorbell.counter().bump();
-                        if let Some(hook) = shared.on_connect.get() {
-                            hook();
-                        }
+            let spawned = crate::threads::spawn("cwasi-local-handshake", move || match shared.handshake(fd) {
+                Ok(connection) => {
+                    tracing::debug!(function = %shared.function, caller = %connection.caller, "caller connected");
+                    shared.lock_connections().push(Arc::new(connection));
+                    shared.doorbell.counter().bump();
+                    if let Some(hook) = shared.on_connect.get() {
+                        hook();
                     }
-                    Err(e) => tracing::warn!(function = %shared.function, error = %e, "dropping a connection that failed the handshake"),
-                });
+                }
+                Err(e) => {
+                    tracing::warn!(function = %shared.function, error = %e, "dropping a connection that failed the handshake")
+                }
+            });
             if let Err(e) = spawned {
                 tracing::warn!(error = %e, "cannot start a handshake thread");
             }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::segment::RingControl;
 use crate::CallError;
+use crate::trace::TraceContext;
 
 /// How often a waiting side checks that its peer is still there.
 pub(crate) const LIVENESS_TICK: Duration = Duration::from_millis(20);
@@ -45,6 +46,8 @@ pub(crate) struct Ring<'a> {
 pub(crate) struct MessageHeader {
     pub(crate) len: u64,
     pub(crate) status: u32,
+    /// The request's trace context (requests only).
+    pub(crate) trace: Option<TraceContext>,
 }
 
 /// How far a patient send got.
@@ -99,6 +102,17 @@ impl<'a> Ring<'a> {
         self.ctl.meta.msg_len.store(msg.len() as u64, Ordering::Relaxed);
         self.ctl.meta.status.store(status, Ordering::Relaxed);
         self.push_all(msg, check, after_first_slot, patience)
+    }
+
+    /// Sets the trace context that the next message sent carries (requests
+    /// only; a reply carries none). Call before sending it.
+    pub(crate) fn set_trace(&self, trace: Option<TraceContext>) {
+        let words = trace.map_or([0; 4], TraceContext::to_words);
+        for (shared, word) in self.ctl.meta.trace.iter().zip(words) {
+            // Ordering: Relaxed, as `msg_len` in `send_patiently`: released by
+            // the first slot's `head.publish`, acquired with `head` in `wait_message`.
+            shared.store(word, Ordering::Relaxed);
+        }
     }
 
     /// Sends the rest of a message that [`Ring::send_patiently`] left stalled.
@@ -264,9 +278,11 @@ impl<'a> Ring<'a> {
         // first slot was published, see `send_patiently`) visible.
         let tail = self.ctl.tail.value.load(Ordering::Relaxed);
         self.ctl.head.wait_until(|head| head != tail, LIVENESS_TICK, &mut *check)?;
+        let trace = std::array::from_fn(|i| self.ctl.meta.trace[i].load(Ordering::Relaxed));
         Ok(MessageHeader {
             len: self.ctl.meta.msg_len.load(Ordering::Relaxed),
             status: self.ctl.meta.status.load(Ordering::Relaxed),
+            trace: TraceContext::from_words(trace),
         })
     }
 

@@ -25,7 +25,7 @@ pub(crate) const MAX_SLOTS: usize = 16;
 const MIN_SLOT_BYTES: usize = 4096;
 const MAX_SLOT_BYTES: usize = 64 << 20;
 const MAGIC: u64 = u64::from_le_bytes(*b"cwasiSEG");
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// One direction's control block: producer and consumer counters (slots
 /// published / consumed) and the current message's metadata.
@@ -46,6 +46,11 @@ pub(crate) struct RingMeta {
     /// that may have been handled.
     pub(crate) taken: AtomicU32,
     pub(crate) slot_len: [AtomicU32; MAX_SLOTS],
+    /// Request ring only: the call's trace context ([`TraceContext::to_words`];
+    /// zeros: none).
+    ///
+    /// [`TraceContext::to_words`]: crate::trace::TraceContext
+    pub(crate) trace: [AtomicU64; 4],
 }
 
 #[repr(C)]

@@ -15,6 +15,7 @@ use redis::Value;
 
 use super::keys::{FunctionKeys, INLINE_BODY_MAX, KEEP_SECONDS, MAX_QUEUED, REPLY_FAILED, REPLY_OK, SERVER_GONE};
 use super::link::{LinkPool, PooledLink};
+use crate::trace::TraceContext;
 use crate::{CallError, Channel, Mode, PendingReply};
 
 /// How long one blocking read of the reply list lasts, so that a dead
@@ -157,6 +158,8 @@ fn new_request_id(caller: &str) -> String {
 /// One request's keys and how to (re)send it.
 struct Request {
     id: String,
+    /// The call's `traceparent`, an entry field like the others.
+    traceparent: String,
     reply_key: String,
     state_key: String,
     body_key: Option<String>,
@@ -171,7 +174,7 @@ impl Request {
         pipe.cmd("SET").arg(&self.state_key).arg("q").arg("EX").arg(KEEP_SECONDS);
         pipe.cmd("XADD").arg(&peer.stream).arg("*");
         pipe.arg("id").arg(&self.id).arg("reply").arg(&self.reply_key).arg("caller").arg(&peer.caller);
-        pipe.arg("body").arg(body);
+        pipe.arg("tp").arg(&self.traceparent).arg("body").arg(body);
         pipe
     }
 
@@ -185,6 +188,7 @@ impl Request {
         eval.arg(SEND_SCRIPT).arg(4).arg(&peer.stream).arg(&peer.servers).arg(&self.state_key).arg(&self.reply_key);
         eval.arg(SERVER_GONE.as_secs()).arg(MAX_QUEUED).arg(KEEP_SECONDS);
         eval.arg("id").arg(&self.id).arg("reply").arg(&self.reply_key).arg("caller").arg(&peer.caller);
+        eval.arg("tp").arg(&self.traceparent);
         match (&self.body_key, body) {
             (Some(key), _) => eval.arg("bodykey").arg(key),
             (None, body) => eval.arg("body").arg(body.unwrap_or_default()),
@@ -198,11 +202,12 @@ impl Channel for RemoteChannel {
         Mode::Remote
     }
 
-    fn send(&self, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
+    fn send(&self, request: &[u8], deadline: Instant, trace: TraceContext) -> Result<Box<dyn PendingReply>, CallError> {
         let peer = &self.peer;
         let id = new_request_id(&peer.caller);
         let inline = request.len() <= INLINE_BODY_MAX;
         let keys = Request {
+            traceparent: trace.to_string(),
             reply_key: peer.keys.reply_list(&id),
             state_key: peer.keys.request_state(&id),
             body_key: (!inline).then(|| peer.keys.request_body(&id)),

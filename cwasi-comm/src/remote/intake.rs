@@ -13,6 +13,7 @@ use super::keys::{FunctionKeys, GROUP, MAX_DELIVERIES, REPLY_FAILED};
 use super::link::{LinkPool, PooledLink, RedisLink};
 use super::request::{Answer, InFlight, RemoteRequest};
 use crate::CallError;
+use crate::trace::TraceContext;
 
 /// A request delivered to a server that stopped is claimed by another after
 /// this long without a heartbeat.
@@ -90,6 +91,9 @@ impl Intake {
             return None;
         };
         let body_key = field("bodykey");
+        // A malformed context starts a new trace at the next call, as the
+        // W3C format asks; the request itself is fine.
+        let trace = field("tp").as_deref().and_then(TraceContext::parse);
         if let Err(reason) = self.keys.check_entry(&id, &reply_key, body_key.as_deref()) {
             let reason = format!("refused: {reason}");
             // Answer only through a reply list that is really this request's.
@@ -148,6 +152,7 @@ impl Intake {
             link,
             in_flight: self.in_flight.clone(),
             recovered: entry.recovered,
+            trace,
         })
     }
 

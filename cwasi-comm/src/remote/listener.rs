@@ -135,10 +135,7 @@ impl RemoteListener {
             last_sweep: None,
             last_recovery: None,
         };
-        let thread = std::thread::Builder::new()
-            .name("cwasi-remote-listen".into())
-            .spawn(move || listener.run())
-            .map_err(CallError::Io)?;
+        let thread = crate::threads::spawn("cwasi-remote-listen", move || listener.run()).map_err(CallError::Io)?;
         Ok(Self { shared, thread: Some(thread) })
     }
 

@@ -9,6 +9,7 @@ use super::keys::{
 };
 use super::link::{PooledLink, RedisLink};
 use crate::CallError;
+use crate::trace::TraceContext;
 
 /// Answers, marks the request's state done and acknowledges atomically
 /// (and drops a body kept beside the entry); a request already done
@@ -101,6 +102,8 @@ pub struct RemoteRequest {
     pub(crate) in_flight: Arc<InFlight>,
     /// Read again (claimed), not new: it may have been answered already.
     pub(crate) recovered: bool,
+    /// The caller's trace context (a caller may send none).
+    pub(crate) trace: Option<TraceContext>,
 }
 
 impl RemoteRequest {
@@ -110,6 +113,10 @@ impl RemoteRequest {
 
     pub fn is_empty(&self) -> bool {
         self.body.is_empty()
+    }
+
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.trace
     }
 
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {

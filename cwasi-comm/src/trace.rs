@@ -1,0 +1,215 @@
+//! W3C trace context (`traceparent`) carried by every call, so that the calls
+//! of one workflow share a trace id across embedded, local and remote hops.
+//!
+//! A call gets its own span id; its trace id is the one of the request its
+//! caller is serving, or a new one when the caller serves none (the start of
+//! a workflow). Log lines of a call carry `trace_id`, `span_id` and, for a
+//! continued trace, `parent_id`, which is enough to draw the call tree from
+//! the logs of every node.
+
+use std::cell::Cell;
+use std::fmt;
+
+/// `sampled` in the trace flags: cwasi keeps a caller's decision as it is
+/// and samples a trace it starts.
+const SAMPLED: u8 = 0x01;
+
+/// One call's place in a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: u128,
+    span_id: u64,
+    /// The span of the request the caller was serving, if any.
+    parent_id: Option<u64>,
+    flags: u8,
+}
+
+impl TraceContext {
+    /// The context of a call made while serving `parent`'s request (or at
+    /// the start of a workflow, with `None`).
+    pub fn for_call(parent: Option<&TraceContext>) -> Self {
+        match parent {
+            Some(parent) => Self {
+                trace_id: parent.trace_id,
+                span_id: random_nonzero_u64(),
+                parent_id: Some(parent.span_id),
+                flags: parent.flags,
+            },
+            None => Self {
+                trace_id: (u128::from(random_nonzero_u64()) << 64) | u128::from(random_nonzero_u64()),
+                span_id: random_nonzero_u64(),
+                parent_id: None,
+                flags: SAMPLED,
+            },
+        }
+    }
+
+    /// Parses a `traceparent` header value; `None` for anything the W3C
+    /// format rejects (a bad length, upper-case or non-hex digits, an all-zero
+    /// id, version `ff`). A later version's extra fields are ignored, as the
+    /// format asks.
+    pub fn parse(traceparent: &str) -> Option<Self> {
+        let bytes = traceparent.as_bytes();
+        // ASCII first: the slices below must fall on character boundaries.
+        if !traceparent.is_ascii() || bytes.len() < 55 || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+            return None;
+        }
+        let version = hex(&traceparent[0..2])? as u8;
+        if version == 0xff || (version == 0 && bytes.len() != 55) || (bytes.len() > 55 && bytes[55] != b'-') {
+            return None;
+        }
+        let trace_id = hex(&traceparent[3..35])?;
+        let span_id = hex(&traceparent[36..52])? as u64;
+        let flags = hex(&traceparent[53..55])? as u8;
+        (trace_id != 0 && span_id != 0).then_some(Self { trace_id, span_id, parent_id: None, flags })
+    }
+
+    pub fn trace_id(&self) -> TraceId {
+        TraceId(self.trace_id)
+    }
+
+    pub fn span_id(&self) -> SpanId {
+        SpanId(self.span_id)
+    }
+
+    pub fn parent_id(&self) -> Option<SpanId> {
+        self.parent_id.map(SpanId)
+    }
+
+    /// The fixed-size form carried in shared memory (local mode): trace id,
+    /// span id, flags; zeros mean no context.
+    pub(crate) fn to_words(self) -> [u64; 4] {
+        [(self.trace_id >> 64) as u64, self.trace_id as u64, self.span_id, u64::from(self.flags)]
+    }
+
+    /// Reads [`TraceContext::to_words`] back; `None` for zeros (no context)
+    /// or anything a well-behaved caller never writes.
+    pub(crate) fn from_words(words: [u64; 4]) -> Option<Self> {
+        let trace_id = (u128::from(words[0]) << 64) | u128::from(words[1]);
+        let flags = u8::try_from(words[3]).ok()?;
+        (trace_id != 0 && words[2] != 0).then_some(Self { trace_id, span_id: words[2], parent_id: None, flags })
+    }
+}
+
+/// The `traceparent` header value (version 00) of this call.
+impl fmt::Display for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+/// A trace id as logged: 32 lower-case hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId(u128);
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// A span id as logged: 16 lower-case hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanId(u64);
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Lower-case hex only, as the format requires.
+fn hex(digits: &str) -> Option<u128> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    u128::from_str_radix(digits, 16).ok()
+}
+
+thread_local! {
+    /// splitmix64 state, seeded once per thread from the kernel: ids must not
+    /// collide across processes and nodes, and a system call per call would
+    /// cost more than the rest of a local call's bookkeeping.
+    static STATE: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got == bytes.len() as isize {
+        return u64::from_le_bytes(bytes);
+    }
+    // No getrandom (a very old kernel, a seccomp filter): time and pid still
+    // differ between processes.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+fn random_nonzero_u64() -> u64 {
+    STATE.with(|state| {
+        loop {
+            let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            state.set(next);
+            let mut z = next;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            if z != 0 {
+                return z;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_round_trips() {
+        let root = TraceContext::for_call(None);
+        let text = root.to_string();
+        assert_eq!(text.len(), 55);
+        let parsed = TraceContext::parse(&text).unwrap();
+        assert_eq!((parsed.trace_id(), parsed.span_id()), (root.trace_id(), root.span_id()));
+        assert_eq!(TraceContext::from_words(root.to_words()).unwrap().to_string(), text);
+    }
+
+    #[test]
+    fn a_call_continues_its_parent_trace_with_a_new_span() {
+        let parent = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let child = TraceContext::for_call(Some(&parent));
+        assert_eq!(child.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(child.parent_id().unwrap().to_string(), "00f067aa0ba902b7");
+        assert_ne!(child.span_id(), parent.span_id());
+        assert!(child.to_string().ends_with("-01"));
+        let other = TraceContext::for_call(None);
+        assert_ne!(other.trace_id(), TraceContext::for_call(None).trace_id());
+        assert!(other.parent_id().is_none());
+    }
+
+    #[test]
+    fn malformed_traceparents_are_refused() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0\u{e9}",
+            "00-\u{e9}bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00+4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473x-00f067aa0ba902b7-01",
+        ] {
+            assert!(TraceContext::parse(bad).is_none(), "{bad:?}");
+        }
+        // A later version may add fields after a dash.
+        assert!(TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later").is_some());
+        assert!(TraceContext::from_words([0; 4]).is_none());
+        assert!(TraceContext::from_words([1, 2, 3, 256]).is_none());
+    }
+}
