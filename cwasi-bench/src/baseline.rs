@@ -70,7 +70,7 @@ pub fn stats_cost_ns() -> anyhow::Result<u64> {
         let round = Instant::now();
         for _ in 0..CALLS {
             let started = Instant::now();
-            black_box(cwasi_comm::TraceContext::for_call(black_box(None)));
+            black_box(cwasi_comm::TraceContext::new_span(black_box(None)));
             let counter = stats.counter(black_box("peer"), Some(cwasi_comm::Mode::Local));
             stats.record_call(counter, cwasi_abi::Status::Ok, 1024, 1024, started.elapsed());
         }

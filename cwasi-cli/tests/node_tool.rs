@@ -1,6 +1,6 @@
-//! The node tool against a real workflow: three functions on two nodes
-//! (private containerd instances) and a real Redis, calling each other by
-//! local, remote and embedded mode.
+//! The node tool, the logs and the trace export against a real workflow:
+//! three functions on two nodes (private containerd instances) and a real
+//! Redis, calling each other by local, remote and embedded mode.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -143,8 +143,9 @@ fn logged(nodes: &[&Node], messages: &[&str]) -> Vec<HashMap<String, String>> {
 }
 
 /// loader -(local)-> relay-a -(remote)-> relay-b -(embedded)-> echo: every
-/// call of the loader starts a trace that the three hops' lines share, each
-/// hop's span the parent of the next.
+/// call of the loader starts a trace that the three hops' lines share: each
+/// call's span is the parent of its serving's, which is the parent of the
+/// next call's.
 fn each_call_is_one_trace_across_three_hops(node_a: &Node, node_b: &Node, calls: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let lines = loop {
@@ -179,13 +180,12 @@ fn each_call_is_one_trace_across_three_hops(node_a: &Node, node_b: &Node, calls:
 
         let served_a = one("relay-a", "served", "parent_id", &span);
         assert_eq!((field(&served_a, "trace_id"), field(&served_a, "outcome").as_str()), (trace.clone(), "replied"));
-        let onward = one("relay-a", "call", "parent_id", &span);
+        let onward = one("relay-a", "call", "parent_id", &field(&served_a, "span_id"));
         assert_eq!((field(&onward, "trace_id"), field(&onward, "mode").as_str()), (trace.clone(), "remote"));
-        let remote_span = field(&onward, "span_id");
 
-        let served_b = one("relay-b", "served", "parent_id", &remote_span);
+        let served_b = one("relay-b", "served", "parent_id", &field(&onward, "span_id"));
         assert_eq!(field(&served_b, "trace_id"), trace);
-        let inner = one("relay-b", "call", "parent_id", &remote_span);
+        let inner = one("relay-b", "call", "parent_id", &field(&served_b, "span_id"));
         assert_eq!((field(&inner, "trace_id"), field(&inner, "peer").as_str()), (trace.clone(), "echo"));
         assert_eq!((field(&inner, "mode").as_str(), field(&inner, "status").as_str()), ("embedded", "ok"));
         assert_eq!(field(&inner, "container"), "relay-b");
@@ -221,13 +221,118 @@ fn scrape(run_dir: &Path) -> String {
     body.to_owned()
 }
 
+/// An OTLP/HTTP receiver on loopback: takes each POST's JSON body, answers
+/// 200. (No OpenTelemetry collector is packaged for Debian: this one checks
+/// the requests' shape strictly instead.)
+struct Collector {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Collector {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut reader = BufReader::new(stream);
+                let mut head = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap();
+                    }
+                    head.push_str(&line);
+                }
+                assert!(head.starts_with("POST /v1/traces HTTP/1.1\r\n"), "{head}");
+                assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                kept.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+            }
+        });
+        Self { url, bodies }
+    }
+
+    /// Every span received, with its resource's `service.name`.
+    fn spans(&self) -> Vec<(String, serde_json::Value)> {
+        let mut spans = Vec::new();
+        for body in self.bodies.lock().unwrap().iter() {
+            for resource_spans in body["resourceSpans"].as_array().unwrap() {
+                let attributes = resource_spans["resource"]["attributes"].as_array().unwrap();
+                let service = attributes.iter().find(|a| a["key"] == "service.name").unwrap();
+                let service = service["value"]["stringValue"].as_str().unwrap().to_owned();
+                for scope in resource_spans["scopeSpans"].as_array().unwrap() {
+                    for span in scope["spans"].as_array().unwrap() {
+                        let hex = |key: &str, len: usize| {
+                            let id = span[key].as_str().unwrap_or_default();
+                            id.len() == len && id.bytes().all(|b| b.is_ascii_hexdigit())
+                        };
+                        assert!(hex("traceId", 32) && hex("spanId", 16), "{span}");
+                        let time = |key: &str| span[key].as_str().unwrap().parse::<u64>().unwrap();
+                        assert!(time("startTimeUnixNano") <= time("endTimeUnixNano"), "{span}");
+                        spans.push((service.clone(), span.clone()));
+                    }
+                }
+            }
+        }
+        spans
+    }
+}
+
+/// The same workflow as the collector saw it: five spans per call of the
+/// loader, chained client → server → client → server → client.
+fn each_call_is_one_exported_trace(collector: &Collector, calls: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = collector.spans();
+        if spans.len() >= 5 * calls {
+            break spans;
+        }
+        assert!(Instant::now() < deadline, "{} of {} spans exported", spans.len(), 5 * calls);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let child_of = |parent: &serde_json::Value, service: &str, name: &str| {
+        let found: Vec<_> = spans
+            .iter()
+            .filter(|(s, span)| s == service && span["name"] == name && span["parentSpanId"] == parent["spanId"])
+            .collect();
+        assert_eq!(found.len(), 1, "{service} {name} under {parent}: {found:?}");
+        assert_eq!(found[0].1["traceId"], parent["traceId"]);
+        found[0].1.clone()
+    };
+    let roots: Vec<_> = spans.iter().filter(|(s, _)| s == "loader").collect();
+    assert_eq!(roots.len(), calls, "{roots:?}");
+    for (_, root) in roots {
+        assert_eq!((root["name"].as_str(), root["kind"].as_i64()), (Some("call relay-a"), Some(3)));
+        assert!(root.get("parentSpanId").is_none() && root.get("status").is_none(), "{root}");
+        let served_a = child_of(root, "relay-a", "serve");
+        assert_eq!(served_a["kind"].as_i64(), Some(2));
+        let onward = child_of(&served_a, "relay-a", "call relay-b");
+        let served_b = child_of(&onward, "relay-b", "serve");
+        let inner = child_of(&served_b, "relay-b", "call echo");
+        let mode = inner["attributes"].as_array().unwrap().iter().find(|a| a["key"] == "cwasi.mode").unwrap();
+        assert_eq!(mode["value"]["stringValue"], "embedded");
+    }
+}
+
 #[test]
-fn a_three_function_workflow_shows_in_functions_calls_and_metrics() {
+fn a_three_function_workflow_shows_in_functions_calls_metrics_logs_and_traces() {
     let shim = shim();
     let redis = RedisServer::start_with(false).unwrap();
+    let collector = Collector::start();
+    let otlp = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str())];
     let (relay, load) = (test_image("relay").unwrap(), test_image("call-load").unwrap());
     let relay_with_echo = test_image_with_peers("relay", &["echo-server"]).unwrap();
-    let node_b = Node::start(&shim, "node-b", Some(&redis.url()), &[], &[&relay_with_echo]);
+    let node_b = Node::start(&shim, "node-b", Some(&redis.url()), &otlp, &[&relay_with_echo]);
     node_b.serve(
         &relay_with_echo,
         "relay-b",
@@ -240,7 +345,7 @@ fn a_three_function_workflow_shows_in_functions_calls_and_metrics() {
             "cwasi.io/log=debug",
         ],
     );
-    let node_a = Node::start(&shim, "node-a", Some(&redis.url()), &[], &[&relay, &load]);
+    let node_a = Node::start(&shim, "node-a", Some(&redis.url()), &otlp, &[&relay, &load]);
     node_a.serve(&relay, "relay-a", &["--annotation", "cwasi.io/peers=relay-b", "--annotation", "cwasi.io/log=debug"]);
 
     // loader -(local)-> relay-a -(remote)-> relay-b -(embedded)-> echo, 20 times.
@@ -251,6 +356,7 @@ fn a_three_function_workflow_shows_in_functions_calls_and_metrics() {
     assert!(out.stdout.contains("summary ok=20 err=0"), "{}", out.stdout);
     assert!(out.stdout.contains("ok relay-a") && out.stdout.contains(":hi"), "{}", out.stdout);
     each_call_is_one_trace_across_three_hops(&node_a, &node_b, 20);
+    each_call_is_one_exported_trace(&collector, 20);
 
     let (dir_a, dir_b) = (run_dir(&node_a), run_dir(&node_b));
     let functions_a = json(&dir_a, "functions");

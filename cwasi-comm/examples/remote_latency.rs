@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let t0 = base.elapsed().as_nanos() as u64;
         let mut pending =
-            channel.send(&payload, Instant::now() + Duration::from_secs(10), TraceContext::for_call(None))?;
+            channel.send(&payload, Instant::now() + Duration::from_secs(10), TraceContext::new_span(None))?;
         let t1 = base.elapsed().as_nanos() as u64;
         let len = pending.wait()?;
         let t2 = base.elapsed().as_nanos() as u64;

@@ -34,10 +34,12 @@ struct Call {
     ended: bool,
 }
 
-/// The request the handler is serving, and since when.
+/// The request the handler is serving, since when, and the span of serving
+/// it (a child of the caller's; none when the caller sent no context).
 struct Serving {
     request: IncomingRequest,
     since: Instant,
+    trace: Option<TraceContext>,
 }
 
 /// What is logged of a request once its answer consumed it.
@@ -47,9 +49,16 @@ struct Ended {
     bytes_in: u64,
 }
 
-impl Ended {
-    fn of(request: &IncomingRequest, since: Instant) -> Self {
-        Self { trace: request.trace(), since, bytes_in: request.len() }
+impl Serving {
+    fn take(request: IncomingRequest) -> Self {
+        let trace = request.trace().map(|caller| TraceContext::new_span(Some(&caller)));
+        Self { request, since: Instant::now(), trace }
+    }
+
+    /// Splits off what is logged once the answer consumed the request.
+    fn end(self) -> (IncomingRequest, Ended) {
+        let ended = Ended { trace: self.trace, since: self.since, bytes_in: self.request.len() };
+        (self.request, ended)
     }
 }
 
@@ -86,11 +95,10 @@ impl GuestHost {
         }
     }
 
-    /// The trace context of a call made now: it continues the trace of the
-    /// request being served, else starts one.
+    /// The trace context of a call made now: a child of the serving of the
+    /// current request, else a new trace.
     fn trace_for_call(&self) -> TraceContext {
-        let parent = self.current.as_ref().and_then(|serving| serving.request.trace());
-        TraceContext::for_call(parent.as_ref())
+        TraceContext::new_span(self.current.as_ref().and_then(|serving| serving.trace.as_ref()))
     }
 
     pub fn router(&self) -> &Router {
@@ -161,9 +169,9 @@ impl GuestHost {
 
     pub fn serve_next(&mut self) -> Result<u32, Status> {
         let server = self.server.as_ref().ok_or(Status::NotServing)?;
-        if let Some(Serving { request, since }) = self.current.take() {
+        if let Some(serving) = self.current.take() {
             // The handler asked for the next request without answering this one.
-            let ended = Ended::of(&request, since);
+            let (request, ended) = serving.end();
             let sent = request.fail("the handler did not reply");
             self.finish_serving(ended, false, 0, sent.is_ok());
         }
@@ -172,7 +180,7 @@ impl GuestHost {
         if let Some(stats) = &self.stats {
             stats.request_taken(request.len());
         }
-        self.current = Some(Serving { request, since: Instant::now() });
+        self.current = Some(Serving::take(request));
         Ok(len)
     }
 
@@ -194,7 +202,8 @@ impl GuestHost {
             bytes_in = ended.bytes_in,
             bytes_out,
             trace_id = trace.map(|t| tracing::field::display(t.trace_id())),
-            parent_id = trace.map(|t| tracing::field::display(t.span_id())),
+            span_id = trace.map(|t| tracing::field::display(t.span_id())),
+            parent_id = trace.and_then(|t| t.parent_id()).map(tracing::field::display),
             "served"
         );
     }
@@ -205,7 +214,7 @@ impl GuestHost {
             return Err(Status::LengthMismatch);
         }
         if let Err(e) = serving.request.read_into(out) {
-            let trace = serving.request.trace();
+            let trace = serving.trace;
             self.current = None;
             return Err(self.report("request", "", trace.as_ref(), e));
         }
@@ -213,14 +222,12 @@ impl GuestHost {
     }
 
     pub fn serve_reply(&mut self, reply: &[u8]) -> Result<(), Status> {
-        let Serving { request, since } = self.current.take().ok_or(Status::NoRequest)?;
-        let ended = Ended::of(&request, since);
+        let (request, ended) = self.current.take().ok_or(Status::NoRequest)?.end();
         self.answered(ended, true, reply.len(), request.reply(reply))
     }
 
     pub fn serve_fail(&mut self, message: &[u8]) -> Result<(), Status> {
-        let Serving { request, since } = self.current.take().ok_or(Status::NoRequest)?;
-        let ended = Ended::of(&request, since);
+        let (request, ended) = self.current.take().ok_or(Status::NoRequest)?.end();
         self.answered(ended, false, message.len(), request.fail(&String::from_utf8_lossy(message)))
     }
 

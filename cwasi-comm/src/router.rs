@@ -319,12 +319,12 @@ mod tests {
     fn peers_outside_the_allow_list_are_forbidden() {
         let (router, _run) = router_with(&[("cwasi.io/peers", "a,b")]);
         assert!(matches!(
-            router.call("c", b"x", router.deadline(None), TraceContext::for_call(None)),
+            router.call("c", b"x", router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::Forbidden { .. })
         ));
         let (router, _run) = router_with(&[]);
         assert!(matches!(
-            router.call("a", b"x", router.deadline(None), TraceContext::for_call(None)),
+            router.call("a", b"x", router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::Forbidden { .. })
         ));
     }
@@ -335,7 +335,7 @@ mod tests {
         let fake = Arc::new(FakeEmbedded::default());
         router.attach_embedded(fake.clone());
         let (mode, mut pending) =
-            router.call("sha", b"bytes", router.deadline(None), TraceContext::for_call(None)).unwrap();
+            router.call("sha", b"bytes", router.deadline(None), TraceContext::new_span(None)).unwrap();
         assert_eq!(mode, Mode::Embedded);
         assert_eq!(pending.wait().unwrap(), 5);
         let mut out = [0u8; 5];
@@ -351,7 +351,7 @@ mod tests {
         ]);
         router.attach_embedded(fake.clone());
         assert!(matches!(
-            router.call("sha", b"x", router.deadline(None), TraceContext::for_call(None)),
+            router.call("sha", b"x", router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::UnknownPeer(_))
         ));
         assert_eq!(fake.calls.lock().unwrap().len(), 1, "the forced mode must not reach the engine");
@@ -361,7 +361,7 @@ mod tests {
     fn a_serving_function_calling_itself_is_refused_at_once() {
         let (router, _run) = router_with(&[("cwasi.io/peers", "*"), ("cwasi.io/serve", "true")]);
         assert!(matches!(
-            router.call("caller", b"x", router.deadline(None), TraceContext::for_call(None)),
+            router.call("caller", b"x", router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::SelfCall(_))
         ));
     }
@@ -380,7 +380,7 @@ mod tests {
     fn an_unknown_peer_without_remote_mode_is_unknown() {
         let (router, _run) = router_with(&[("cwasi.io/peers", "*")]);
         assert!(matches!(
-            router.call("nobody", b"", router.deadline(None), TraceContext::for_call(None)),
+            router.call("nobody", b"", router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::UnknownPeer(_))
         ));
     }

@@ -1,11 +1,12 @@
 //! W3C trace context (`traceparent`) carried by every call, so that the calls
 //! of one workflow share a trace id across embedded, local and remote hops.
 //!
-//! A call gets its own span id; its trace id is the one of the request its
-//! caller is serving, or a new one when the caller serves none (the start of
-//! a workflow). Log lines of a call carry `trace_id`, `span_id` and, for a
-//! continued trace, `parent_id`, which is enough to draw the call tree from
-//! the logs of every node.
+//! A call is a span (the caller's side), and so is the serving of its
+//! request (the server's side, a child of the call's). A call made while
+//! serving a request is a child of that serving; one made outside any (the
+//! start of a workflow) starts a new trace. Log lines carry `trace_id`,
+//! `span_id` and `parent_id`, which is enough to draw the call tree from the
+//! logs of every node.
 
 use std::cell::Cell;
 use std::fmt;
@@ -25,9 +26,9 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// The context of a call made while serving `parent`'s request (or at
-    /// the start of a workflow, with `None`).
-    pub fn for_call(parent: Option<&TraceContext>) -> Self {
+    /// A new span: a child of `parent` (same trace), or with `None` the root
+    /// of a new trace.
+    pub fn new_span(parent: Option<&TraceContext>) -> Self {
         match parent {
             Some(parent) => Self {
                 trace_id: parent.trace_id,
@@ -168,7 +169,7 @@ mod tests {
 
     #[test]
     fn a_traceparent_round_trips() {
-        let root = TraceContext::for_call(None);
+        let root = TraceContext::new_span(None);
         let text = root.to_string();
         assert_eq!(text.len(), 55);
         let parsed = TraceContext::parse(&text).unwrap();
@@ -179,13 +180,13 @@ mod tests {
     #[test]
     fn a_call_continues_its_parent_trace_with_a_new_span() {
         let parent = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        let child = TraceContext::for_call(Some(&parent));
+        let child = TraceContext::new_span(Some(&parent));
         assert_eq!(child.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(child.parent_id().unwrap().to_string(), "00f067aa0ba902b7");
         assert_ne!(child.span_id(), parent.span_id());
         assert!(child.to_string().ends_with("-01"));
-        let other = TraceContext::for_call(None);
-        assert_ne!(other.trace_id(), TraceContext::for_call(None).trace_id());
+        let other = TraceContext::new_span(None);
+        assert_ne!(other.trace_id(), TraceContext::new_span(None).trace_id());
         assert!(other.parent_id().is_none());
     }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::confinement::Confinement;
 use crate::instances;
-use crate::log_format;
+use crate::{log_format, otlp};
 
 pub const SUBCOMMAND: &str = "__cwasi-run-guest";
 const LAUNCH_ENV: &str = "CWASI_GUEST_LAUNCH";
@@ -55,7 +55,7 @@ pub fn launch_env(launch: &GuestLaunch) -> anyhow::Result<Vec<(String, String)>>
         "SSL_CERT_DIR",
         "LD_LIBRARY_PATH",
     ];
-    for passed in passed_on {
+    for passed in passed_on.into_iter().chain(otlp::ENV) {
         if let Ok(value) = std::env::var(passed) {
             env.push((passed.to_owned(), value));
         }
@@ -87,7 +87,7 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    init_logging(launch.function.log_level.as_deref());
+    init_logging(Some(&launch));
     let _span = tracing::info_span!(
         "guest",
         container = %launch.container_id,
@@ -114,6 +114,7 @@ pub fn main() -> i32 {
         }
     };
     let _ = std::io::stdout().flush();
+    otlp::flush();
     status
 }
 
@@ -171,8 +172,9 @@ fn run(guest: &GuestSpec, host: GuestHost) -> i32 {
 }
 
 /// Logs go to the shim's log FIFO, in the shim's format; `cwasi.io/log`
-/// sets the level for this function, else `RUST_LOG`, else info.
-fn init_logging(level: Option<&str>) {
+/// sets the level for this function, else `RUST_LOG`, else info. Call spans
+/// go to an OTLP collector when the environment names one.
+fn init_logging(launch: Option<&GuestLaunch>) {
     let Some(path) = std::env::var_os(LOG_PATH_ENV) else {
         return;
     };
@@ -180,9 +182,26 @@ fn init_logging(level: Option<&str>) {
     let Ok(log) = OpenOptions::new().read(true).write(true).open(&path) else {
         return;
     };
-    let filter = match level {
+    let filter = match launch.and_then(|l| l.function.log_level.as_deref()) {
         Some(level) => tracing_subscriber::EnvFilter::new(level),
         None => log_format::filter_or("info"),
     };
-    log_format::init(filter, std::sync::Mutex::new(log));
+    let (endpoint, refused) = match otlp::Endpoint::from_env() {
+        Ok(endpoint) => (endpoint, None),
+        Err(reason) => (None, Some(reason)),
+    };
+    let export = endpoint.zip(launch).map(|(endpoint, launch)| {
+        let function = &launch.function;
+        let resource = otlp::Resource {
+            function: function.name.clone(),
+            namespace: function.namespace.clone(),
+            container: launch.container_id.clone(),
+            node: function.node.clone(),
+        };
+        (endpoint, resource)
+    });
+    log_format::init(filter, std::sync::Mutex::new(log), export);
+    if let Some(reason) = refused {
+        tracing::warn!("no OTLP export: {reason}");
+    }
 }

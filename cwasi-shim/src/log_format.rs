@@ -20,7 +20,10 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
+
+use crate::otlp;
 
 /// Formats events as logfmt lines.
 pub struct Logfmt;
@@ -140,21 +143,28 @@ fn write_value(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
     out.write_char('"')
 }
 
-/// Installs the logfmt subscriber for this process, writing to `writer`,
-/// at `filter`. Not through `try_init`: that would also claim the `log`
-/// facade, which the shim library sets up for its own lines.
-pub fn init<W>(filter: tracing_subscriber::EnvFilter, writer: W)
+/// Installs the logfmt subscriber for this process, writing to `writer` at
+/// `filter`, and exporting call spans to `export` when given. Not through
+/// `try_init`: that would also claim the `log` facade, which the shim
+/// library sets up for its own lines.
+pub fn init<W>(filter: tracing_subscriber::EnvFilter, writer: W, export: Option<(otlp::Endpoint, otlp::Resource)>)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .event_format(Logfmt)
         .fmt_fields(LogfmtFields)
         .with_writer(writer)
-        .finish();
-    let _ = tracing::subscriber::set_global_default(subscriber);
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(lines);
+    let mut failed = None;
+    let export =
+        export.and_then(|(endpoint, resource)| otlp::start(endpoint, resource).map_err(|e| failed = Some(e)).ok());
+    let _ = tracing::subscriber::set_global_default(registry.with(export));
+    if let Some(e) = failed {
+        tracing::warn!("cannot start the OTLP export: {e}");
+    }
 }
 
 /// `RUST_LOG` when set, else `level`.

@@ -11,6 +11,7 @@ mod guest_runner;
 mod instance;
 mod instances;
 mod log_format;
+mod otlp;
 mod pod_sandbox;
 mod settings;
 
@@ -33,6 +34,7 @@ fn main() {
     log_format::init(
         log_format::filter_or(if debug { "debug" } else { "info" }),
         std::sync::Arc::new(log_format::ShimLog::in_current_dir()),
+        None,
     );
     shim_main::<instance::CwasiInstance>("cwasi", shim_version!(), None);
 }
