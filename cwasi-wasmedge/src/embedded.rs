@@ -97,10 +97,15 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
             vm.register_module(None, module).map_err(|e| failed(peer, e))?;
             vm.run_func(None, "_start", [])
         };
+        // The peer runs on the caller's thread: its refusals are its own.
+        let growth_refused = crate::grow_refusals::take();
         let exchange = cwasi.get_host_data_mut();
         // The run ends at the peer's next `serve_next` (a termination, which
         // WasmEdge may report as a successful end).
         match (outcome, exchange.reply.take(), exchange.failure.take()) {
+            (Err(e), _, _) if !is_termination(&e) && growth_refused => {
+                Err(failed(peer, format!("trapped after its memory limit refused a growth: {e}")))
+            }
             (Err(e), _, _) if !is_termination(&e) => Err(failed(peer, format!("trapped: {e}"))),
             (_, Some(reply), _) => Ok(Box::new(OwnedReply(reply))),
             (_, None, Some(message)) => Err(CallError::PeerFailed(message)),

@@ -9,10 +9,11 @@
 //! Differences from the wasmtime engine: no compiled-module cache (the
 //! interpreter compiles nothing); an embedded peer is instantiated per call
 //! and its reply is copied once more (WasmEdge cannot park a guest between
-//! host calls); a denied memory growth is inferred from the memory size at
-//! the trap, as WasmEdge has no resource-limiter callback.
+//! host calls); as WasmEdge has no resource-limiter callback, a denied
+//! memory growth is read from libwasmedge's log (`grow_refusals`).
 
 mod embedded;
+mod grow_refusals;
 mod host_api;
 mod run;
 

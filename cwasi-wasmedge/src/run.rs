@@ -18,9 +18,10 @@ const PAGE: u64 = 65536;
 
 impl WasmEdgeEngine {
     pub fn new() -> anyhow::Result<Self> {
-        // libwasmedge logs errors to stdout, the guest's own stream; traps
-        // reach the container's stderr through `GuestExit` instead.
-        wasmedge_sdk::LogManager::log_off();
+        // libwasmedge logs errors to stdout, the guest's own stream: they go
+        // to `grow_refusals` instead, and traps reach the container's stderr
+        // through `GuestExit`.
+        crate::grow_refusals::watch();
         Ok(Self)
     }
 }
@@ -82,7 +83,9 @@ impl Engine for WasmEdgeEngine {
         if guest.entry.is_some() && vm.active_module().is_some_and(|m| m.get_func("_initialize").is_ok()) {
             vm.run_func(None, "_initialize", []).map_err(wasmedge_error).context("calling _initialize")?;
         }
+        crate::grow_refusals::take();
         let outcome = vm.run_func(None, entry, []);
+        let growth_refused = crate::grow_refusals::take();
         let memory_bytes =
             vm.active_module().and_then(|m| m.get_memory_ref("memory").ok().map(|mem| mem.size() as u64 * PAGE));
         drop(vm);
@@ -94,19 +97,21 @@ impl Engine for WasmEdgeEngine {
                 None => GuestExit::Exited(wasi.exit_code() as i32),
             },
             Err(e) if is_termination(&e) => GuestExit::Exited(wasi.exit_code() as i32),
-            Err(e) => trapped(&e, memory_bytes, guest.memory_limit),
+            Err(e) => trapped(&e, growth_refused, memory_bytes, guest.memory_limit),
         })
     }
 }
 
-/// WasmEdge has no resource-limiter callback: a trap with the memory within
-/// a quarter of its limit is taken for a refused growth.
-fn trapped(error: &WasmEdgeError, memory_bytes: Option<u64>, limit: Option<u64>) -> GuestExit {
+/// A trap after a refused growth is the memory limit's doing (the guest
+/// asked for more, got -1 and aborted); so is one with the memory within a
+/// quarter of its limit.
+fn trapped(error: &WasmEdgeError, growth_refused: bool, memory_bytes: Option<u64>, limit: Option<u64>) -> GuestExit {
     match (memory_bytes, limit) {
-        (Some(memory), Some(limit)) if memory >= limit - limit / 4 => GuestExit::Trapped {
+        (Some(memory), Some(limit)) if growth_refused || memory >= limit - limit / 4 => GuestExit::Trapped {
             message: format!(
-                "guest exceeded its memory limit: its memory reached {memory} bytes of the {limit}-byte limit \
-                 (linux.resources.memory.limit)\ncaused by: {error}"
+                "guest exceeded its memory limit: its memory {} at {memory} bytes of the {limit}-byte limit \
+                 (linux.resources.memory.limit)\ncaused by: {error}",
+                if growth_refused { "was refused a growth" } else { "stopped" }
             ),
             memory_limit_hit: true,
         },

@@ -1,0 +1,53 @@
+//! Which memory growths WasmEdge refused at the memory limit.
+//!
+//! WasmEdge has no resource-limiter callback: a `memory.grow` past the
+//! configured page limit just returns -1, and the guest usually aborts
+//! (`unreachable`) some instructions later, often well below the limit when
+//! it asked for a large block. The one trace of the refusal is the error
+//! libwasmedge logs in `MemoryInstance::growPage`, so its log goes to
+//! [`on_log`] instead of stdout (the guest's own stream), and a refusal is
+//! noted for the thread that ran the growth: the guest's, or an embedded
+//! peer's nested inside one of the guest's host calls.
+
+use std::cell::Cell;
+
+use wasmedge_sys::ffi;
+
+/// libwasmedge 0.17's message when a growth passes the configured page limit.
+const REFUSED_GROWTH: &str = "Memory Instance: Memory grow page failed, exceeded limited";
+
+thread_local! {
+    static REFUSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Routes libwasmedge's errors to [`on_log`] (and nothing to stdout).
+pub(crate) fn watch() {
+    // SAFETY: `on_log` matches `WasmEdge_LogCallback_t` and never unwinds;
+    // both calls only swap libwasmedge's global logger.
+    unsafe {
+        ffi::WasmEdge_LogSetCallback(Some(on_log));
+        ffi::WasmEdge_LogSetErrorLevel();
+    }
+}
+
+/// Whether a growth was refused on this thread since the last call; clears it.
+pub(crate) fn take() -> bool {
+    REFUSED.with(|r| r.replace(false))
+}
+
+unsafe extern "C" fn on_log(message: *const ffi::WasmEdge_LogMessage) {
+    // SAFETY: libwasmedge passes a message valid for this call, whose
+    // `Message` is `Length` bytes at `Buf` (checked for null).
+    let text = unsafe {
+        let Some(message) = message.as_ref() else { return };
+        if message.Message.Buf.is_null() {
+            return;
+        }
+        std::slice::from_raw_parts(message.Message.Buf.cast::<u8>(), message.Message.Length as usize)
+    };
+    let text = String::from_utf8_lossy(text);
+    if text.starts_with(REFUSED_GROWTH) {
+        REFUSED.with(|r| r.set(true));
+    }
+    tracing::debug!(target: "wasmedge", "{text}");
+}
