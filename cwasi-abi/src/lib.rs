@@ -69,7 +69,8 @@ pub enum Status {
     LengthMismatch = -10,
     /// `serve_read`/`serve_reply` without a current request.
     NoRequest = -11,
-    /// The peer name is not valid UTF-8.
+    /// The peer name is not a function name: 1 to 253 letters, digits, `-`,
+    /// `_` and `.`, not starting with `.`.
     BadName = -12,
     /// The peer did not answer in time.
     Timeout = -13,
@@ -137,7 +138,7 @@ impl Status {
             Status::PeerFailed => "the peer's handler failed",
             Status::LengthMismatch => "buffer length differs from the message length",
             Status::NoRequest => "no request is being served",
-            Status::BadName => "peer name is not valid UTF-8",
+            Status::BadName => "peer name is not a function name (letters, digits, '-', '_', '.'; at most 253)",
             Status::Timeout => "the peer did not answer in time",
             Status::SelfCall => "a function cannot call itself",
         }

@@ -226,7 +226,8 @@ fn scrape(run_dir: &Path) -> String {
 /// the requests' shape strictly instead.)
 struct Collector {
     url: String,
-    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    /// Each request's JSON body, or what was wrong with the request.
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Result<serde_json::Value, String>>>>,
 }
 
 impl Collector {
@@ -251,11 +252,16 @@ impl Collector {
                     }
                     head.push_str(&line);
                 }
-                assert!(head.starts_with("POST /v1/traces HTTP/1.1\r\n"), "{head}");
-                assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
                 let mut body = vec![0u8; length];
-                reader.read_exact(&mut body).unwrap();
-                kept.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                let read = reader.read_exact(&mut body).map_err(|e| e.to_string());
+                let received = if !head.starts_with("POST /v1/traces HTTP/1.1\r\n")
+                    || !head.to_ascii_lowercase().contains("content-type: application/json")
+                {
+                    Err(format!("not an OTLP/HTTP JSON request: {head}"))
+                } else {
+                    read.and_then(|()| serde_json::from_slice(&body).map_err(|e| format!("{e}: {body:?}")))
+                };
+                kept.lock().unwrap().push(received);
                 let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
             }
         });
@@ -266,6 +272,7 @@ impl Collector {
     fn spans(&self) -> Vec<(String, serde_json::Value)> {
         let mut spans = Vec::new();
         for body in self.bodies.lock().unwrap().iter() {
+            let body = body.as_ref().unwrap_or_else(|e| panic!("the collector got a bad request: {e}"));
             for resource_spans in body["resourceSpans"].as_array().unwrap() {
                 let attributes = resource_spans["resource"]["attributes"].as_array().unwrap();
                 let service = attributes.iter().find(|a| a["key"] == "service.name").unwrap();
@@ -400,6 +407,9 @@ fn a_three_function_workflow_shows_in_functions_calls_metrics_logs_and_traces() 
     };
     assert_eq!(local["mode"].as_str(), Some("local"));
     assert_eq!(refused["mode"].as_str(), Some("none"));
+    // Without `cwasi.io/log: debug`, no line per call.
+    let quiet = logged(&[&node_a], &["call"]);
+    assert!(!quiet.iter().any(|l| l.get("container").map(String::as_str) == Some("loader-2")), "{quiet:#?}");
     assert!(refused["errors_by_status"]["forbidden"].as_u64() >= Some(1), "{refused}");
     let table = cwasi(&dir_a, &["calls"]);
     // Shown with --nocapture: what an operator sees.

@@ -267,11 +267,17 @@ fn invalid(key: &'static str, value: &str, reason: &'static str) -> AnnotationEr
 
 /// Function and node names end up in file names and Redis keys: keep them plain.
 fn valid_name<'a>(key: &'static str, name: &'a str) -> Result<&'a str, AnnotationError> {
-    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if name.is_empty() || name.len() > 253 || !name.chars().all(plain) || name.starts_with('.') {
+    if !is_function_name(name) {
         return Err(invalid(key, name, "names use letters, digits, '-', '_' and '.'"));
     }
     Ok(name)
+}
+
+/// A name a function (or node) may have: 1 to 253 letters, digits, `-`,
+/// `_` and `.`, not starting with `.`.
+pub fn is_function_name(name: &str) -> bool {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !name.is_empty() && name.len() <= 253 && name.chars().all(plain) && !name.starts_with('.')
 }
 
 fn list_items(list: &str) -> impl Iterator<Item = &str> {

@@ -11,6 +11,11 @@ use crate::stats::{CallCounter, FunctionStats};
 use crate::trace::TraceContext;
 use crate::{CallError, FunctionServer, IncomingRequest, Mode, PendingReply, Router};
 
+/// The `tracing` target of the `call` and `served` events (debug level): one
+/// per call made and per request served, with trace ids, outcome and time.
+/// Log filters and the shim's span export select them by it.
+pub const CALL_EVENTS_TARGET: &str = "cwasi::calls";
+
 /// Per-guest state behind the `cwasi` imports.
 pub struct GuestHost {
     router: Arc<Router>,
@@ -81,6 +86,7 @@ impl GuestHost {
         if let Some(peer) = &call.logged_peer {
             let trace = &call.trace;
             tracing::debug!(
+                target: CALL_EVENTS_TARGET,
                 peer = %peer,
                 mode = %call.mode,
                 status = status.name(),
@@ -107,7 +113,9 @@ impl GuestHost {
 
     /// Starts a call; `timeout` overrides the function's deadline.
     pub fn call_start(&mut self, peer: &[u8], request: &[u8], timeout: Option<Duration>) -> Result<u32, Status> {
-        let peer = std::str::from_utf8(peer).map_err(|_| Status::BadName)?;
+        // A name no function can have is refused before it reaches a log line.
+        let peer = std::str::from_utf8(peer).ok().filter(|p| crate::annotations::is_function_name(p));
+        let peer = peer.ok_or(Status::BadName)?;
         let started = Instant::now();
         let deadline = self.router.deadline(timeout);
         let trace = self.trace_for_call();
@@ -123,7 +131,7 @@ impl GuestHost {
             }
         };
         let counter = self.stats.as_ref().map(|stats| stats.counter(peer, Some(mode)));
-        let logged_peer = tracing::enabled!(tracing::Level::DEBUG).then(|| peer.into());
+        let logged_peer = tracing::enabled!(target: CALL_EVENTS_TARGET, tracing::Level::DEBUG).then(|| peer.into());
         let handle = self.next_handle;
         self.next_handle = self.next_handle.checked_add(1).unwrap_or(1);
         let call = Call { pending, counter, started, bytes_out: request.len(), mode, trace, logged_peer, ended: false };
@@ -191,6 +199,7 @@ impl GuestHost {
         }
         let trace = ended.trace;
         tracing::debug!(
+            target: CALL_EVENTS_TARGET,
             outcome = if !sent {
                 "undelivered"
             } else if replied {

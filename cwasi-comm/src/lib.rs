@@ -32,7 +32,7 @@ pub mod trace;
 pub use annotations::{AnnotationError, FunctionConfig, Mode, PeerPolicy};
 pub use channel::{Channel, EmbeddedPeers, PendingReply};
 pub use error::CallError;
-pub use guest_host::GuestHost;
+pub use guest_host::{CALL_EVENTS_TARGET, GuestHost};
 pub use registry::{NodeRegistry, Registration};
 pub use router::{DEFAULT_CALL_TIMEOUT, Router};
 pub use server::{FunctionServer, IncomingRequest};

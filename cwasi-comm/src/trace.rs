@@ -14,6 +14,8 @@ use std::fmt;
 /// `sampled` in the trace flags: cwasi keeps a caller's decision as it is
 /// and samples a trace it starts.
 const SAMPLED: u8 = 0x01;
+/// The longest `traceparent` read (a later version may append fields).
+pub const MAX_LEN: usize = 256;
 
 /// One call's place in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +36,8 @@ impl TraceContext {
                 trace_id: parent.trace_id,
                 span_id: random_nonzero_u64(),
                 parent_id: Some(parent.span_id),
-                flags: parent.flags,
+                // Flags this version does not know are not passed on.
+                flags: parent.flags & SAMPLED,
             },
             None => Self {
                 trace_id: (u128::from(random_nonzero_u64()) << 64) | u128::from(random_nonzero_u64()),
@@ -50,6 +53,9 @@ impl TraceContext {
     /// id, version `ff`). A later version's extra fields are ignored, as the
     /// format asks.
     pub fn parse(traceparent: &str) -> Option<Self> {
+        if traceparent.len() > MAX_LEN {
+            return None;
+        }
         let bytes = traceparent.as_bytes();
         // ASCII first: the slices below must fall on character boundaries.
         if !traceparent.is_ascii() || bytes.len() < 55 || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
@@ -128,36 +134,24 @@ fn hex(digits: &str) -> Option<u128> {
 }
 
 thread_local! {
-    /// splitmix64 state, seeded once per thread from the kernel: ids must not
-    /// collide across processes and nodes, and a system call per call would
-    /// cost more than the rest of a local call's bookkeeping.
-    static STATE: Cell<u64> = Cell::new(seed());
-}
-
-fn seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if got == bytes.len() as isize {
-        return u64::from_le_bytes(bytes);
-    }
-    // No getrandom (a very old kernel, a seccomp filter): time and pid still
-    // differ between processes.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (u64::from(std::process::id()) << 32)
+    /// A keyed hash (SipHash, its key random per process and thread) of a
+    /// counter: ids never repeat within a thread, and one seen in a request
+    /// does not tell another tenant the next (which would let it graft spans
+    /// onto traces not its own). No system call per id.
+    static IDS: (std::collections::hash_map::RandomState, Cell<u64>) = Default::default();
 }
 
 fn random_nonzero_u64() -> u64 {
-    STATE.with(|state| {
+    use std::hash::{BuildHasher, Hasher};
+    IDS.with(|(key, counter)| {
         loop {
-            let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-            state.set(next);
-            let mut z = next;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            if z != 0 {
-                return z;
+            let n = counter.get().wrapping_add(1);
+            counter.set(n);
+            let mut hasher = key.build_hasher();
+            hasher.write_u64(n);
+            let id = hasher.finish();
+            if id != 0 {
+                return id;
             }
         }
     })
@@ -185,6 +179,9 @@ mod tests {
         assert_eq!(child.parent_id().unwrap().to_string(), "00f067aa0ba902b7");
         assert_ne!(child.span_id(), parent.span_id());
         assert!(child.to_string().ends_with("-01"));
+        // Flags unknown to this version are not passed on.
+        let odd = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff").unwrap();
+        assert!(TraceContext::new_span(Some(&odd)).to_string().ends_with("-01"));
         let other = TraceContext::new_span(None);
         assert_ne!(other.trace_id(), TraceContext::new_span(None).trace_id());
         assert!(other.parent_id().is_none());
@@ -210,6 +207,13 @@ mod tests {
         }
         // A later version may add fields after a dash.
         assert!(TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later").is_some());
+        assert!(
+            TraceContext::parse(&format!(
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-{}",
+                "x".repeat(300)
+            ))
+            .is_none()
+        );
         assert!(TraceContext::from_words([0; 4]).is_none());
         assert!(TraceContext::from_words([1, 2, 3, 256]).is_none());
     }

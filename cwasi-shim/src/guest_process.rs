@@ -79,6 +79,7 @@ impl GuestProcess {
             .arg(crate::pod_sandbox::SUBCOMMAND)
             .arg(config)
             .env_clear()
+            .envs(guest_runner::inherited(&guest_runner::BINARY_ENV))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Its errors go to the shim's log, as the shim's own do.

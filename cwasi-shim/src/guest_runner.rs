@@ -4,7 +4,6 @@
 //! [`GuestLaunch`] in the environment; stdio are the container's FIFOs, so
 //! whatever the guest (or a trap report) writes reaches `ctr` and `kubectl logs`.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -17,13 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::confinement::Confinement;
 use crate::instances;
-use crate::{log_format, otlp};
+use crate::telemetry;
 
 pub const SUBCOMMAND: &str = "__cwasi-run-guest";
 const LAUNCH_ENV: &str = "CWASI_GUEST_LAUNCH";
 /// The shim's log FIFO: guest-process logs join the shim's in containerd's log.
 const LOG_PATH_ENV: &str = "CWASI_LOG_PATH";
-const LOG_FILTER_ENV: &str = "RUST_LOG";
 
 /// Everything the guest process needs, prepared by the shim.
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,28 +36,33 @@ pub struct GuestLaunch {
     pub confinement: Confinement,
 }
 
+/// What the shim binary needs to start again as another process (the guest
+/// runner, the pod sandbox): where an engine's shared library (libwasmedge)
+/// lives.
+pub const BINARY_ENV: [&str; 1] = ["LD_LIBRARY_PATH"];
+
+/// `names` that are set in this process's environment, with their values.
+pub fn inherited<'a>(names: &'a [&'static str]) -> impl Iterator<Item = (&'static str, String)> + 'a {
+    names.iter().filter_map(|&name| std::env::var(name).ok().map(|value| (name, value)))
+}
+
 /// The environment of the guest process (it starts with an empty one).
 pub fn launch_env(launch: &GuestLaunch) -> anyhow::Result<Vec<(String, String)>> {
     let mut env = vec![(LAUNCH_ENV.to_owned(), serde_json::to_string(launch).context("encoding the guest launch")?)];
     if let Some(path) = &launch.log_path {
         env.push((LOG_PATH_ENV.to_owned(), path.to_string_lossy().into_owned()));
     }
-    // LD_LIBRARY_PATH: an engine's shared library (libwasmedge) may live there.
     // SSL_CERT_FILE/SSL_CERT_DIR: where rustls finds the system's CA store for rediss://.
     let passed_on = [
-        LOG_FILTER_ENV,
+        telemetry::FILTER_ENV,
         cwasi_comm::local::SPIN_ENV,
         cwasi_comm::remote::RETRY_ENV,
         cwasi_comm::remote::CA_FILE_ENV,
         "SSL_CERT_FILE",
         "SSL_CERT_DIR",
-        "LD_LIBRARY_PATH",
     ];
-    for passed in passed_on.into_iter().chain(otlp::ENV) {
-        if let Ok(value) = std::env::var(passed) {
-            env.push((passed.to_owned(), value));
-        }
-    }
+    let passed_on = [&passed_on[..], &telemetry::otlp::ENV, &BINARY_ENV].concat();
+    env.extend(inherited(&passed_on).map(|(name, value)| (name.to_owned(), value)));
     Ok(env)
 }
 
@@ -87,7 +90,7 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    init_logging(Some(&launch));
+    let exporter = init_logging(Some(&launch));
     let _span = tracing::info_span!(
         "guest",
         container = %launch.container_id,
@@ -105,6 +108,12 @@ pub fn main() -> i32 {
         .and_then(|stop| launch.confinement.enter_namespaces().map(|()| stop))
         .and_then(|stop| guest_hosts(&launch, stop))
         .and_then(|hosts| launch.confinement.apply().map(|()| hosts));
+    // Started confined, as any thread of the guest must be: see `Exporter::spawn`.
+    if let (Ok(_), Some(exporter)) = (&hosts, exporter)
+        && let Err(e) = exporter.spawn()
+    {
+        tracing::warn!("no OTLP export: cannot start its thread: {e}");
+    }
     let status = match hosts {
         Ok(hosts) => instances::run_all(&launch.guest, hosts, run),
         Err(e) => {
@@ -114,7 +123,7 @@ pub fn main() -> i32 {
         }
     };
     let _ = std::io::stdout().flush();
-    otlp::flush();
+    telemetry::otlp::flush();
     status
 }
 
@@ -172,36 +181,22 @@ fn run(guest: &GuestSpec, host: GuestHost) -> i32 {
 }
 
 /// Logs go to the shim's log FIFO, in the shim's format; `cwasi.io/log`
-/// sets the level for this function, else `RUST_LOG`, else info. Call spans
-/// go to an OTLP collector when the environment names one.
-fn init_logging(launch: Option<&GuestLaunch>) {
-    let Some(path) = std::env::var_os(LOG_PATH_ENV) else {
-        return;
-    };
-    // Read-write so that opening the FIFO never blocks waiting for a reader.
-    let Ok(log) = OpenOptions::new().read(true).write(true).open(&path) else {
-        return;
-    };
-    let filter = match launch.and_then(|l| l.function.log_level.as_deref()) {
-        Some(level) => tracing_subscriber::EnvFilter::new(level),
-        None => log_format::filter_or("info"),
-    };
-    let (endpoint, refused) = match otlp::Endpoint::from_env() {
-        Ok(endpoint) => (endpoint, None),
-        Err(reason) => (None, Some(reason)),
-    };
-    let export = endpoint.zip(launch).map(|(endpoint, launch)| {
-        let function = &launch.function;
-        let resource = otlp::Resource {
-            function: function.name.clone(),
-            namespace: function.namespace.clone(),
-            container: launch.container_id.clone(),
-            node: function.node.clone(),
-        };
-        (endpoint, resource)
+/// sets the level for this function. Returns the OTLP span exporter when the
+/// environment names a collector.
+fn init_logging(launch: Option<&GuestLaunch>) -> Option<telemetry::otlp::Exporter> {
+    let path = std::env::var_os(LOG_PATH_ENV)?;
+    let resource = launch.map(|launch| telemetry::otlp::Resource {
+        function: launch.function.name.clone(),
+        namespace: launch.function.namespace.clone(),
+        container: launch.container_id.clone(),
+        node: launch.function.node.clone(),
     });
-    log_format::init(filter, std::sync::Mutex::new(log), export);
-    if let Some(reason) = refused {
-        tracing::warn!("no OTLP export: {reason}");
+    let level = launch.and_then(|l| l.function.log_level.as_deref());
+    match telemetry::init_guest(path.into(), level, resource) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("cwasi: cannot set up logging: {e:#}");
+            None
+        }
     }
 }

@@ -90,7 +90,7 @@ fn exit_now(status: i32) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    crate::otlp::flush();
+    crate::telemetry::otlp::flush();
     // SAFETY: _exit only ends the process. It is used instead of
     // `process::exit` so that no destructor or atexit handler runs while
     // other threads (a guest mid-call) still use what those tear down.

@@ -10,13 +10,12 @@ mod guest_process;
 mod guest_runner;
 mod instance;
 mod instances;
-mod log_format;
-mod otlp;
 mod pod_sandbox;
 mod settings;
+mod telemetry;
 
 use containerd_shimkit::sandbox::cli::shim_main;
-use containerd_shimkit::shim_version;
+use containerd_shimkit::{Config, shim_version};
 
 fn main() {
     match std::env::args_os().nth(1) {
@@ -30,11 +29,8 @@ fn main() {
         _ => {}
     }
     // containerd passes -debug when it logs at debug itself.
-    let debug = std::env::args().any(|arg| arg == "-debug" || arg == "--debug");
-    log_format::init(
-        log_format::filter_or(if debug { "debug" } else { "info" }),
-        std::sync::Arc::new(log_format::ShimLog::in_current_dir()),
-        None,
-    );
-    shim_main::<instance::CwasiInstance>("cwasi", shim_version!(), None);
+    telemetry::init_shim(std::env::args_os().any(|arg| arg == "-debug" || arg == "--debug"));
+    // The shim library's lines come through `telemetry` (one writer, one format).
+    let config = Config { no_setup_logger: true, ..Config::default() };
+    shim_main::<instance::CwasiInstance>("cwasi", shim_version!(), Some(config));
 }

@@ -198,7 +198,8 @@ fn a_password_protected_redis_works_and_the_password_stays_out_of_logs() {
     for log in [node_a.containerd.log(), node_b.containerd.log()] {
         // cwasi's own lines (shim and guest process) name a container and a function.
         let ours: Vec<&str> = log.lines().filter(|l| l.contains(" container=") && l.contains(" function=")).collect();
-        assert!(ours.iter().any(|l| l.contains("remote")), "no cwasi lines in the log:\n{log}");
+        let expected = ["msg=\"calling peer\"", "msg=\"remote serving ready\""];
+        assert!(ours.iter().any(|l| expected.iter().any(|e| l.contains(e))), "no cwasi lines in the log:\n{log}");
         assert!(
             !ours.iter().any(|l| l.contains("s3cret-pw")),
             "the password leaked into the log:\n{}",

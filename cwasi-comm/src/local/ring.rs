@@ -18,6 +18,8 @@
 //! own counter `Relaxed`: only it writes it, and a thread that takes over a
 //! side (a reply pump, the next handler) got it through a lock or a
 //! release/acquire flag (listener.rs: `busy`; client.rs: the idle pool's mutex).
+//! A request's trace words (`set_trace`) travel like `msg_len`: stored before
+//! its first slot is published, read after `head` is acquired.
 //! Each `// Ordering:` comment below names the partner of that access.
 //!
 //! [`SharedCounter::publish`]: super::futex::SharedCounter::publish
@@ -337,6 +339,22 @@ mod tests {
 
     fn ok() -> Result<(), crate::CallError> {
         Ok(())
+    }
+
+    #[test]
+    fn a_request_carries_its_trace_context_and_a_reply_none() {
+        use crate::trace::TraceContext;
+        let (segment, _fd) = Segment::create(4096, 2).unwrap();
+        let trace = TraceContext::new_span(None);
+        let mut ok = ok;
+        segment.request().set_trace(Some(trace));
+        segment.request().send(b"ping", 0, &mut ok, || {}).unwrap();
+        let header = segment.request().wait_message(&mut ok).unwrap();
+        assert_eq!(header.trace.map(|t| t.to_string()), Some(trace.to_string()));
+        let mut out = [0u8; 4];
+        segment.request().recv_into(&mut out, &mut ok).unwrap();
+        segment.reply().send(b"pong", 0, &mut ok, || {}).unwrap();
+        assert_eq!(segment.reply().wait_message(&mut ok).unwrap().trace, None);
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub(crate) const MAX_SLOTS: usize = 16;
 const MIN_SLOT_BYTES: usize = 4096;
 const MAX_SLOT_BYTES: usize = 64 << 20;
 const MAGIC: u64 = u64::from_le_bytes(*b"cwasiSEG");
-const VERSION: u32 = 3;
+/// Unchanged by the trace words in `RingMeta`: they sit in what was its
+/// alignment padding, which a new memfd holds as zeros (no context), so
+/// callers and servers of both layouts still talk during a rolling upgrade.
+const VERSION: u32 = 2;
 
 /// One direction's control block: producer and consumer counters (slots
 /// published / consumed) and the current message's metadata.
@@ -46,10 +49,8 @@ pub(crate) struct RingMeta {
     /// that may have been handled.
     pub(crate) taken: AtomicU32,
     pub(crate) slot_len: [AtomicU32; MAX_SLOTS],
-    /// Request ring only: the call's trace context ([`TraceContext::to_words`];
+    /// Request ring only: the call's trace context (`TraceContext::to_words`;
     /// zeros: none).
-    ///
-    /// [`TraceContext::to_words`]: crate::trace::TraceContext
     pub(crate) trace: [AtomicU64; 4],
 }
 
@@ -64,6 +65,8 @@ struct SegmentHeader {
 }
 
 const _: () = assert!(size_of::<SegmentHeader>() <= HEADER_BYTES);
+// The layout of version 2: the trace words must fit in its padding.
+const _: () = assert!(size_of::<RingMeta>() == 128);
 
 /// A mapped segment with its validated geometry.
 pub(crate) struct Segment {

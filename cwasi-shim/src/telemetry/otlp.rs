@@ -15,23 +15,28 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use serde_json::{Value, json};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::{Filtered, Targets};
 use tracing_subscriber::layer::{Context, Layer};
 
-/// Where the guest host logs calls and served requests.
-const EVENTS_TARGET: &str = "cwasi_comm::guest_host";
 const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 const EVERY: Duration = Duration::from_secs(1);
 const POST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a process's exit waits for its last spans to go out.
-const FLUSH_PATIENCE: Duration = Duration::from_secs(3);
+/// How long a process's exit waits for its last spans to go out (not at all
+/// while the collector is failing).
+const FLUSH_PATIENCE: Duration = Duration::from_secs(1);
+/// OTLP's `SpanKind` and `StatusCode` values.
+const KIND_SERVER: i64 = 2;
+const KIND_CLIENT: i64 = 3;
+const STATUS_ERROR: i64 = 2;
 
 /// The variables a guest process needs from the shim's environment.
 pub const ENV: [&str; 3] = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"];
@@ -45,7 +50,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// From the environment; `Ok(None)` when export is off.
-    pub fn from_env() -> Result<Option<Self>, String> {
+    pub fn from_env() -> anyhow::Result<Option<Self>> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
             return Ok(None);
@@ -56,13 +61,13 @@ impl Endpoint {
         var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|url| Self::parse(&url, true)).transpose()
     }
 
-    fn parse(url: &str, base: bool) -> Result<Self, String> {
-        let rest = url.trim().strip_prefix("http://").ok_or_else(|| {
+    fn parse(url: &str, base: bool) -> anyhow::Result<Self> {
+        let rest = url.trim().strip_prefix("http://").with_context(|| {
             format!("OTLP endpoint {url:?}: only http:// is supported (OTLP/HTTP with JSON, to a node-local collector)")
         })?;
         let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
         if authority.is_empty() || authority.contains('@') {
-            return Err(format!("OTLP endpoint {url:?}: expected http://host:port[/path]"));
+            anyhow::bail!("OTLP endpoint {url:?}: expected http://host:port[/path]");
         }
         let authority = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
         let path = match (base, path.trim_end_matches('/')) {
@@ -98,25 +103,50 @@ pub enum Item {
     Flush(SyncSender<()>),
 }
 
-/// Starts the export thread and returns its layer.
-pub fn start<S>(endpoint: Endpoint, resource: Resource) -> std::io::Result<SpanLayer<S>>
+/// The export thread's work, started once the process is confined (see
+/// [`Exporter::spawn`]).
+pub struct Exporter {
+    endpoint: Endpoint,
+    resource: Value,
+    items: Receiver<Item>,
+}
+
+/// The layer for a subscriber, and the exporter that sends what it queues.
+pub fn layer<S>(endpoint: Endpoint, resource: &Resource) -> (SpanLayer<S>, Exporter)
 where
     S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    let (queue, spans) = sync_channel(QUEUE);
-    let resource = resource_json(&resource);
-    std::thread::Builder::new().name("cwasi-otlp".into()).spawn(move || export(endpoint, resource, spans))?;
+    let (queue, items) = sync_channel(QUEUE);
     let _ = EXPORT_QUEUE.set(queue.clone());
-    Ok(SpanExport { queue }.with_filter(Targets::new().with_target(EVENTS_TARGET, Level::DEBUG)))
+    (span_layer(queue), Exporter { endpoint, resource: resource_json(resource), items })
+}
+
+fn span_layer<S: Subscriber>(queue: SyncSender<Item>) -> SpanLayer<S> {
+    SpanExport { queue }.with_filter(Targets::new().with_target(cwasi_comm::CALL_EVENTS_TARGET, Level::DEBUG))
+}
+
+impl Exporter {
+    /// Starts the thread that posts the spans. Call it after the process
+    /// entered the container's namespaces, capabilities and signal mask: a
+    /// thread inherits them only from the one that starts it.
+    pub fn spawn(self) -> std::io::Result<()> {
+        let Exporter { endpoint, resource, items } = self;
+        cwasi_comm::threads::spawn("cwasi-otlp", move || export(endpoint, resource, items)).map(drop)
+    }
 }
 
 /// The export thread's queue, for the last batch at exit.
 static EXPORT_QUEUE: OnceLock<SyncSender<Item>> = OnceLock::new();
+/// Set while posts fail: exit does not wait for a collector that is gone.
+static FAILING: AtomicBool = AtomicBool::new(false);
 
-/// Sends the spans still queued, waiting a few seconds at most: call before
-/// the process exits.
+/// Sends the spans still queued, waiting a second at most: call before the
+/// process exits. Spans that did not fit in the queue are gone already.
 pub fn flush() {
     let Some(queue) = EXPORT_QUEUE.get() else { return };
+    if FAILING.load(Ordering::Relaxed) {
+        return;
+    }
     let (done, sent) = sync_channel(1);
     if queue.try_send(Item::Flush(done)).is_ok() {
         let _ = sent.recv_timeout(FLUSH_PATIENCE);
@@ -153,34 +183,36 @@ impl Visit for Fields {
     }
 }
 
-/// SpanKind in OTLP: SERVER 2, CLIENT 3. Status: ERROR 2.
+/// One span in OTLP/JSON from a `call` or `served` event's fields.
 fn span_json(fields: &HashMap<&'static str, String>, ended: SystemTime) -> Option<Value> {
     let get = |name: &str| fields.get(name).map(String::as_str);
     let (trace_id, span_id) = (get("trace_id")?, get("span_id")?);
     let elapsed_ns = get("elapsed_us").and_then(|us| us.parse::<u64>().ok()).unwrap_or(0).saturating_mul(1000);
     let end = ended.duration_since(UNIX_EPOCH).ok()?.as_nanos() as u64;
     let attribute = |key: &str, name: &str| get(name).map(|v| json!({"key": key, "value": {"stringValue": v}}));
+    // OTLP/JSON carries 64-bit integers as strings.
+    let count = |key: &str, name: &str| get(name).map(|v| json!({"key": key, "value": {"intValue": v}}));
     let (name, kind, failed, attributes) = match get("message")? {
         "call" => (
             format!("call {}", get("peer")?),
-            3,
+            KIND_CLIENT,
             get("status").filter(|s| *s != "ok"),
             [
                 attribute("cwasi.peer", "peer"),
                 attribute("cwasi.mode", "mode"),
                 attribute("cwasi.status", "status"),
-                attribute("cwasi.bytes_out", "bytes_out"),
-                attribute("cwasi.bytes_in", "bytes_in"),
+                count("cwasi.bytes_out", "bytes_out"),
+                count("cwasi.bytes_in", "bytes_in"),
             ],
         ),
         "served" => (
             "serve".to_owned(),
-            2,
+            KIND_SERVER,
             get("outcome").filter(|o| *o != "replied"),
             [
                 attribute("cwasi.outcome", "outcome"),
-                attribute("cwasi.bytes_in", "bytes_in"),
-                attribute("cwasi.bytes_out", "bytes_out"),
+                count("cwasi.bytes_in", "bytes_in"),
+                count("cwasi.bytes_out", "bytes_out"),
                 None,
                 None,
             ],
@@ -200,7 +232,7 @@ fn span_json(fields: &HashMap<&'static str, String>, ended: SystemTime) -> Optio
         span["parentSpanId"] = json!(parent);
     }
     if let Some(failure) = failed {
-        span["status"] = json!({"code": 2, "message": failure});
+        span["status"] = json!({"code": STATUS_ERROR, "message": failure});
     }
     Some(span)
 }
@@ -236,7 +268,9 @@ fn export(endpoint: Endpoint, resource: Value, items: Receiver<Item>) {
                 "resource": resource,
                 "scopeSpans": [{"scope": {"name": "cwasi"}, "spans": std::mem::take(&mut batch)}],
             }]});
-            match post(&endpoint, &body.to_string()) {
+            let posted = post(&endpoint, &body.to_string());
+            FAILING.store(posted.is_err(), Ordering::Relaxed);
+            match posted {
                 Ok(()) => failing = false,
                 // Once per outage, not once per batch.
                 Err(e) if !failing => {
@@ -286,8 +320,7 @@ fn post(endpoint: &Endpoint, body: &str) -> std::io::Result<()> {
 #[cfg(test)]
 fn with_export(queue: SyncSender<Item>) -> impl Subscriber {
     use tracing_subscriber::layer::SubscriberExt as _;
-    let layer = SpanExport { queue }.with_filter(Targets::new().with_target(EVENTS_TARGET, Level::DEBUG));
-    tracing_subscriber::registry().with(layer)
+    tracing_subscriber::registry().with(span_layer(queue))
 }
 
 #[cfg(test)]
@@ -302,7 +335,7 @@ mod tests {
         );
         assert_eq!(Endpoint::parse("http://c:4318/otlp/", true).unwrap().to_string(), "http://c:4318/otlp/v1/traces");
         assert_eq!(Endpoint::parse("http://c/v1/traces", false).unwrap().to_string(), "http://c:80/v1/traces");
-        assert!(Endpoint::parse("https://c:4318", true).unwrap_err().contains("only http://"));
+        assert!(Endpoint::parse("https://c:4318", true).unwrap_err().to_string().contains("only http://"));
         assert!(Endpoint::parse("http://user:pw@c:4318", true).is_err());
         assert!(Endpoint::parse("grpc://c", true).is_err());
     }
@@ -311,13 +344,13 @@ mod tests {
     fn call_and_served_events_become_client_and_server_spans() {
         let (queue, spans) = sync_channel(16);
         tracing::subscriber::with_default(with_export(queue), || {
-            tracing::debug!(target: "cwasi_comm::guest_host", peer = "relay-b", mode = "remote", status = "timeout",
+            tracing::debug!(target: cwasi_comm::CALL_EVENTS_TARGET, peer = "relay-b", mode = "remote", status = "timeout",
                 elapsed_us = 1500u64, trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", span_id = "00f067aa0ba902b7",
                 parent_id = "1111111111111111", "call");
-            tracing::debug!(target: "cwasi_comm::guest_host", outcome = "replied", elapsed_us = 10u64,
+            tracing::debug!(target: cwasi_comm::CALL_EVENTS_TARGET, outcome = "replied", elapsed_us = 10u64,
                 trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", span_id = "2222222222222222", "served");
             // Not a call: no span.
-            tracing::debug!(target: "cwasi_comm::guest_host", "something else");
+            tracing::debug!(target: cwasi_comm::CALL_EVENTS_TARGET, "something else");
             tracing::debug!(target: "elsewhere", trace_id = "x", span_id = "y", "call");
         });
         let spans: Vec<Value> = spans

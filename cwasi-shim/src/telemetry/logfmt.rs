@@ -1,4 +1,4 @@
-//! One log format for the shim and its guest processes: containerd's own
+//! The one log format of the shim and its guest processes: containerd's own
 //! (logfmt, as logrus writes it), so that every line containerd copies into
 //! its log reads alike and parses with the same tools:
 //!
@@ -9,21 +9,25 @@
 //! `time`, `level` and `msg` come first, then the fields of the spans the
 //! line was logged in (outermost first: the guest process's `container` and
 //! `function`), then the event's own fields.
+//!
+//! Lines may carry guest-chosen text (a peer name, a failure message): values
+//! are quoted and escaped so that none can forge a field or a line, and cut
+//! so that a line stays below `PIPE_BUF`, which keeps each line one atomic
+//! write into the log pipe that several processes share.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::path::PathBuf;
-use std::sync::Mutex;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
-use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::otlp;
+/// The longest line written (bytes, newline included): under `PIPE_BUF`.
+const LINE_MAX: usize = 4000;
+/// The longest message and field value kept; longer ones end with `…`.
+const MESSAGE_MAX: usize = 1024;
+const VALUE_MAX: usize = 512;
 
 /// Formats events as logfmt lines.
 pub struct Logfmt;
@@ -40,8 +44,8 @@ where
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let mut fields = Pairs::default();
         event.record(&mut fields);
-        write!(writer, "time=\"{time}\" level={} msg=", level_name(event.metadata().level()))?;
-        write_value(&mut writer, fields.message.as_deref().unwrap_or(""))?;
+        let mut line = format!("time=\"{time}\" level={} msg=", level_name(event.metadata().level()));
+        write_value(&mut line, fields.message.as_deref().unwrap_or(""), MESSAGE_MAX)?;
         let mut context = String::new();
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
@@ -54,14 +58,23 @@ where
                 }
             }
         }
-        writer.write_str(&context)?;
-        // A field the context already shows (code that also runs outside a
+        line.push_str(&context);
+        // A key the context already shows (code that also runs outside a
         // guest names its function itself) is written once.
-        let shown: Vec<&str> = context.split(' ').collect();
-        for pair in fields.pairs.iter().filter(|pair| !shown.contains(&pair.as_str())) {
-            write!(writer, " {pair}")?;
+        let shown = keys(&context);
+        let mut cut = false;
+        for (_, pair) in fields.pairs.iter().filter(|(key, _)| !shown.contains(&key.as_str())) {
+            if line.len() + 1 + pair.len() + " truncated=true\n".len() > LINE_MAX {
+                cut = true;
+                continue;
+            }
+            line.push(' ');
+            line.push_str(pair);
         }
-        writeln!(writer)
+        if cut {
+            line.push_str(" truncated=true");
+        }
+        writeln!(writer, "{line}")
     }
 }
 
@@ -73,7 +86,8 @@ impl<'writer> FormatFields<'writer> for LogfmtFields {
     ) -> fmt::Result {
         let mut pairs = Pairs::default();
         fields.record(&mut pairs);
-        writer.write_str(&pairs.pairs.join(" "))
+        let joined: Vec<&str> = pairs.pairs.iter().map(|(_, pair)| pair.as_str()).collect();
+        writer.write_str(&joined.join(" "))
     }
 }
 
@@ -88,11 +102,12 @@ fn level_name(level: &Level) -> &'static str {
     }
 }
 
-/// Collects an event's message apart and its other fields as `key=value`.
+/// Collects an event's message apart and its other fields as
+/// `(key, "key=value")`.
 #[derive(Default)]
 struct Pairs {
     message: Option<String>,
-    pairs: Vec<String>,
+    pairs: Vec<(String, String)>,
 }
 
 impl Pairs {
@@ -103,8 +118,8 @@ impl Pairs {
         }
         let mut pair = format!("{}=", field.name());
         // Writing to a String cannot fail.
-        let _ = write_value(&mut pair, value);
-        self.pairs.push(pair);
+        let _ = write_value(&mut pair, value, VALUE_MAX);
+        self.pairs.push((field.name().to_owned(), pair));
     }
 }
 
@@ -118,10 +133,38 @@ impl Visit for Pairs {
     }
 }
 
-/// A value bare when logfmt allows it, else quoted with `"`, `\` and line
-/// breaks escaped (a guest-chosen name must not forge a second line).
-fn write_value(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
+/// The keys of logfmt pairs written by [`write_value`] (quoted values may
+/// hold spaces and `=`).
+fn keys(pairs: &str) -> Vec<&str> {
+    let mut keys = Vec::new();
+    let mut rest = pairs.trim_start();
+    while let Some((key, after)) = rest.split_once('=') {
+        keys.push(key);
+        let end = if let Some(quoted) = after.strip_prefix('"') {
+            // The closing quote is the first one not escaped.
+            let mut escaped = false;
+            quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '"' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(after.len(), |(i, _)| i + 2)
+        } else {
+            after.find(' ').unwrap_or(after.len())
+        };
+        rest = after[end..].trim_start();
+    }
+    keys
+}
+
+/// A value bare when logfmt allows it, else quoted with `"`, `\` and control
+/// characters escaped; cut to `max` bytes with a trailing `…`.
+fn write_value(out: &mut impl fmt::Write, value: &str, max: usize) -> fmt::Result {
+    let (value, cut) = if value.len() > max { (&value[..floor_boundary(value, max)], true) } else { (value, false) };
     let bare = !value.is_empty()
+        && !cut
         && value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/' | '@' | '^' | '+' | ':'));
@@ -140,73 +183,20 @@ fn write_value(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
             c => out.write_char(c)?,
         }
     }
+    if cut {
+        out.write_char('…')?;
+    }
     out.write_char('"')
 }
 
-/// Installs the logfmt subscriber for this process, writing to `writer` at
-/// `filter`, and exporting call spans to `export` when given. Not through
-/// `try_init`: that would also claim the `log` facade, which the shim
-/// library sets up for its own lines.
-pub fn init<W>(filter: tracing_subscriber::EnvFilter, writer: W, export: Option<(otlp::Endpoint, otlp::Resource)>)
-where
-    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
-{
-    let lines = tracing_subscriber::fmt::layer()
-        .with_ansi(false)
-        .event_format(Logfmt)
-        .fmt_fields(LogfmtFields)
-        .with_writer(writer)
-        .with_filter(filter);
-    let registry = tracing_subscriber::registry().with(lines);
-    let mut failed = None;
-    let export =
-        export.and_then(|(endpoint, resource)| otlp::start(endpoint, resource).map_err(|e| failed = Some(e)).ok());
-    let _ = tracing::subscriber::set_global_default(registry.with(export));
-    if let Some(e) = failed {
-        tracing::warn!("cannot start the OTLP export: {e}");
-    }
-}
-
-/// `RUST_LOG` when set, else `level`.
-pub fn filter_or(level: &str) -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
-}
-
-/// The shim's log FIFO (`log` in the bundle directory, which containerd
-/// reads), opened at the first line: the shim's short-lived `start` and
-/// `delete` runs may have no reader yet. Read-write, so that opening it never
-/// blocks; lines go to stderr when there is no FIFO.
-pub struct ShimLog {
-    path: PathBuf,
-    file: Mutex<Option<File>>,
-}
-
-impl ShimLog {
-    pub fn in_current_dir() -> Self {
-        let path = std::env::current_dir().unwrap_or_default().join("log");
-        Self { path, file: Mutex::new(None) }
-    }
-}
-
-impl io::Write for &ShimLog {
-    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if file.is_none() {
-            *file = OpenOptions::new().read(true).write(true).open(&self.path).ok();
-        }
-        match file.as_mut() {
-            Some(fifo) => fifo.write(line),
-            None => io::stderr().write(line),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+/// The largest char boundary of `text` at or below `at`.
+fn floor_boundary(text: &str, at: usize) -> usize {
+    (0..=at.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -238,20 +228,25 @@ mod tests {
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
     }
 
+    fn quoted(value: &str, max: usize) -> String {
+        let mut out = String::new();
+        write_value(&mut out, value, max).unwrap();
+        out
+    }
+
     #[test]
-    fn lines_are_logfmt_with_span_fields_before_event_fields() {
+    fn lines_are_logfmt_with_span_fields_once_before_event_fields() {
         let out = logged(|| {
             let _guest = tracing::info_span!("guest", container = "relay-a", function = "relay a").entered();
-            tracing::debug!(peer = "relay-b", container = "relay-a", trace_id = "4bf9", elapsed_us = 12u64, "call");
+            tracing::debug!(peer = "relay-b", container = "relay-a", function = "relay a", elapsed_us = 12u64, "call");
             tracing::warn!("call failed: \"x\"\nforged=line");
         });
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2, "{out}");
         assert!(lines[0].starts_with("time=\""), "{}", lines[0]);
         assert!(
-            lines[0].ends_with(
-                "level=debug msg=call container=relay-a function=\"relay a\" peer=relay-b trace_id=4bf9 elapsed_us=12"
-            ),
+            lines[0]
+                .ends_with(r#"level=debug msg=call container=relay-a function="relay a" peer=relay-b elapsed_us=12"#),
             "{}",
             lines[0]
         );
@@ -263,17 +258,34 @@ mod tests {
     }
 
     #[test]
+    fn a_quoted_value_cannot_hide_a_field() {
+        let out = logged(|| {
+            let _guest = tracing::info_span!("guest", function = "x peer=y z").entered();
+            tracing::info!(peer = "victim", "call");
+        });
+        assert!(out.trim_end().ends_with(r#"function="x peer=y z" peer=victim"#), "{out}");
+        assert_eq!(keys(r#"a=1 b="x \" c=2" d=3"#), ["a", "b", "d"]);
+    }
+
+    #[test]
+    fn long_guest_text_is_cut_and_lines_stay_under_pipe_buf() {
+        let huge = "é".repeat(10_000);
+        let out = logged(|| {
+            tracing::warn!(a = %huge, b = %huge, c = %huge, d = %huge, e = %huge, f = %huge, g = %huge, h = %huge, "{huge}");
+        });
+        assert!(out.len() < 4096, "{} bytes", out.len());
+        assert!(out.contains("…\"") && out.trim_end().ends_with("truncated=true"), "{out}");
+    }
+
+    #[test]
     fn values_are_bare_only_when_safe() {
-        let quoted = |v: &str| {
-            let mut out = String::new();
-            write_value(&mut out, v).unwrap();
-            out
-        };
-        assert_eq!(quoted("relay-a"), "relay-a");
-        assert_eq!(quoted("/run/x.sock"), "/run/x.sock");
-        assert_eq!(quoted(""), "\"\"");
-        assert_eq!(quoted("a b"), "\"a b\"");
-        assert_eq!(quoted("k=v"), "\"k=v\"");
-        assert_eq!(quoted("a\\b\u{7}"), "\"a\\\\b\\u{7}\"");
+        assert_eq!(quoted("relay-a", 512), "relay-a");
+        assert_eq!(quoted("/run/x.sock", 512), "/run/x.sock");
+        assert_eq!(quoted("", 512), "\"\"");
+        assert_eq!(quoted("a b", 512), "\"a b\"");
+        assert_eq!(quoted("k=v", 512), "\"k=v\"");
+        assert_eq!(quoted("a\\b\u{7}", 512), "\"a\\\\b\\u{7}\"");
+        assert_eq!(quoted("abcdef", 3), "\"abc…\"");
+        assert_eq!(quoted("ééé", 2), "\"é…\"");
     }
 }
