@@ -9,6 +9,7 @@
 //! one more copy than on wasmtime.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use cwasi_abi::{self as abi, Status};
 use cwasi_comm::{CallError, EmbeddedPeers, PendingReply};
@@ -21,6 +22,7 @@ use wasmedge_sdk::{CallingFrame, ImportObjectBuilder, Instance, Module, Store, V
 
 use crate::host_api::{HostResult, done, ints, with_memory};
 use crate::run::{config, is_termination};
+use crate::timed_run::{self, Ran};
 
 pub(crate) struct WasmEdgeEmbedded {
     modules: HashMap<String, Vec<u8>>,
@@ -62,6 +64,17 @@ fn failed(peer: &str, what: impl std::fmt::Display) -> CallError {
 
 impl EmbeddedPeers for WasmEdgeEmbedded {
     fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
+        self.run(peer, request, None)
+    }
+
+    fn call_by(&self, peer: &str, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
+        self.run(peer, request, Some(deadline))
+    }
+}
+
+impl WasmEdgeEmbedded {
+    /// Runs `peer` on `request` to its answer, stopped at `deadline` if any.
+    fn run(&self, peer: &str, request: &[u8], deadline: Option<Instant>) -> Result<Box<dyn PendingReply>, CallError> {
         let bytes = self
             .modules
             .get(peer)
@@ -89,24 +102,37 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
             .map_err(|e| failed(peer, e))?;
         let mut cwasi = builder.build();
 
+        let refusals_before = crate::grow_refusals::count();
         let outcome = {
             let mut instances: HashMap<String, &mut dyn SyncInst> = HashMap::new();
             instances.insert(wasi.name().to_string(), wasi.as_mut());
             instances.insert(abi::MODULE.to_string(), &mut cwasi);
             let mut vm = Vm::new(Store::new(Some(&config), instances).map_err(|e| failed(peer, e))?);
             vm.register_module(None, module).map_err(|e| failed(peer, e))?;
-            vm.run_func(None, "_start", [])
+            match deadline {
+                None => vm
+                    .run_func(None, "_start", [])
+                    .map(|_| Ran::Ended)
+                    .or_else(|e| if is_termination(&e) { Ok(Ran::Ended) } else { Ok(Ran::Trapped(e.to_string())) }),
+                Some(deadline) => {
+                    let instance = vm.active_module_mut().ok_or_else(|| failed(peer, "no active module"))?;
+                    timed_run::run_start_by(instance, deadline).map_err(|e| failed(peer, format!("{e:#}")))
+                }
+            }
         };
         // The peer runs on the caller's thread: its refusals are its own.
-        let growth_refused = crate::grow_refusals::take();
+        let growth_refused = crate::grow_refusals::take() || crate::grow_refusals::count() > refusals_before;
         let exchange = cwasi.get_host_data_mut();
         // The run ends at the peer's next `serve_next` (a termination, which
         // WasmEdge may report as a successful end).
-        match (outcome, exchange.reply.take(), exchange.failure.take()) {
-            (Err(e), _, _) if !is_termination(&e) && growth_refused => {
+        match (outcome?, exchange.reply.take(), exchange.failure.take()) {
+            (Ran::TimedOut, _, _) => Err(CallError::Timeout(format!(
+                "embedded peer {peer} still ran at the call's deadline and was stopped"
+            ))),
+            (Ran::Trapped(e), _, _) if growth_refused => {
                 Err(failed(peer, format!("trapped after its memory limit refused a growth: {e}")))
             }
-            (Err(e), _, _) if !is_termination(&e) => Err(failed(peer, format!("trapped: {e}"))),
+            (Ran::Trapped(e), _, _) => Err(failed(peer, format!("trapped: {e}"))),
             (_, Some(reply), _) => Ok(Box::new(OwnedReply(reply))),
             (_, None, Some(message)) => Err(CallError::PeerFailed(message)),
             (_, None, None) => Err(failed(peer, format!("ended with status {} before answering", wasi.exit_code()))),

@@ -10,6 +10,7 @@
 //! peer's nested inside one of the guest's host calls.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmedge_sys::ffi;
 
@@ -19,6 +20,10 @@ const REFUSED_GROWTH: &str = "Memory Instance: Memory grow page failed, exceeded
 thread_local! {
     static REFUSED: Cell<bool> = const { Cell::new(false) };
 }
+
+/// Refusals on any thread: an embedded peer runs on a thread of
+/// libwasmedge's own (`timed_run`), whose notes its caller cannot read.
+static REFUSALS: AtomicU64 = AtomicU64::new(0);
 
 /// Routes libwasmedge's errors to [`on_log`] (and nothing to stdout).
 pub(crate) fn watch() {
@@ -35,6 +40,13 @@ pub(crate) fn take() -> bool {
     REFUSED.with(|r| r.replace(false))
 }
 
+/// Refusals so far, on every thread: compared before and after a run on
+/// another thread. (A refusal of a guest running at the same time counts
+/// too; it only changes the wording of an error.)
+pub(crate) fn count() -> u64 {
+    REFUSALS.load(Ordering::Relaxed)
+}
+
 unsafe extern "C" fn on_log(message: *const ffi::WasmEdge_LogMessage) {
     // SAFETY: libwasmedge passes a message valid for this call, whose
     // `Message` is `Length` bytes at `Buf` (checked for null).
@@ -48,6 +60,7 @@ unsafe extern "C" fn on_log(message: *const ffi::WasmEdge_LogMessage) {
     let text = String::from_utf8_lossy(text);
     if text.starts_with(REFUSED_GROWTH) {
         REFUSED.with(|r| r.set(true));
+        REFUSALS.fetch_add(1, Ordering::Relaxed);
     }
     tracing::debug!(target: "wasmedge", "{text}");
 }
