@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cwasi_abi::Status;
 
-use crate::stats::{CallCounter, FunctionStats};
+use crate::stats::{CallCounter, FunctionStats, LastCounter};
 use crate::trace::TraceContext;
 use crate::{CallError, FunctionServer, IncomingRequest, Mode, PendingReply, Router};
 
@@ -24,6 +24,7 @@ pub struct GuestHost {
     calls: HashMap<u32, Call>,
     next_handle: u32,
     current: Option<Serving>,
+    last_counter: LastCounter,
 }
 
 /// A call in flight, and what its end is counted and logged with.
@@ -71,7 +72,15 @@ impl GuestHost {
     /// `server` and `stats` are shared by every handler instance of a
     /// serving container.
     pub fn new(router: Arc<Router>, server: Option<Arc<FunctionServer>>, stats: Option<Arc<FunctionStats>>) -> Self {
-        Self { router, server, stats, calls: HashMap::new(), next_handle: 1, current: None }
+        Self {
+            router,
+            server,
+            stats,
+            calls: HashMap::new(),
+            next_handle: 1,
+            current: None,
+            last_counter: LastCounter::default(),
+        }
     }
 
     /// Counts and logs a call that ended (once).
@@ -130,7 +139,7 @@ impl GuestHost {
                 return Err(status);
             }
         };
-        let counter = self.stats.as_ref().map(|stats| stats.counter(peer, Some(mode)));
+        let counter = self.stats.as_ref().map(|stats| self.last_counter.get(stats, peer, Some(mode)));
         let logged_peer = tracing::enabled!(target: CALL_EVENTS_TARGET, tracing::Level::DEBUG).then(|| peer.into());
         let handle = self.next_handle;
         self.next_handle = self.next_handle.checked_add(1).unwrap_or(1);

@@ -39,12 +39,17 @@ impl TraceContext {
                 // Flags this version does not know are not passed on.
                 flags: parent.flags & SAMPLED,
             },
-            None => Self {
-                trace_id: (u128::from(random_nonzero_u64()) << 64) | u128::from(random_nonzero_u64()),
-                span_id: random_nonzero_u64(),
-                parent_id: None,
-                flags: SAMPLED,
-            },
+            None => {
+                // One hash per trace: the root span's id is derived from the
+                // trace id's fresh half, which it travels beside anyway.
+                let (thread, fresh) = new_trace_halves();
+                Self {
+                    trace_id: (u128::from(thread) << 64) | u128::from(fresh),
+                    span_id: (fresh.rotate_left(32) ^ thread).max(1),
+                    parent_id: None,
+                    flags: SAMPLED,
+                }
+            }
         }
     }
 
@@ -137,24 +142,45 @@ thread_local! {
     /// A keyed hash (SipHash, its key random per process and thread) of a
     /// counter: ids never repeat within a thread, and one seen in a request
     /// does not tell another tenant the next (which would let it graft spans
-    /// onto traces not its own). No system call per id.
-    static IDS: (std::collections::hash_map::RandomState, Cell<u64>) = Default::default();
+    /// onto traces not its own). No system call per id. With it, a random
+    /// word per thread: the high half of the thread's trace ids.
+    static IDS: Ids = Ids::new();
 }
 
-fn random_nonzero_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    IDS.with(|(key, counter)| {
+struct Ids {
+    key: std::collections::hash_map::RandomState,
+    counter: Cell<u64>,
+    thread: u64,
+}
+
+impl Ids {
+    fn new() -> Self {
+        use std::hash::BuildHasher;
+        let key = std::collections::hash_map::RandomState::new();
+        let thread = key.hash_one(u64::MAX).max(1);
+        Self { key, counter: Cell::new(0), thread }
+    }
+
+    fn next(&self) -> u64 {
+        use std::hash::BuildHasher;
         loop {
-            let n = counter.get().wrapping_add(1);
-            counter.set(n);
-            let mut hasher = key.build_hasher();
-            hasher.write_u64(n);
-            let id = hasher.finish();
+            let n = self.counter.get().wrapping_add(1);
+            self.counter.set(n);
+            let id = self.key.hash_one(n);
             if id != 0 {
                 return id;
             }
         }
-    })
+    }
+}
+
+fn random_nonzero_u64() -> u64 {
+    IDS.with(Ids::next)
+}
+
+/// This thread's random word and a fresh id: a trace id's two halves.
+fn new_trace_halves() -> (u64, u64) {
+    IDS.with(|ids| (ids.thread, ids.next()))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ mod recorder;
 mod snapshot;
 
 pub use layout::bucket_upper_ns;
-pub use recorder::{CallCounter, FunctionStats, Identity, stats_dir};
+pub use recorder::{CallCounter, FunctionStats, Identity, LastCounter, stats_dir};
 pub use snapshot::{CallSnapshot, FunctionSnapshot, read_all, read_file};
 
 #[cfg(test)]

@@ -48,6 +48,25 @@ pub fn stats_dir(run_dir: &Path, node: &str) -> PathBuf {
 #[derive(Debug, Clone, Copy)]
 pub struct CallCounter(Option<usize>);
 
+/// One guest's memo of its last counter: a guest calling the same peer
+/// again (a loop, a handler's one onward call) finds it without the shared
+/// lock and map of [`FunctionStats::counter`].
+#[derive(Default)]
+pub struct LastCounter(Option<(Box<str>, Option<Mode>, CallCounter)>);
+
+impl LastCounter {
+    pub fn get(&mut self, stats: &FunctionStats, peer: &str, mode: Option<Mode>) -> CallCounter {
+        match &self.0 {
+            Some((last, last_mode, counter)) if **last == *peer && *last_mode == mode => *counter,
+            _ => {
+                let counter = stats.counter(peer, mode);
+                self.0 = Some((peer.into(), mode, counter));
+                counter
+            }
+        }
+    }
+}
+
 fn mode_index(mode: Option<Mode>) -> usize {
     match mode {
         Some(Mode::Embedded) => 0,
