@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use cwasi_abi::Status;
 
+use crate::log_budget::LogBudget;
 use crate::stats::{CallCounter, FunctionStats, LastCounter};
 use crate::trace::TraceContext;
 use crate::{CallError, FunctionServer, IncomingRequest, Mode, PendingReply, Router};
@@ -25,6 +26,9 @@ pub struct GuestHost {
     next_handle: u32,
     current: Option<Serving>,
     last_counter: LastCounter,
+    /// Failures logged: a guest looping on a refused call writes a few
+    /// lines a second, with the count of those left out.
+    failures_logged: LogBudget,
 }
 
 /// A call in flight, and what its end is counted and logged with.
@@ -80,6 +84,7 @@ impl GuestHost {
             next_handle: 1,
             current: None,
             last_counter: LastCounter::default(),
+            failures_logged: LogBudget::new(),
         }
     }
 
@@ -255,14 +260,17 @@ impl GuestHost {
         sent.map_err(|e| self.report("reply to", "", trace.as_ref(), e))
     }
 
+    /// Logs a failure (within the guest's log budget) and returns its status.
     fn report(&self, what: &str, peer: &str, trace: Option<&TraceContext>, error: CallError) -> Status {
         let status = error.status();
+        let Some(suppressed) = self.failures_logged.allow() else { return status };
         let trace_id = trace.map(|t| tracing::field::display(t.trace_id()));
+        let suppressed = (suppressed > 0).then_some(suppressed);
         match status {
             Status::Forbidden | Status::UnknownPeer | Status::SelfCall => {
-                tracing::warn!(peer = %peer, trace_id, "{what} failed: {error}")
+                tracing::warn!(peer = %peer, trace_id, suppressed, "{what} failed: {error}")
             }
-            _ => tracing::info!(peer = %peer, trace_id, "{what} failed: {error}"),
+            _ => tracing::info!(peer = %peer, trace_id, suppressed, "{what} failed: {error}"),
         }
         status
     }

@@ -21,6 +21,7 @@ mod channel;
 mod error;
 mod guest_host;
 pub mod local;
+mod log_budget;
 pub mod registry;
 pub mod remote;
 mod router;

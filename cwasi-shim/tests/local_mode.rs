@@ -131,6 +131,29 @@ fn a_peer_outside_the_allow_list_is_forbidden() {
 }
 
 #[test]
+fn a_guest_looping_on_a_refused_call_cannot_flood_the_node_log() {
+    let (ctd, images) = containerd_with(&["call-load"]);
+    let started = std::time::Instant::now();
+    let flags = ["--rm", "--annotation", "cwasi.io/function=flooder", "--annotation", "cwasi.io/peers=echo"];
+    let out =
+        ctd.run("flooder", &images[0], &flags, &["/call-load.wasm", "--count", "3000", "--pause-ms", "1", "nobody=x"]);
+    let out = out.unwrap();
+    assert!(out.stdout.contains("summary ok=0 err=3000"), "{}", out.stdout.lines().last().unwrap_or_default());
+    let seconds = started.elapsed().as_secs() + 1;
+    let log = ctd.log();
+    let refused: Vec<&str> =
+        log.lines().filter(|l| l.contains("container=flooder") && l.contains("may not call")).collect();
+    // 10 lines a second at most, and what was left out is counted.
+    assert!(!refused.is_empty() && refused.len() as u64 <= 10 * seconds, "{} lines in {seconds} s", refused.len());
+    let counted: u64 = refused
+        .iter()
+        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("suppressed=")))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    assert!(counted > 0 && counted + refused.len() as u64 <= 3000, "{counted} counted as left out");
+}
+
+#[test]
 fn without_a_redis_a_misspelt_peer_is_unknown_at_once() {
     // The rig leaves CWASI_REDIS_URL unset, as on an edge node without Redis:
     // remote mode is off, so nothing waits for a Redis that is not there.
