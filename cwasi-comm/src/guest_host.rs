@@ -44,25 +44,32 @@ struct Call {
     ended: bool,
 }
 
-/// The request the handler is serving, since when, and the span of serving
-/// it (a child of the caller's; none when the caller sent no context).
+/// The request the handler is serving, since when (only when requests are
+/// logged), and the span of serving it (a child of the caller's; none when
+/// the caller sent no context).
 struct Serving {
     request: IncomingRequest,
-    since: Instant,
+    since: Option<Instant>,
     trace: Option<TraceContext>,
 }
 
 /// What is logged of a request once its answer consumed it.
 struct Ended {
     trace: Option<TraceContext>,
-    since: Instant,
+    since: Option<Instant>,
     bytes_in: u64,
+}
+
+/// Whether calls and served requests are logged (or exported as spans): the
+/// `call`/`served` events and what only they need are made only then.
+fn calls_logged() -> bool {
+    tracing::enabled!(target: CALL_EVENTS_TARGET, tracing::Level::DEBUG)
 }
 
 impl Serving {
     fn take(request: IncomingRequest) -> Self {
         let trace = request.trace().map(|caller| TraceContext::new_span(Some(&caller)));
-        Self { request, since: Instant::now(), trace }
+        Self { request, since: calls_logged().then(Instant::now), trace }
     }
 
     /// Splits off what is logged once the answer consumed the request.
@@ -138,14 +145,14 @@ impl GuestHost {
             Err(e) => {
                 let status = self.report("call", peer, Some(&trace), e);
                 if let Some(stats) = &self.stats {
-                    let counter = stats.counter(peer, None);
+                    let counter = self.last_counter.get(stats, peer, None);
                     stats.record_call(counter, status, request.len(), 0, started.elapsed());
                 }
                 return Err(status);
             }
         };
         let counter = self.stats.as_ref().map(|stats| self.last_counter.get(stats, peer, Some(mode)));
-        let logged_peer = tracing::enabled!(target: CALL_EVENTS_TARGET, tracing::Level::DEBUG).then(|| peer.into());
+        let logged_peer = calls_logged().then(|| peer.into());
         let handle = self.next_handle;
         self.next_handle = self.next_handle.checked_add(1).unwrap_or(1);
         let call = Call { pending, counter, started, bytes_out: request.len(), mode, trace, logged_peer, ended: false };
@@ -211,7 +218,7 @@ impl GuestHost {
         if let Some(stats) = &self.stats {
             stats.request_answered(replied && sent, bytes_out as u64);
         }
-        let trace = ended.trace;
+        let (trace, Some(since)) = (ended.trace, ended.since) else { return };
         tracing::debug!(
             target: CALL_EVENTS_TARGET,
             outcome = if !sent {
@@ -221,7 +228,7 @@ impl GuestHost {
             } else {
                 "failed"
             },
-            elapsed_us = ended.since.elapsed().as_micros() as u64,
+            elapsed_us = since.elapsed().as_micros() as u64,
             bytes_in = ended.bytes_in,
             bytes_out,
             trace_id = trace.map(|t| tracing::field::display(t.trace_id())),

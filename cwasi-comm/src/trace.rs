@@ -15,14 +15,15 @@ use std::fmt;
 /// and samples a trace it starts.
 const SAMPLED: u8 = 0x01;
 /// The longest `traceparent` read (a later version may append fields).
-pub const MAX_LEN: usize = 256;
+const MAX_LEN: usize = 256;
 
 /// One call's place in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
     trace_id: u128,
     span_id: u64,
-    /// The span of the request the caller was serving, if any.
+    /// The parent span, if any (known for spans made here; a parsed or
+    /// received context carries none).
     parent_id: Option<u64>,
     flags: u8,
 }

@@ -13,7 +13,7 @@ use super::keys::{FunctionKeys, GROUP, MAX_DELIVERIES, REPLY_FAILED};
 use super::link::{LinkPool, PooledLink, RedisLink};
 use super::request::{Answer, InFlight, RemoteRequest};
 use crate::CallError;
-use crate::trace::{self, TraceContext};
+use crate::trace::TraceContext;
 
 /// A request delivered to a server that stopped is claimed by another after
 /// this long without a heartbeat.
@@ -93,8 +93,7 @@ impl Intake {
         let body_key = field("bodykey");
         // A malformed context starts a new trace at the next call, as the
         // W3C format asks; the request itself is fine.
-        let trace = entry.fields.get("tp").filter(|tp| tp.len() <= trace::MAX_LEN);
-        let trace = trace.and_then(|tp| std::str::from_utf8(tp).ok()).and_then(TraceContext::parse);
+        let trace = entry.fields.get("tp").and_then(|tp| std::str::from_utf8(tp).ok()).and_then(TraceContext::parse);
         if let Err(reason) = self.keys.check_entry(&id, &reply_key, body_key.as_deref()) {
             let reason = format!("refused: {reason}");
             // Answer only through a reply list that is really this request's.

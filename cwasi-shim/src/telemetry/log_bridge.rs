@@ -9,10 +9,8 @@ impl log::Log for LogBridge {
         metadata.level() <= log::max_level()
     }
 
+    /// The `log` macros checked the level already.
     fn log(&self, record: &log::Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
         let (logger, message) = (record.target(), record.args());
         match record.level() {
             log::Level::Error => tracing::error!(logger, "{message}"),

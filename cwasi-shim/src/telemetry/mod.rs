@@ -68,10 +68,11 @@ pub fn init_guest(
 }
 
 /// `cwasi.io/log`: a more verbose level applies to cwasi's own lines only (a
-/// pod must not turn every crate's tracing into node log volume); a quieter
-/// one to everything.
+/// pod must not turn every crate's tracing into node log volume); `info` is
+/// the default; a quieter one applies to everything.
 fn guest_directives(level: &str) -> String {
     match level {
+        "info" => GUEST_DEFAULT.to_owned(),
         "debug" | "trace" => format!(
             "{GUEST_DEFAULT},{}={level},cwasi_comm={level},cwasi_engine={level},cwasi_wasmtime={level},cwasi_wasmedge={level},containerd_shim_cwasi_v1={level}",
             cwasi_comm::CALL_EVENTS_TARGET
@@ -120,5 +121,7 @@ mod tests {
         assert!(debug.starts_with("info,wasmtime_wasi=warn,cwasi::calls=debug,cwasi_comm=debug"), "{debug}");
         assert!(EnvFilter::try_new(&debug).is_ok());
         assert_eq!(guest_directives("warn"), "warn");
+        // `info` keeps wasmtime-wasi's per-hostcall spans off, as the default does.
+        assert_eq!(guest_directives("info"), GUEST_DEFAULT);
     }
 }

@@ -109,6 +109,8 @@ pub struct Exporter {
     endpoint: Endpoint,
     resource: Value,
     items: Receiver<Item>,
+    /// For [`flush`], once the thread runs.
+    queue: SyncSender<Item>,
 }
 
 /// The layer for a subscriber, and the exporter that sends what it queues.
@@ -117,8 +119,8 @@ where
     S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     let (queue, items) = sync_channel(QUEUE);
-    let _ = EXPORT_QUEUE.set(queue.clone());
-    (span_layer(queue), Exporter { endpoint, resource: resource_json(resource), items })
+    let exporter = Exporter { endpoint, resource: resource_json(resource), items, queue: queue.clone() };
+    (span_layer(queue), exporter)
 }
 
 fn span_layer<S: Subscriber>(queue: SyncSender<Item>) -> SpanLayer<S> {
@@ -130,12 +132,16 @@ impl Exporter {
     /// entered the container's namespaces, capabilities and signal mask: a
     /// thread inherits them only from the one that starts it.
     pub fn spawn(self) -> std::io::Result<()> {
-        let Exporter { endpoint, resource, items } = self;
-        cwasi_comm::threads::spawn("cwasi-otlp", move || export(endpoint, resource, items)).map(drop)
+        let Exporter { endpoint, resource, items, queue } = self;
+        cwasi_comm::threads::spawn("cwasi-otlp", move || export(endpoint, resource, items))?;
+        // Only now can a flush be answered: a process whose exporter never
+        // started does not wait for one at exit.
+        let _ = EXPORT_QUEUE.set(queue);
+        Ok(())
     }
 }
 
-/// The export thread's queue, for the last batch at exit.
+/// The running export thread's queue, for the last batch at exit.
 static EXPORT_QUEUE: OnceLock<SyncSender<Item>> = OnceLock::new();
 /// Set while posts fail: exit does not wait for a collector that is gone.
 static FAILING: AtomicBool = AtomicBool::new(false);
