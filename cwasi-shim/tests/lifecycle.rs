@@ -128,6 +128,46 @@ fn guest_sees_its_rootfs_and_mounts_but_not_the_host() {
     assert_eq!(out.stdout, "from a bind mount\n");
 }
 
+/// A read-only mount or rootfs stays read-only on every engine: WASI is the
+/// only thing between the guest and those files.
+#[test]
+fn guest_cannot_write_where_its_spec_says_read_only() {
+    let (ctd, images) = containerd_with(&["read-file"]);
+    let image = &images[0];
+    let shared = tempfile::tempdir().unwrap();
+    let note = shared.path().join("note.txt");
+    std::fs::write(&note, "kept\n").unwrap();
+    let mount =
+        |options: &str| format!("type=bind,src={},dst=/mnt/shared,options=rbind:{options}", shared.path().display());
+
+    let ro = mount("ro");
+    let command = ["/read-file.wasm", "/mnt/shared/note.txt", "append", "tampered\n"];
+    let out = ctd.run("write-ro", image, &["--rm", "--mount", &ro], &command).unwrap();
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("cannot write /mnt/shared/note.txt"), "{out:?}");
+    let new_file = ["/read-file.wasm", "/mnt/shared/new.txt", "append", "planted\n"];
+    let out = ctd.run("create-ro", image, &["--rm", "--mount", &ro], &new_file).unwrap();
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "kept\n");
+    assert!(!shared.path().join("new.txt").exists());
+
+    let out = ctd
+        .run(
+            "write-root-ro",
+            image,
+            &["--rm", "--read-only"],
+            &["/read-file.wasm", "/data/greeting.txt", "append", "x"],
+        )
+        .unwrap();
+    assert_eq!(out.code, Some(2), "{out:?}");
+
+    // The same writes where the spec allows them.
+    let rw = mount("rw");
+    let out = ctd.run("write-rw", image, &["--rm", "--mount", &rw], &command).unwrap().ok().unwrap();
+    assert_eq!(out.stdout, "kept\ntampered\n");
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "kept\ntampered\n");
+}
+
 #[test]
 #[cfg_attr(feature = "wasmedge", ignore = "the WasmEdge interpreter compiles nothing to cache")]
 fn second_start_of_a_module_loads_it_from_the_cache() {

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cwasi_engine::{Engine, GuestExit, GuestHost, GuestSpec};
+use cwasi_engine::{Engine, GuestExit, GuestHost, GuestSpec, Preopen};
 use wasmedge_sdk::config::{CommonConfigOptions, Config, ConfigBuilder, RuntimeConfigOptions};
 use wasmedge_sdk::error::{CoreCommonError, CoreError, WasmEdgeError};
 use wasmedge_sdk::vm::SyncInst;
@@ -62,9 +62,7 @@ impl Engine for WasmEdgeEngine {
 
         let args: Vec<&str> = guest.args.iter().map(String::as_str).collect();
         let envs: Vec<String> = guest.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        // WasmEdge preopens are `GUEST:HOST`; it has no read-only preopen.
-        let preopens: Vec<String> =
-            guest.preopens.iter().map(|p| format!("{}:{}", p.guest_path, p.host_path.display())).collect();
+        let preopens = guest.preopens.iter().map(preopen).collect::<anyhow::Result<Vec<String>>>()?;
         let mut wasi = WasiModule::create(
             Some(args),
             Some(envs.iter().map(String::as_str).collect()),
@@ -102,6 +100,23 @@ impl Engine for WasmEdgeEngine {
     }
 }
 
+/// A preopen as libwasmedge takes it: `GUEST:HOST`, with `:readonly` for a
+/// read-only one (without it the guest could write into a read-only mount:
+/// WASI's rights are the only thing between them). A `:` in either path
+/// would be read as a separator, so such a path is refused.
+pub(crate) fn preopen(preopen: &Preopen) -> anyhow::Result<String> {
+    let host = preopen.host_path.to_str().filter(|host| !host.contains(':'));
+    let (Some(host), false) = (host, preopen.guest_path.contains(':')) else {
+        anyhow::bail!(
+            "WasmEdge cannot preopen {} as {}: its paths may not contain ':' (nor be other than UTF-8)",
+            preopen.host_path.display(),
+            preopen.guest_path
+        );
+    };
+    let mode = if preopen.read_only { ":readonly" } else { "" };
+    Ok(format!("{}:{host}{mode}", preopen.guest_path))
+}
+
 /// A trap after a refused growth is the memory limit's doing (the guest
 /// asked for more, got -1 and aborted); so is one with the memory within a
 /// quarter of its limit.
@@ -116,5 +131,22 @@ fn trapped(error: &WasmEdgeError, growth_refused: bool, memory_bytes: Option<u64
             memory_limit_hit: true,
         },
         _ => GuestExit::Trapped { message: error.to_string(), memory_limit_hit: false },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(host: &str, guest: &str, read_only: bool) -> Preopen {
+        Preopen { host_path: host.into(), guest_path: guest.into(), read_only }
+    }
+
+    #[test]
+    fn read_only_preopens_say_so_and_separators_in_paths_are_refused() {
+        assert_eq!(preopen(&dir("/run/c/rootfs", "/", true)).unwrap(), "/:/run/c/rootfs:readonly");
+        assert_eq!(preopen(&dir("/srv/data", "/data", false)).unwrap(), "/data:/srv/data");
+        assert!(preopen(&dir("/srv/a:readonly", "/data", false)).is_err());
+        assert!(preopen(&dir("/srv/data", "/da:ta", true)).is_err());
     }
 }
