@@ -8,10 +8,12 @@
 mod cache;
 pub mod guest_abi;
 pub mod guest_memory;
+mod memory_budget;
 mod spec;
 
 pub use cache::{CachedArtifact, ModuleCache};
 pub use cwasi_comm::GuestHost;
+pub use memory_budget::{MemoryBudget, MemoryShare};
 pub use spec::{EmbeddedModule, GuestExit, GuestSpec, Preopen};
 
 /// A WebAssembly engine that runs WASI preview-1 guests.

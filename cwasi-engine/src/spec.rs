@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::MemoryBudget;
+
 /// Everything an engine needs to run one guest, already resolved to host paths.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GuestSpec {
@@ -16,10 +18,23 @@ pub struct GuestSpec {
     pub preopens: Vec<Preopen>,
     /// Cap on linear memory in bytes (`linux.resources.memory.limit`).
     pub memory_limit: Option<u64>,
+    /// The budget that limit is drawn from, when the guest shares it with
+    /// other handler instances of its container; see [`GuestSpec::memory_budget`].
+    #[serde(skip)]
+    pub shared_memory: Option<MemoryBudget>,
     /// Where compiled modules are kept; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
     /// Peers shipped in the image (`cwasi.io/embed`): name and module on the host.
     pub embedded: Vec<EmbeddedModule>,
+}
+
+impl GuestSpec {
+    /// The budget the guest and its embedded peers draw their memory from:
+    /// the one shared with the container's other handler instances, else
+    /// its own, of `memory_limit`.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        self.shared_memory.clone().unwrap_or_else(|| MemoryBudget::new(self.memory_limit, 1))
+    }
 }
 
 /// A peer's module that the engine runs in-process for calls to `name`.

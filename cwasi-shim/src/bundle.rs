@@ -156,6 +156,7 @@ pub fn load(
             env,
             preopens,
             memory_limit,
+            shared_memory: None,
             cache_dir: Some(settings.cache_dir.clone()),
             embedded,
         },

@@ -2,8 +2,9 @@
 //!
 //! A serving container runs `cwasi.io/concurrency` instances of its module,
 //! each on its own thread with its own store, memory and `GuestHost`, all
-//! fed by one shared [`FunctionServer`]; each gets an equal share of the
-//! container's memory limit, so together they stay inside it. The first
+//! fed by one shared [`FunctionServer`]; they draw on one memory budget,
+//! the container's limit (an engine that cannot refuse a growth by what the
+//! others hold gives each an equal part), so together they stay inside it. The first
 //! instance to end ends the process (and the container) with its status.
 //!
 //! SIGTERM (a container stop, a rolling restart) drains a serving function:
@@ -15,7 +16,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use cwasi_comm::{FunctionServer, GuestHost};
-use cwasi_engine::GuestSpec;
+use cwasi_engine::{GuestSpec, MemoryBudget};
 use nix::sys::signal::{SigSet, Signal};
 
 /// How long a stopping function may take to finish the requests it has.
@@ -29,7 +30,7 @@ pub fn run_all(guest: &GuestSpec, hosts: Vec<GuestHost>, run: fn(&GuestSpec, Gue
         return run(guest, host);
     }
     let mut share = guest.clone();
-    share.memory_limit = guest.memory_limit.map(|limit| limit / hosts.len() as u64);
+    share.shared_memory = Some(MemoryBudget::new(guest.memory_limit, hosts.len() as u32));
     let (ended, first) = mpsc::channel();
     for (index, host) in hosts.into_iter().enumerate() {
         let (share, ended) = (share.clone(), ended.clone());

@@ -65,6 +65,39 @@ fn a_trapping_peer_is_an_error_and_the_next_call_succeeds() {
     assert!(ctd.log().contains("trapped"), "{}", ctd.log());
 }
 
+/// The container's memory limit is one budget for its guest and all its
+/// embedded peers: two peers holding 24 MiB each fit under 64 MiB, a third
+/// is refused (its growth fails, it traps) with a message that says why, and
+/// the caller and the other peers go on.
+#[test]
+#[cfg_attr(
+    feature = "wasmedge",
+    ignore = "libwasmedge has no hook on a memory's growth: each instance is capped alone"
+)]
+fn embedded_peers_share_the_containers_memory_limit() {
+    let (ctd, image) = containerd_with(test_image_with_peers("caller", &["echo-server"]).unwrap());
+    let limit = (64u64 << 20).to_string();
+    let embed = "cwasi.io/embed=p1=/echo-server.wasm,p2=/echo-server.wasm,p3=/echo-server.wasm";
+    let out = ctd
+        .run(
+            "embedded-budget",
+            &image,
+            &["--rm", "--memory-limit", &limit, "--annotation", embed, "--annotation", "cwasi.io/peers=p1,p2,p3"],
+            &["/caller.wasm", "p1", "hold:24", "@p2:hold:24", "@p3:hold:24", "@p3:small", "after", "@p2:after"],
+        )
+        .unwrap();
+    assert_eq!(out.code, Some(6), "the third peer fails, nothing else: {out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{out:?}");
+    assert_eq!(lines[..2], ["reply: holding 24 MiB", "reply: holding 24 MiB"], "{out:?}");
+    assert!(lines[2].starts_with("error: PeerFailed"), "{out:?}");
+    // The refused peer was replaced; the others kept their memory and serve.
+    assert_eq!(lines[3..], ["reply: small", "reply: after", "reply: after"], "{out:?}");
+    let log = ctd.log();
+    assert!(log.contains("embedded peer p3 exceeded its memory limit"), "{log}");
+    assert!(log.contains(&format!("of its {limit}-byte limit")), "{log}");
+}
+
 #[test]
 fn ten_thousand_small_calls_leave_resident_memory_flat() {
     let (ctd, image) = containerd_with(test_image_with_peers("call-loop", &["echo-server"]).unwrap());

@@ -52,12 +52,15 @@ impl Engine for WasmEdgeEngine {
     }
 
     fn run(&self, guest: &GuestSpec, host: GuestHost) -> anyhow::Result<GuestExit> {
-        let config = config(guest.memory_limit)?;
+        // libwasmedge has no hook on a memory's growth: each instance is
+        // capped on its own, at an equal part of the container's limit.
+        let memory_limit = guest.memory_budget().fair_share();
+        let config = config(memory_limit)?;
         let module = Module::from_file(Some(&config), &guest.module)
             .map_err(wasmedge_error)
             .with_context(|| format!("loading module {}", guest.module.display()))?;
         if !guest.embedded.is_empty() {
-            host.router().attach_embedded(Arc::new(WasmEdgeEmbedded::new(&guest.embedded, guest.memory_limit)?));
+            host.router().attach_embedded(Arc::new(WasmEdgeEmbedded::new(&guest.embedded, memory_limit)?));
         }
 
         let args: Vec<&str> = guest.args.iter().map(String::as_str).collect();
@@ -95,7 +98,7 @@ impl Engine for WasmEdgeEngine {
                 None => GuestExit::Exited(wasi.exit_code() as i32),
             },
             Err(e) if is_termination(&e) => GuestExit::Exited(wasi.exit_code() as i32),
-            Err(e) => trapped(&e, growth_refused, memory_bytes, guest.memory_limit),
+            Err(e) => trapped(&e, growth_refused, memory_bytes, memory_limit),
         })
     }
 }

@@ -18,13 +18,13 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use cwasi_comm::{CallError, EmbeddedPeers, PendingReply};
-use cwasi_engine::EmbeddedModule;
+use cwasi_engine::{EmbeddedModule, MemoryBudget};
 use wasmtime::{Engine, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::deadline::{self, DeadlinePassed, EpochTicker};
-use crate::limits::GuestLimiter;
+use crate::limits::{DeniedGrowth, GuestLimiter};
 use crate::module_loader;
 
 /// Store data of an embedded peer.
@@ -158,6 +158,9 @@ type PeerRun = Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
 struct ParkedPeer {
     run: PeerRun,
     exchange: Arc<Exchange>,
+    /// Set when its memory limit refused it a growth.
+    denied: DeniedGrowth,
+    memory: MemoryBudget,
 }
 
 impl ParkedPeer {
@@ -174,7 +177,10 @@ impl ParkedPeer {
             }
             Poll::Ready(Err(e)) => Err(CallError::PeerFailed(match e.downcast_ref::<I32Exit>() {
                 Some(exit) => format!("embedded peer {peer} exited with status {}", exit.0),
-                None => format!("embedded peer {peer} trapped: {e:?}"),
+                None => match self.denied.explain(&self.memory) {
+                    Some(why) => format!("embedded peer {peer} exceeded its memory limit: {why}; it trapped: {e}"),
+                    None => format!("embedded peer {peer} trapped: {e:?}"),
+                },
             })),
         }
     }
@@ -186,7 +192,8 @@ type IdlePeers = Arc<Mutex<HashMap<String, Vec<ParkedPeer>>>>;
 pub(crate) struct WasmtimeEmbedded {
     engine: Engine,
     templates: HashMap<String, InstancePre<PeerState>>,
-    memory_limit: Option<u64>,
+    /// The container's memory budget, shared with the guest.
+    memory: MemoryBudget,
     idle: IdlePeers,
     ticker: EpochTicker,
 }
@@ -199,7 +206,7 @@ impl WasmtimeEmbedded {
         compat: &str,
         peers: &[EmbeddedModule],
         cache_dir: Option<&std::path::Path>,
-        memory_limit: Option<u64>,
+        memory: MemoryBudget,
     ) -> anyhow::Result<Self> {
         let mut linker: Linker<PeerState> = Linker::new(engine);
         p1::add_to_linker_sync(&mut linker, |state: &mut PeerState| &mut state.wasi)?;
@@ -214,7 +221,7 @@ impl WasmtimeEmbedded {
             templates.insert(peer.name.clone(), template);
         }
         let ticker = EpochTicker::start(engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
-        Ok(Self { engine: engine.clone(), templates, memory_limit, idle: Arc::default(), ticker })
+        Ok(Self { engine: engine.clone(), templates, memory, idle: Arc::default(), ticker })
     }
 
     fn take_idle(&self, peer: &str) -> Option<ParkedPeer> {
@@ -238,10 +245,9 @@ impl WasmtimeEmbedded {
             .allow_blocking_current_thread(true)
             .build_p1();
         let exchange = Arc::new(Exchange::default());
-        let mut store = Store::new(
-            &self.engine,
-            PeerState { wasi, limiter: GuestLimiter::new(self.memory_limit), exchange: exchange.clone() },
-        );
+        let limiter = GuestLimiter::new(&self.memory);
+        let denied = limiter.denied().clone();
+        let mut store = Store::new(&self.engine, PeerState { wasi, limiter, exchange: exchange.clone() });
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_callback(deadline::check_every_tick(|state: &PeerState| state.exchange.deadline()));
         store.set_epoch_deadline(1);
@@ -251,7 +257,7 @@ impl WasmtimeEmbedded {
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         });
-        let mut parked = ParkedPeer { run, exchange };
+        let mut parked = ParkedPeer { run, exchange, denied, memory: self.memory.clone() };
         parked.resume(peer)?;
         tracing::debug!(peer, "embedded peer instantiated");
         Ok(parked)

@@ -63,19 +63,20 @@ impl Engine for WasmtimeEngine {
             "module ready"
         );
 
+        // The guest and its embedded peers draw on one budget.
+        let memory = guest.memory_budget();
         if !guest.embedded.is_empty() {
             let embedded = crate::embedded::WasmtimeEmbedded::new(
                 &self.engine,
                 &self.compat,
                 &guest.embedded,
                 guest.cache_dir.as_deref(),
-                guest.memory_limit,
+                memory.clone(),
             )?;
             host.router().attach_embedded(std::sync::Arc::new(embedded));
         }
 
-        let state =
-            GuestState { wasi: Self::wasi_context(guest)?, limiter: GuestLimiter::new(guest.memory_limit), host };
+        let state = GuestState { wasi: Self::wasi_context(guest)?, limiter: GuestLimiter::new(&memory), host };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         // The guest itself has no deadline: only its container's life bounds it.
@@ -123,14 +124,13 @@ fn call_entry(
 }
 
 fn trapped(error: wasmtime::Error, limiter: &GuestLimiter) -> GuestExit {
-    let message = match (limiter.denied_growth, limiter.limit()) {
-        (Some(wanted), Some(limit)) => format!(
-            "guest exceeded its memory limit: it asked for {wanted} bytes of linear memory, \
-             the limit is {limit} bytes (linux.resources.memory.limit)\ncaused by: {error:?}"
-        ),
-        _ => format!("{error:?}"),
+    let explained = limiter.denied().explain(limiter.budget());
+    let memory_limit_hit = explained.is_some();
+    let message = match explained {
+        Some(why) => format!("guest exceeded its memory limit: {why}\ncaused by: {error:?}"),
+        None => format!("{error:?}"),
     };
-    GuestExit::Trapped { message, memory_limit_hit: limiter.denied_growth.is_some() }
+    GuestExit::Trapped { message, memory_limit_hit }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! `caller PEER TEXT...`: calls PEER with each TEXT in turn and prints each
-//! reply or error (an error with how long the call took, `after N us`). It
+//! `caller PEER TEXT...`: calls PEER with each TEXT in turn (a TEXT
+//! `@OTHER:T` calls OTHER with T instead) and prints each reply or error (an error with how long the call took, `after N us`). It
 //! goes on after an error; the exit status tells the first error
 //! (3 forbidden, 4 peer gone, 5 unknown peer, 6 peer failed, 2 other).
 use cwasi_guest::Status;
@@ -13,6 +13,10 @@ fn main() {
     let mut status = 0;
     for text in texts {
         let started = std::time::Instant::now();
+        let (peer, text) = match text.strip_prefix('@').and_then(|t| t.split_once(':')) {
+            Some((other, text)) => (other, text),
+            None => (peer.as_str(), text.as_str()),
+        };
         match cwasi_guest::call(peer, text.as_bytes()) {
             Ok(reply) => println!("reply: {}", String::from_utf8_lossy(&reply)),
             Err(e) => {

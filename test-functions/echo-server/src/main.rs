@@ -1,7 +1,8 @@
 //! Serves calls: echoes each request. A request `sleep:<ms>` first sleeps
 //! that long; `fail:<message>` fails with that message; `panic:<message>`
 //! panics (a trap); `spin:<ms>` computes (no host call to wait in) that long;
-//! `whoami` answers the `REPLICA` environment variable.
+//! `whoami` answers the `REPLICA` environment variable; `hold:<MiB>` grows
+//! its linear memory by that much (untouched) and keeps it.
 use std::time::Duration;
 
 fn main() {
@@ -17,6 +18,12 @@ fn main() {
             while std::time::Instant::now() < until {
                 spins = std::hint::black_box(spins.wrapping_add(1));
             }
+        }
+        if let Some(mib) = request.strip_prefix(b"hold:") {
+            let mib: usize = std::str::from_utf8(mib).ok().and_then(|m| m.parse().ok()).unwrap_or(0);
+            // Kept for the instance's life: what it holds counts against its container.
+            std::mem::forget(Vec::<u8>::with_capacity(mib << 20));
+            return Ok(format!("holding {mib} MiB").into_bytes());
         }
         if request == b"whoami" {
             return Ok(std::env::var("REPLICA").unwrap_or_else(|_| "unknown".into()).into_bytes());
