@@ -42,6 +42,13 @@ impl GuestSpec {
 pub struct EmbeddedModule {
     pub name: String,
     pub module: PathBuf,
+    /// Its environment (`cwasi.io/embed.<peer>.env`).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Directories of the container it reads (`cwasi.io/embed.<peer>.dirs`),
+    /// always read-only.
+    #[serde(default)]
+    pub preopens: Vec<Preopen>,
 }
 
 /// A host directory visible to the guest under `guest_path`.

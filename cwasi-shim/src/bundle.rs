@@ -142,7 +142,14 @@ pub fn load(
             let module = resolve_in_rootfs(&rootfs, Path::new("/"), &path.to_string_lossy())
                 .with_context(|| format!("embedded peer {name} (cwasi.io/embed)"))?;
             anyhow::ensure!(is_wasm(&module)?, "embedded peer {name}: {} is not a WebAssembly module", path.display());
-            Ok(EmbeddedModule { name: name.clone(), module })
+            let settings = function.embedded_settings.get(name).cloned().unwrap_or_default();
+            let dirs = settings
+                .dirs
+                .iter()
+                .map(|dir| peer_preopen(&preopens, dir))
+                .collect::<anyhow::Result<_>>()
+                .with_context(|| format!("embedded peer {name} (cwasi.io/embed.{name}.dirs)"))?;
+            Ok(EmbeddedModule { name: name.clone(), module, env: settings.env, preopens: dirs })
         })
         .collect::<anyhow::Result<_>>()?;
 
@@ -183,6 +190,23 @@ fn resolve_in_rootfs(rootfs: &Path, cwd: &Path, path: &str) -> anyhow::Result<Pa
     Ok(resolved)
 }
 
+/// A directory of the container (`dir`, as the guest sees it) as a
+/// read-only preopen for an embedded peer: found through the container's
+/// own preopens (the deepest that holds it), so a peer never sees more than
+/// its container, and resolved like a module path (no way out through `..`
+/// or a symlink).
+fn peer_preopen(container: &[Preopen], dir: &Path) -> anyhow::Result<Preopen> {
+    let (holder, rest) = container
+        .iter()
+        .filter_map(|p| Some((p, dir.strip_prefix(&p.guest_path).ok()?)))
+        .max_by_key(|(p, _)| p.guest_path.len())
+        .with_context(|| format!("{} is not a directory the container sees", dir.display()))?;
+    let host_path = resolve_in_rootfs(&holder.host_path, Path::new("/"), &rest.to_string_lossy())
+        .with_context(|| format!("{} (under {})", dir.display(), holder.guest_path))?;
+    anyhow::ensure!(host_path.is_dir(), "{} is not a directory", dir.display());
+    Ok(Preopen { host_path, guest_path: dir.to_string_lossy().into_owned(), read_only: true })
+}
+
 fn is_wasm(path: &Path) -> anyhow::Result<bool> {
     let mut magic = [0u8; 4];
     let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -212,6 +236,29 @@ fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_directories_are_read_only_and_within_what_the_container_sees() {
+        let root = tempfile::tempdir().unwrap();
+        let (rootfs, mount) = (root.path().join("rootfs"), root.path().join("mount"));
+        fs::create_dir_all(rootfs.join("data/inner")).unwrap();
+        fs::create_dir_all(mount.join("sub")).unwrap();
+        std::os::unix::fs::symlink("/etc", rootfs.join("data/evil")).unwrap();
+        let container = [
+            Preopen { host_path: rootfs.clone(), guest_path: "/".into(), read_only: false },
+            Preopen { host_path: mount.clone(), guest_path: "/mnt/m".into(), read_only: false },
+        ];
+        let data = peer_preopen(&container, Path::new("/data/inner")).unwrap();
+        assert_eq!(
+            (data.host_path, data.guest_path, data.read_only),
+            (rootfs.join("data/inner"), "/data/inner".into(), true)
+        );
+        // The deepest preopen that holds it: the mount, not the rootfs.
+        assert_eq!(peer_preopen(&container, Path::new("/mnt/m/sub")).unwrap().host_path, mount.join("sub"));
+        assert!(peer_preopen(&container, Path::new("/data/evil")).is_err());
+        assert!(peer_preopen(&container, Path::new("/data/missing")).is_err());
+        assert!(peer_preopen(&container[1..], Path::new("/data")).is_err());
+    }
 
     #[test]
     fn resolves_inside_rootfs_and_refuses_escapes() {

@@ -65,6 +65,73 @@ fn a_trapping_peer_is_an_error_and_the_next_call_succeeds() {
     assert!(ctd.log().contains("trapped"), "{}", ctd.log());
 }
 
+/// An embedded peer sees the environment and, read-only, the directories
+/// its settings give it, and nothing of its container's beyond them.
+#[test]
+fn an_embedded_peer_sees_its_environment_and_reads_its_directories_only() {
+    let (ctd, image) = containerd_with(test_image_with_peers("caller", &["echo-server"]).unwrap());
+    let out = ctd
+        .run(
+            "embedded-settings",
+            &image,
+            &[
+                "--rm",
+                "--annotation",
+                "cwasi.io/embed=echo=/echo-server.wasm",
+                "--annotation",
+                "cwasi.io/peers=echo",
+                "--annotation",
+                "cwasi.io/embed.echo.env=GREETING=hello there, MODE=test",
+                "--annotation",
+                "cwasi.io/embed.echo.dirs=/data",
+            ],
+            &[
+                "/caller.wasm",
+                "echo",
+                "env:GREETING",
+                "env:MODE",
+                "env:CWASI_FUNCTION",
+                "read:/data/greeting.txt",
+                "write:/data/planted.txt",
+                "read:/caller.wasm",
+                "after",
+            ],
+        )
+        .unwrap();
+    assert_eq!(out.code, Some(6), "{out:?}");
+    // (The file's own newline makes an empty line.)
+    let lines: Vec<&str> = out.stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 7, "{out:?}");
+    assert_eq!(
+        lines[..4],
+        ["reply: hello there", "reply: test", "reply: unset", "reply: greetings from inside the image"]
+    );
+    // Read-only, and nothing outside its directories.
+    assert!(lines[4].starts_with("error: PeerFailed") && lines[5].starts_with("error: PeerFailed"), "{out:?}");
+    assert_eq!(lines[6], "reply: after");
+    let log = ctd.log();
+    assert!(log.contains("cannot write /data/planted.txt"), "{log}");
+    assert!(log.contains("cannot read /caller.wasm"), "{log}");
+
+    // A directory the container does not have fails the start, by name.
+    let out = ctd
+        .run(
+            "embedded-bad-dir",
+            &image,
+            &[
+                "--rm",
+                "--annotation",
+                "cwasi.io/embed=echo=/echo-server.wasm",
+                "--annotation",
+                "cwasi.io/embed.echo.dirs=/nowhere",
+            ],
+            &["/caller.wasm", "echo", "x"],
+        )
+        .unwrap();
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("cwasi.io/embed.echo.dirs"), "{out:?}");
+}
+
 /// The container's memory limit is one budget for its guest and all its
 /// embedded peers: two peers holding 24 MiB each fit under 64 MiB, a third
 /// is refused (its growth fails, it traps) with a message that says why, and

@@ -100,9 +100,8 @@ fn build_image(function: &str, peers: &[&str], kubernetes: bool) -> anyhow::Resu
     if kubernetes {
         spec = spec.also_for_platform("linux", linux_arch());
     }
-    if function == "read-file" {
-        spec = spec.file("/data/greeting.txt", b"greetings from inside the image\n".to_vec());
-    }
+    // A data file in every image, for guests and embedded peers that read files.
+    spec = spec.file("/data/greeting.txt", b"greetings from inside the image\n".to_vec());
     write_once(&image_name, &reference, &module, spec)
 }
 

@@ -25,8 +25,16 @@ use crate::run::{config, is_termination};
 use crate::timed_run::{self, Ran};
 
 pub(crate) struct WasmEdgeEmbedded {
-    modules: HashMap<String, Vec<u8>>,
+    /// Each peer's module bytes, and its environment and directories as
+    /// libwasmedge takes them.
+    modules: HashMap<String, PeerModule>,
     memory_limit: Option<u64>,
+}
+
+struct PeerModule {
+    bytes: Vec<u8>,
+    env: Vec<String>,
+    preopens: Vec<String>,
 }
 
 /// The request of one call and what the peer answered.
@@ -52,7 +60,9 @@ impl WasmEdgeEmbedded {
                 .map_err(|e| anyhow::anyhow!("embedded peer {}: reading {}: {e}", peer.name, peer.module.display()))?;
             Module::from_bytes(Some(&config(memory_limit)?), &bytes)
                 .map_err(|e| anyhow::anyhow!("embedded peer {} ({}): {e}", peer.name, peer.module.display()))?;
-            modules.insert(peer.name.clone(), bytes);
+            let env = peer.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let preopens = peer.preopens.iter().map(crate::run::preopen).collect::<anyhow::Result<_>>()?;
+            modules.insert(peer.name.clone(), PeerModule { bytes, env, preopens });
         }
         Ok(Self { modules, memory_limit })
     }
@@ -75,13 +85,18 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
 impl WasmEdgeEmbedded {
     /// Runs `peer` on `request` to its answer, stopped at `deadline` if any.
     fn run(&self, peer: &str, request: &[u8], deadline: Option<Instant>) -> Result<Box<dyn PendingReply>, CallError> {
-        let bytes = self
+        let peer_module = self
             .modules
             .get(peer)
             .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (not embedded in this image)")))?;
         let config = config(self.memory_limit).map_err(|e| failed(peer, e))?;
-        let module = Module::from_bytes(Some(&config), bytes).map_err(|e| failed(peer, e))?;
-        let mut wasi = WasiModule::create(Some(vec![peer]), None, None).map_err(|e| failed(peer, e))?;
+        let module = Module::from_bytes(Some(&config), &peer_module.bytes).map_err(|e| failed(peer, e))?;
+        fn strs(list: &[String]) -> Vec<&str> {
+            list.iter().map(String::as_str).collect()
+        }
+        let mut wasi =
+            WasiModule::create(Some(vec![peer]), Some(strs(&peer_module.env)), Some(strs(&peer_module.preopens)))
+                .map_err(|e| failed(peer, e))?;
         let exchange = Exchange {
             request_ptr: request.as_ptr(),
             request_len: request.len(),

@@ -188,10 +188,17 @@ impl ParkedPeer {
 
 type IdlePeers = Arc<Mutex<HashMap<String, Vec<ParkedPeer>>>>;
 
+/// A peer's compiled module, ready to instantiate, and what it sees.
+#[derive(Clone)]
+struct PeerTemplate {
+    instance: InstancePre<PeerState>,
+    module: EmbeddedModule,
+}
+
 /// The embedded peers of one guest.
 pub(crate) struct WasmtimeEmbedded {
     engine: Engine,
-    templates: HashMap<String, InstancePre<PeerState>>,
+    templates: HashMap<String, PeerTemplate>,
     /// The container's memory budget, shared with the guest.
     memory: MemoryBudget,
     idle: IdlePeers,
@@ -218,7 +225,7 @@ impl WasmtimeEmbedded {
                 .instantiate_pre(&module)
                 .map_err(anyhow::Error::from)
                 .map_err(|e| e.context(format!("embedded peer {} ({})", peer.name, peer.module.display())))?;
-            templates.insert(peer.name.clone(), template);
+            templates.insert(peer.name.clone(), PeerTemplate { instance: template, module: peer.clone() });
         }
         let ticker = EpochTicker::start(engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
         Ok(Self { engine: engine.clone(), templates, memory, idle: Arc::default(), ticker })
@@ -236,14 +243,20 @@ impl WasmtimeEmbedded {
             .get(peer)
             .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (not embedded in this image)")))?
             .clone();
-        // Its own WASI context: its name as argv, no environment, no files;
-        // what it prints goes to the container's output.
-        let wasi = WasiCtxBuilder::new()
-            .args(&[peer])
+        // Its own WASI context: its name as argv, the environment and
+        // read-only directories its settings give it; what it prints goes
+        // to the container's output.
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&[peer])
+            .envs(&template.module.env)
             .inherit_stdout()
             .inherit_stderr()
-            .allow_blocking_current_thread(true)
-            .build_p1();
+            .allow_blocking_current_thread(true);
+        for preopen in &template.module.preopens {
+            crate::run::add_preopen(&mut wasi, preopen)
+                .map_err(|e| CallError::PeerFailed(format!("embedded peer {peer}: {e:#}")))?;
+        }
+        let wasi = wasi.build_p1();
         let exchange = Arc::new(Exchange::default());
         let limiter = GuestLimiter::new(&self.memory);
         let denied = limiter.denied().clone();
@@ -253,7 +266,7 @@ impl WasmtimeEmbedded {
         store.set_epoch_deadline(1);
         exchange.set_deadline(deadline);
         let run: PeerRun = Box::pin(async move {
-            let instance = template.instantiate_async(&mut store).await?;
+            let instance = template.instance.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         });

@@ -1,5 +1,5 @@
 use anyhow::Context as _;
-use cwasi_engine::{Engine, GuestExit, GuestHost, GuestSpec};
+use cwasi_engine::{Engine, GuestExit, GuestHost, GuestSpec, Preopen};
 use wasmtime::error::Context as _;
 use wasmtime::{Config, Linker, Store, Val};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
@@ -40,13 +40,19 @@ impl WasmtimeEngine {
             // The guest owns this process: blocking its one thread is what it asked for.
             .allow_blocking_current_thread(true);
         for preopen in &guest.preopens {
-            let perms = if preopen.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-            wasi.preopened_dir(&preopen.host_path, &preopen.guest_path, perms)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("preopening {} as {}", preopen.host_path.display(), preopen.guest_path))?;
+            add_preopen(&mut wasi, preopen)?;
         }
         Ok(wasi.build_p1())
     }
+}
+
+/// Shows the guest (or an embedded peer) `preopen`, read-only if it says so.
+pub(crate) fn add_preopen(wasi: &mut WasiCtxBuilder, preopen: &Preopen) -> anyhow::Result<()> {
+    let perms = if preopen.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+    wasi.preopened_dir(&preopen.host_path, &preopen.guest_path, perms)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("preopening {} as {}", preopen.host_path.display(), preopen.guest_path))?;
+    Ok(())
 }
 
 impl Engine for WasmtimeEngine {

@@ -2,7 +2,9 @@
 //! that long; `fail:<message>` fails with that message; `panic:<message>`
 //! panics (a trap); `spin:<ms>` computes (no host call to wait in) that long;
 //! `whoami` answers the `REPLICA` environment variable; `hold:<MiB>` grows
-//! its linear memory by that much (untouched) and keeps it.
+//! its linear memory by that much (untouched) and keeps it; `env:<NAME>`
+//! answers that variable (`unset` without it); `read:<path>` answers the
+//! file; `write:<path>` appends a line to it (created) and answers `wrote`.
 use std::time::Duration;
 
 fn main() {
@@ -24,6 +26,23 @@ fn main() {
             // Kept for the instance's life: what it holds counts against its container.
             std::mem::forget(Vec::<u8>::with_capacity(mib << 20));
             return Ok(format!("holding {mib} MiB").into_bytes());
+        }
+        let text = String::from_utf8_lossy(request);
+        if let Some(name) = text.strip_prefix("env:") {
+            return Ok(std::env::var(name).unwrap_or_else(|_| "unset".into()).into_bytes());
+        }
+        if let Some(path) = text.strip_prefix("read:") {
+            return std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"));
+        }
+        if let Some(path) = text.strip_prefix("write:") {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot write {path}: {e}"))?;
+            file.write_all(b"planted\n").map_err(|e| format!("cannot write {path}: {e}"))?;
+            return Ok(b"wrote".to_vec());
         }
         if request == b"whoami" {
             return Ok(std::env::var("REPLICA").unwrap_or_else(|_| "unknown".into()).into_bytes());

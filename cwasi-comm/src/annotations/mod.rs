@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod embedded;
+
+pub use embedded::{DIRS_SETTING, EMBED_PEER_PREFIX, ENV_SETTING, EmbeddedSettings, PEERS_SETTING};
+
 /// Prefix shared by every annotation cwasi reads.
 pub const PREFIX: &str = "cwasi.io/";
 pub const FUNCTION: &str = "cwasi.io/function";
@@ -103,6 +107,10 @@ pub struct FunctionConfig {
     pub peers: PeerPolicy,
     /// Peers shipped in this image: name -> module path inside the rootfs.
     pub embed: BTreeMap<String, PathBuf>,
+    /// What embedded peers may call and see (`cwasi.io/embed.<peer>.*`);
+    /// a peer without an entry calls nobody and sees nothing.
+    #[serde(default)]
+    pub embedded_settings: BTreeMap<String, EmbeddedSettings>,
     pub node: String,
     /// Functions only see peers of their own namespace: the Kubernetes
     /// namespace of the pod, else the containerd namespace. Set by the shim.
@@ -166,7 +174,9 @@ impl FunctionConfig {
         default_name: &str,
         default_node: &str,
     ) -> Result<Self, AnnotationError> {
-        if let Some(key) = annotations.keys().find(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str())) {
+        let unknown =
+            |k: &String| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str()) && !embedded::is_embed_peer_key(k);
+        if let Some(key) = annotations.keys().find(|k| unknown(k)) {
             return Err(AnnotationError::Unknown(key.clone()));
         }
         let get = |key: &str| annotations.get(key).map(|v| v.trim());
@@ -180,13 +190,7 @@ impl FunctionConfig {
             Some("true") => true,
             Some(other) => return Err(invalid(SERVE, other, "expected true or false")),
         };
-        let peers = match get(PEERS) {
-            None | Some("") => PeerPolicy::None,
-            Some("*") => PeerPolicy::AnyInNamespace,
-            Some(list) => PeerPolicy::Only(
-                list_items(list).map(|p| valid_name(PEERS, p).map(str::to_owned)).collect::<Result<_, _>>()?,
-            ),
-        };
+        let peers = peer_policy(PEERS, get(PEERS).unwrap_or_default())?;
         let embed = match get(EMBED) {
             None => BTreeMap::new(),
             Some(list) => key_values(EMBED, list)?
@@ -199,6 +203,7 @@ impl FunctionConfig {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let embedded_settings = embedded::embedded_settings(annotations, &embed)?;
         let node = match get(NODE) {
             Some(node) => valid_name(NODE, node)?.to_owned(),
             None => default_node.to_owned(),
@@ -251,6 +256,7 @@ impl FunctionConfig {
             serve,
             peers,
             embed,
+            embedded_settings,
             node,
             namespace: "default".to_owned(),
             redis_url,
@@ -259,6 +265,33 @@ impl FunctionConfig {
             concurrency,
         })
     }
+}
+
+impl FunctionConfig {
+    /// The configuration embedded `peer` calls with: its own name and
+    /// allow-list, everything else its container's.
+    pub fn for_embedded_peer(&self, peer: &str) -> FunctionConfig {
+        let settings = self.embedded_settings.get(peer).cloned().unwrap_or_default();
+        FunctionConfig {
+            name: peer.to_owned(),
+            // It serves its caller: a call to itself could only wait for its own end.
+            serve: true,
+            peers: settings.peers,
+            concurrency: 1,
+            ..self.clone()
+        }
+    }
+}
+
+/// `cwasi.io/peers` and the peers setting of an embedded peer: none, `*`, or a list.
+fn peer_policy(key: &'static str, value: &str) -> Result<PeerPolicy, AnnotationError> {
+    Ok(match value {
+        "" => PeerPolicy::None,
+        "*" => PeerPolicy::AnyInNamespace,
+        list => {
+            PeerPolicy::Only(list_items(list).map(|p| valid_name(key, p).map(str::to_owned)).collect::<Result<_, _>>()?)
+        }
+    })
 }
 
 fn invalid(key: &'static str, value: &str, reason: &'static str) -> AnnotationError {
