@@ -4,10 +4,11 @@
 use anyhow::{Context, bail};
 
 pub const USAGE: &str = "usage: cwasi-bench [matrix|start|topologies|all] [--quick] [--runs N] [--payloads BYTES,...]
-  matrix      every mode x payload x shape, beside memcpy and a raw Redis SET+GET
+  matrix      every mode x payload x shape, beside memcpy, a raw Redis SET+GET
+              and the broker floor (a push-and-pop round trip via a second client)
   start       container start time of hello, cwasi against a stock runwasi shim
   topologies  remote mode with nodes in network namespaces and on a Redis Cluster,
-              each beside a raw SET+GET from node A
+              each beside a raw SET+GET and the broker floor from node A
   all         all three (the default)
   --quick     1 KiB and 1 MiB, fewer iterations (CI)
   --runs N    start-time runs (default 20)

@@ -2,13 +2,14 @@
 //!
 //! - `cwasi-bench matrix [--quick] [--payloads BYTES,…]`: every mode (embedded, local, remote,
 //!   redis-baseline) × payload × shape (sequential, fan-out 4), beside
-//!   memcpy and a raw Redis SET+GET measured in the same run; writes
+//!   memcpy, a raw Redis SET+GET and the broker floor (a push-and-pop round
+//!   trip through a second client) measured in the same run; writes
 //!   `target/bench/report.{md,csv,svg}` and prints the table.
 //! - `cwasi-bench start [--runs N]`: container start time of hello through
 //!   cwasi (compiling, cached) and through a stock runwasi shim when built.
 //! - `cwasi-bench topologies [--quick]`: remote mode on loopback, with nodes in
 //!   network namespaces, on a Redis Cluster, and both, each beside a raw
-//!   SET+GET from node A's network.
+//!   SET+GET and the broker floor from node A's network.
 //! - `cwasi-bench all`: all of them, into one report.
 
 mod baseline;

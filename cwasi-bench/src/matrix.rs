@@ -32,12 +32,15 @@ impl Row {
     }
 }
 
-/// A raw `SET`+`GET` of the payload with the `redis` crate.
+/// A raw `SET`+`GET` of the payload with the `redis` crate, and the broker
+/// floor of the same bytes ([`baseline::broker_floor_ns`]).
 #[derive(Debug, Clone)]
 pub struct RawRedis {
     pub payload: usize,
     pub median_ns: u64,
     pub p99_ns: u64,
+    pub floor_median_ns: u64,
+    pub floor_p99_ns: u64,
 }
 
 pub struct Matrix {
@@ -97,11 +100,9 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
         .iter()
         .map(|&payload| {
             let runs = iterations(payload, quick).0.clamp(3, 200);
-            baseline::redis_set_get_ns(&rig.redis_url(), payload, runs).map(|(median_ns, p99_ns)| RawRedis {
-                payload,
-                median_ns,
-                p99_ns,
-            })
+            let (median_ns, p99_ns) = baseline::redis_set_get_ns(&rig.redis_url(), payload, runs)?;
+            let (floor_median_ns, floor_p99_ns) = baseline::broker_floor_ns(&rig.redis_url(), payload, runs)?;
+            Ok(RawRedis { payload, median_ns, p99_ns, floor_median_ns, floor_p99_ns })
         })
         .collect::<anyhow::Result<_>>()?;
     let stats_cost_ns = baseline::stats_cost_ns()?;

@@ -62,60 +62,40 @@ impl Report {
             }
             let _ = writeln!(
                 md,
-                "\nRemote mode (other node) against a raw Redis SET+GET of the same bytes from one client (`redis` crate), median (p99):\n"
+                "\nRemote mode (other node) against two references of the same bytes measured in this run, median (p99): \
+                 a raw Redis SET+GET from one client (`redis` crate), and the broker floor, the least a round trip \
+                 through a serving party on Redis can cost (one client RPUSHes to a list a second client BLPOPs, \
+                 which RPUSHes it back to a list the first BLPOPs: the same four wake-ups as a remote call, the least \
+                 Redis work):\n"
             );
-            let _ = writeln!(
-                md,
-                "| payload | remote sequential | remote round trip | raw SET+GET | sequential / raw | round trip / raw |"
-            );
-            let _ = writeln!(md, "|---|---|---|---|---|---|");
+            let _ = writeln!(md, "{}", remote_header(&[]));
             for raw in &matrix.raw_redis {
                 let timings = |shape| find(matrix, BenchMode::Remote, shape, raw.payload).map(|r| r.timings);
-                let cell = |t: Option<CallTimings>| {
-                    t.map_or("–".to_owned(), |t| format!("{} ({})", latency(t.median_ns), latency(t.p99_ns)))
+                let references = References {
+                    raw_median_ns: raw.median_ns,
+                    raw_p99_ns: raw.p99_ns,
+                    floor_median_ns: raw.floor_median_ns,
+                    floor_p99_ns: raw.floor_p99_ns,
                 };
-                let ratio = |t: Option<CallTimings>| {
-                    t.map_or("–".to_owned(), |t| format!("{:.2}", t.median_ns as f64 / raw.median_ns as f64))
-                };
-                let (sequential, round_trip) = (timings(Shape::Sequential), timings(Shape::RoundTrip));
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} ({}) | {} | {} |",
-                    human(raw.payload),
-                    cell(sequential),
-                    cell(round_trip),
-                    latency(raw.median_ns),
-                    latency(raw.p99_ns),
-                    ratio(sequential),
-                    ratio(round_trip),
-                );
+                let cells = references.cells(timings(Shape::Sequential).as_ref(), timings(Shape::RoundTrip).as_ref());
+                let _ = writeln!(md, "| {} | {cells} |", human(raw.payload));
             }
         }
         if let Some(rows) = &self.topologies {
             let _ = writeln!(
                 md,
-                "\nRemote mode by topology: both nodes on loopback with one Redis; each node in a network namespace and Redis in another (a bridge between them); a 3-master, 3-replica Redis Cluster; both. Beside a raw SET+GET of the same bytes from node A's network (a cluster client on the cluster), median (p99):\n"
+                "\nRemote mode by topology: both nodes on loopback with one Redis; each node in a network namespace and Redis in another (a bridge between them); a 3-master, 3-replica Redis Cluster; both. Beside a raw SET+GET and the broker floor of the same bytes from node A's network (a cluster client on the cluster, both lists of the floor on one hash tag), median (p99):\n"
             );
-            let _ = writeln!(
-                md,
-                "| topology | payload | remote sequential | remote round trip | raw SET+GET | sequential / raw | round trip / raw |"
-            );
-            let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+            let _ = writeln!(md, "{}", remote_header(&["topology"]));
             for row in rows {
-                let cell = |t: &CallTimings| format!("{} ({})", latency(t.median_ns), latency(t.p99_ns));
-                let ratio = |t: &CallTimings| format!("{:.2}", t.median_ns as f64 / row.raw_median_ns as f64);
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {} ({}) | {} | {} |",
-                    row.topology.name(),
-                    human(row.payload),
-                    cell(&row.sequential),
-                    row.round_trip.as_ref().map_or("–".to_owned(), cell),
-                    latency(row.raw_median_ns),
-                    latency(row.raw_p99_ns),
-                    ratio(&row.sequential),
-                    row.round_trip.as_ref().map_or("–".to_owned(), ratio),
-                );
+                let references = References {
+                    raw_median_ns: row.raw_median_ns,
+                    raw_p99_ns: row.raw_p99_ns,
+                    floor_median_ns: row.floor_median_ns,
+                    floor_p99_ns: row.floor_p99_ns,
+                };
+                let cells = references.cells(Some(&row.sequential), row.round_trip.as_ref());
+                let _ = writeln!(md, "| {} | {} | {cells} |", row.topology.name(), human(row.payload));
             }
         }
         if let Some(matrix) = &self.matrix
@@ -173,6 +153,11 @@ impl Report {
         }
         for raw in self.matrix.iter().flat_map(|m| &m.raw_redis) {
             let _ = writeln!(csv, "raw-redis-set-get,sequential,{},,{},{},,,", raw.payload, raw.median_ns, raw.p99_ns);
+            let _ = writeln!(
+                csv,
+                "redis-broker-floor,round trip,{},,{},{},,,",
+                raw.payload, raw.floor_median_ns, raw.floor_p99_ns
+            );
         }
         if let Some(start) = &self.start {
             let _ = writeln!(
@@ -198,6 +183,53 @@ impl Report {
             plot(matrix, &dir.join("report.svg")).context("drawing report.svg")?;
         }
         Ok(())
+    }
+}
+
+/// The columns of the remote-mode tables from the payload on.
+const REMOTE_COLUMNS: [&str; 8] = [
+    "payload",
+    "remote sequential",
+    "remote round trip",
+    "raw SET+GET",
+    "broker floor",
+    "sequential / raw",
+    "round trip / raw",
+    "round trip / floor",
+];
+
+/// A remote-mode table's header: `leading` columns, then [`REMOTE_COLUMNS`].
+fn remote_header(leading: &[&str]) -> String {
+    let columns: Vec<&str> = leading.iter().copied().chain(REMOTE_COLUMNS).collect();
+    format!("| {} |\n|{}", columns.join(" | "), "---|".repeat(columns.len()))
+}
+
+/// The references a remote row is set against.
+struct References {
+    raw_median_ns: u64,
+    raw_p99_ns: u64,
+    floor_median_ns: u64,
+    floor_p99_ns: u64,
+}
+
+impl References {
+    /// The cells from "remote sequential" to "round trip / floor".
+    fn cells(&self, sequential: Option<&CallTimings>, round_trip: Option<&CallTimings>) -> String {
+        let timed = |median: u64, p99: u64| format!("{} ({})", latency(median), latency(p99));
+        let cell = |t: Option<&CallTimings>| t.map_or("–".to_owned(), |t| timed(t.median_ns, t.p99_ns));
+        let ratio = |t: Option<&CallTimings>, reference: u64| {
+            t.map_or("–".to_owned(), |t| format!("{:.2}", t.median_ns as f64 / reference.max(1) as f64))
+        };
+        format!(
+            "{} | {} | {} | {} | {} | {} | {}",
+            cell(sequential),
+            cell(round_trip),
+            timed(self.raw_median_ns, self.raw_p99_ns),
+            timed(self.floor_median_ns, self.floor_p99_ns),
+            ratio(sequential, self.raw_median_ns),
+            ratio(round_trip, self.raw_median_ns),
+            ratio(round_trip, self.floor_median_ns),
+        )
     }
 }
 

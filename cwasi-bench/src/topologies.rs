@@ -1,9 +1,9 @@
 //! Remote mode where it runs in production: nodes on a network (each in a
 //! network namespace, Redis in another, joined by a bridge) and on a Redis
-//! Cluster, each beside a raw SET+GET of the same bytes from node A's
-//! network, measured in the same run.
+//! Cluster, each beside a raw SET+GET and the broker floor of the same
+//! bytes from node A's network, measured in the same run.
 
-use cwasi_testkit::{RedisBackend, Topology, TwoNodes};
+use cwasi_testkit::{Topology, TwoNodes};
 
 use crate::baseline;
 use crate::rig::{BenchMode, CallTimings, SERVERS, Shape, functions};
@@ -20,6 +20,10 @@ pub struct TopologyRow {
     pub round_trip: Option<CallTimings>,
     pub raw_median_ns: u64,
     pub raw_p99_ns: u64,
+    /// The broker floor of the same bytes from node A's network
+    /// ([`baseline::broker_floor_ns`]).
+    pub floor_median_ns: u64,
+    pub floor_p99_ns: u64,
 }
 
 pub fn run(quick: bool) -> anyhow::Result<Vec<TopologyRow>> {
@@ -37,27 +41,36 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<TopologyRow>> {
             };
             let sequential = measure(Shape::Sequential)?;
             let round_trip = (payload == KIB).then(|| measure(Shape::RoundTrip)).transpose()?;
-            let (raw_median_ns, raw_p99_ns) = raw_set_get(&nodes, payload, iterations.min(500))?;
-            rows.push(TopologyRow { topology, payload, sequential, round_trip, raw_median_ns, raw_p99_ns });
+            let runs = iterations.min(500);
+            let (raw_median_ns, raw_p99_ns) =
+                from_node_a(&nodes, move |url| baseline::redis_set_get_ns(url, payload, runs))?;
+            let (floor_median_ns, floor_p99_ns) =
+                from_node_a(&nodes, move |url| baseline::broker_floor_ns(url, payload, runs))?;
+            rows.push(TopologyRow {
+                topology,
+                payload,
+                sequential,
+                round_trip,
+                raw_median_ns,
+                raw_p99_ns,
+                floor_median_ns,
+                floor_p99_ns,
+            });
         }
     }
     Ok(rows)
 }
 
-/// A raw SET+GET from where node A runs: its network namespace, if any;
-/// through a cluster client on a cluster.
-fn raw_set_get(nodes: &TwoNodes, payload: usize, runs: usize) -> anyhow::Result<(u64, u64)> {
+/// A reference measured from where node A runs: in its network namespace,
+/// if any (threads it starts stay there too); through a cluster client on
+/// a cluster (the URL says which).
+fn from_node_a(
+    nodes: &TwoNodes,
+    measure: impl FnOnce(&str) -> anyhow::Result<(u64, u64)> + Send + 'static,
+) -> anyhow::Result<(u64, u64)> {
     let url = nodes.redis.url();
-    let cluster = matches!(nodes.redis, RedisBackend::Cluster(_));
-    let measure = move || {
-        if cluster {
-            baseline::cluster_set_get_ns(&url, payload, runs)
-        } else {
-            baseline::redis_set_get_ns(&url, payload, runs)
-        }
-    };
     match &nodes.network {
-        Some(network) => network.netns("node-a").run_in(measure)?,
-        None => measure(),
+        Some(network) => network.netns("node-a").run_in(move || measure(&url))?,
+        None => measure(&url),
     }
 }
