@@ -27,15 +27,15 @@ pub trait PendingReply: Send {
 /// caller's engine. The engine implements this; the router only picks it.
 pub trait EmbeddedPeers: Send + Sync {
     /// Runs `peer`'s handler on `request` (read straight from the caller's
-    /// memory) and returns the call, whose reply is read straight from the
-    /// peer's memory.
-    fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError>;
-
-    /// Like [`EmbeddedPeers::call`], ending with [`CallError::Timeout`] when
-    /// the peer still runs at `deadline`. An engine that cannot interrupt a
-    /// peer keeps the default, which ignores the deadline.
-    fn call_by(&self, peer: &str, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
-        let _ = deadline;
-        self.call(peer, request)
-    }
+    /// memory) as the call `trace`, and returns the call, whose reply is read
+    /// straight from the peer's memory. It ends with [`CallError::Timeout`]
+    /// when the peer still runs at `deadline`; the peer's own calls end by
+    /// then too and continue `trace`.
+    fn call(
+        &self,
+        peer: &str,
+        request: &[u8],
+        deadline: Instant,
+        trace: TraceContext,
+    ) -> Result<Box<dyn PendingReply>, CallError>;
 }

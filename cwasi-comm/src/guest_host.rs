@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use cwasi_abi::Status;
 
 use crate::log_budget::LogBudget;
+use crate::peer_hosts::PeerHosts;
 use crate::stats::{CallCounter, FunctionStats, LastCounter};
 use crate::trace::TraceContext;
 use crate::{CallError, FunctionServer, IncomingRequest, Mode, PendingReply, Router};
@@ -29,6 +30,10 @@ pub struct GuestHost {
     /// Failures logged: a guest looping on a refused call writes a few
     /// lines a second, with the count of those left out.
     failures_logged: LogBudget,
+    /// What an embedded peer serves, which the engine (not a server) hands
+    /// it: no call it makes may outlive that call's deadline, and its calls
+    /// continue that call's trace.
+    embedded_call: Option<(Instant, TraceContext)>,
 }
 
 /// A call in flight, and what its end is counted and logged with.
@@ -92,7 +97,20 @@ impl GuestHost {
             current: None,
             last_counter: LastCounter::default(),
             failures_logged: LogBudget::new(),
+            embedded_call: None,
         }
+    }
+
+    /// What the engine needs to give each embedded peer instance a host of
+    /// its own.
+    pub fn peer_hosts(&self) -> Arc<PeerHosts> {
+        Arc::new(PeerHosts::new(self.router.clone(), self.stats.clone()))
+    }
+
+    /// An embedded peer now serves a call that ends at `deadline`, made as
+    /// `trace`: the calls it makes end by then and are children of it.
+    pub fn serve_embedded_call(&mut self, call: Option<(Instant, TraceContext)>) {
+        self.embedded_call = call;
     }
 
     /// Counts and logs a call that ended (once).
@@ -123,9 +141,11 @@ impl GuestHost {
     }
 
     /// The trace context of a call made now: a child of the serving of the
-    /// current request, else a new trace.
+    /// current request (or of the call an embedded peer serves), else a new
+    /// trace.
     fn trace_for_call(&self) -> TraceContext {
-        TraceContext::new_span(self.current.as_ref().and_then(|serving| serving.trace.as_ref()))
+        let serving = self.current.as_ref().and_then(|serving| serving.trace.as_ref());
+        TraceContext::new_span(serving.or(self.embedded_call.as_ref().map(|(_, trace)| trace)))
     }
 
     pub fn router(&self) -> &Router {
@@ -139,6 +159,7 @@ impl GuestHost {
         let peer = peer.ok_or(Status::BadName)?;
         let started = Instant::now();
         let deadline = self.router.deadline(timeout);
+        let deadline = self.embedded_call.map_or(deadline, |(cap, _)| deadline.min(cap));
         let trace = self.trace_for_call();
         let (mode, pending) = match self.router.call(peer, request, deadline, trace) {
             Ok(routed) => routed,

@@ -68,6 +68,20 @@ impl Router {
         }
     }
 
+    /// The router of embedded `peer`'s own calls: its name and allow-list
+    /// (`cwasi.io/embed.<peer>.peers`), this function's node, registry,
+    /// embedded peers and Redis links.
+    pub fn for_embedded_peer(&self, peer: &str) -> Router {
+        let router = Router::new(self.me.for_embedded_peer(peer), self.registry.clone());
+        if let Some(embedded) = self.embedded.get() {
+            let _ = router.embedded.set(embedded.clone());
+        }
+        if let Some(redis) = self.redis.get() {
+            let _ = router.redis.set(redis.clone());
+        }
+        router
+    }
+
     /// The deadline of a call made now with `timeout` (else the function's).
     pub fn deadline(&self, timeout: Option<Duration>) -> Instant {
         Instant::now() + timeout.or(self.me.call_timeout).unwrap_or(DEFAULT_CALL_TIMEOUT)
@@ -99,7 +113,7 @@ impl Router {
                 .embedded
                 .get()
                 .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (the engine runs no embedded peers)")))?;
-            let pending = embedded.call_by(peer, request, deadline)?;
+            let pending = embedded.call(peer, request, deadline, trace)?;
             self.announce(peer, Mode::Embedded, || module.display().to_string());
             return Ok((Mode::Embedded, pending));
         }
@@ -301,7 +315,13 @@ mod tests {
     }
 
     impl EmbeddedPeers for FakeEmbedded {
-        fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
+        fn call(
+            &self,
+            peer: &str,
+            request: &[u8],
+            _: Instant,
+            _: TraceContext,
+        ) -> Result<Box<dyn PendingReply>, CallError> {
             self.calls.lock().unwrap().push((peer.to_owned(), request.to_vec()));
             Ok(Box::new(Echo(request.to_vec())))
         }

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use cwasi_testkit::{Containerd, Node, RedisServer, TestImage, TestNetwork, test_image};
+use cwasi_testkit::{Containerd, Node, RedisServer, TestImage, TestNetwork, test_image, test_image_with_peers};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
 
@@ -53,6 +53,77 @@ fn producer_on_node_a_gets_every_digest_right_from_sha256_on_node_b() {
     assert!(node_a.containerd.logged_call("sha256", "remote"), "no mode=remote in node A's log:\n{log}");
     // The password-free URL is what the log shows.
     assert!(log.contains(&redis.url()), "{log}");
+}
+
+/// An embedded peer is a function of its own: it calls a function on its
+/// node (local mode) and one on another node (remote mode) and combines
+/// their replies; it calls only what its own allow-list names, and its calls
+/// end by the deadline of the call it serves.
+#[test]
+fn an_embedded_peer_calls_a_local_and_a_remote_function() {
+    let network = network();
+    let redis = RedisServer::start_on(&network).unwrap();
+    let (echo, caller) = (test_image("echo-server").unwrap(), test_image_with_peers("caller", &["relay"]).unwrap());
+    let node_b = node(&network, "node-b", &redis.url(), &[&echo]);
+    node_b.serve(&echo, "echo-remote", &["--env", "REPLICA=remote"]);
+    let node_a = node(&network, "node-a", &redis.url(), &[&echo, &caller]);
+    node_a.serve(&echo, "echo-local", &["--env", "REPLICA=local"]);
+    let flags = [
+        "--rm",
+        "--annotation",
+        "cwasi.io/embed=combine=/relay.wasm",
+        "--annotation",
+        "cwasi.io/peers=combine",
+        "--annotation",
+        "cwasi.io/embed.combine.peers=echo-local,echo-remote",
+        "--annotation",
+        "cwasi.io/timeout=1s",
+        "--annotation",
+        "cwasi.io/log=debug",
+    ];
+    let started = Instant::now();
+    let out = node_a
+        .run(
+            "embedded-calls-out",
+            &caller,
+            &flags,
+            &[
+                "/caller.wasm",
+                "combine",
+                "+echo-local,echo-remote:whoami",
+                "+echo-remote,echo-local:hello",
+                "+caller:x",
+                "+echo-local:sleep:8000",
+                "+echo-remote:after",
+            ],
+        )
+        .unwrap();
+    let took = started.elapsed();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{out:?}");
+    assert_eq!(lines[..3], ["reply: local|remote", "reply: hello|hello", "reply: error Forbidden"], "{out:?}");
+    // The peer's call to a function that sleeps 8 s ends at the outer call's 1 s deadline.
+    assert!(lines[3].contains("Timeout"), "{out:?}");
+    assert!(took < Duration::from_secs(6), "took {took:?}: {out:?}");
+    assert_eq!(lines[4], "reply: after", "{out:?}");
+    let ctd = &node_a.containerd;
+    assert!(ctd.logged_call("combine", "embedded"), "{}", ctd.log());
+    assert!(ctd.logged_call("echo-local", "local"), "{}", ctd.log());
+    assert!(ctd.logged_call("echo-remote", "remote"), "{}", ctd.log());
+    // The peer's calls continue the trace of the call it serves.
+    let log = ctd.log();
+    let field = |line: &str, key: &str| {
+        line.split_whitespace().find_map(|f| f.strip_prefix(&format!("{key}="))).map(str::to_owned)
+    };
+    let outer =
+        log.lines().find(|l| l.contains("msg=call") && l.contains("peer=combine")).expect("the outer call logged");
+    let (trace_id, span_id) = (field(outer, "trace_id").unwrap(), field(outer, "span_id").unwrap());
+    let inner = log
+        .lines()
+        .filter(|l| l.contains("msg=call") && l.contains("peer=echo-local"))
+        .find(|l| field(l, "parent_id").as_deref() == Some(&span_id))
+        .unwrap_or_else(|| panic!("no call of the peer's with parent {span_id}:\n{log}"));
+    assert_eq!(field(inner, "trace_id"), Some(trace_id), "{inner}");
 }
 
 #[test]

@@ -9,10 +9,11 @@
 //! one more copy than on wasmtime.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use cwasi_abi::{self as abi, Status};
-use cwasi_comm::{CallError, EmbeddedPeers, PendingReply};
+use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
 use cwasi_engine::EmbeddedModule;
 use cwasi_engine::guest_memory::{guest_slice, guest_slice_mut, write_u32};
 use wasmedge_sdk::error::{CoreCommonError, CoreError};
@@ -20,8 +21,8 @@ use wasmedge_sdk::vm::SyncInst;
 use wasmedge_sdk::wasi::WasiModule;
 use wasmedge_sdk::{CallingFrame, ImportObjectBuilder, Instance, Module, Store, Vm, WasmValue};
 
-use crate::host_api::{HostResult, done, ints, with_memory};
-use crate::run::{config, is_termination};
+use crate::host_api::{HasHost, HostResult, add_call_imports, done, ints, with_memory};
+use crate::run::config;
 use crate::timed_run::{self, Ran};
 
 pub(crate) struct WasmEdgeEmbedded {
@@ -29,6 +30,7 @@ pub(crate) struct WasmEdgeEmbedded {
     /// libwasmedge takes them.
     modules: HashMap<String, PeerModule>,
     memory_limit: Option<u64>,
+    hosts: Arc<PeerHosts>,
 }
 
 struct PeerModule {
@@ -39,6 +41,8 @@ struct PeerModule {
 
 /// The request of one call and what the peer answered.
 struct Exchange {
+    /// The peer's own calls.
+    host: GuestHost,
     /// The caller's request, borrowed by `call` for the whole run.
     request_ptr: *const u8,
     request_len: usize,
@@ -51,9 +55,19 @@ struct Exchange {
 // thread; WasmEdge only requires host data to be sendable in principle.
 unsafe impl Send for Exchange {}
 
+impl HasHost for Exchange {
+    fn host(&mut self) -> &mut GuestHost {
+        &mut self.host
+    }
+}
+
 impl WasmEdgeEmbedded {
     /// Reads and validates every peer's module up front.
-    pub(crate) fn new(peers: &[EmbeddedModule], memory_limit: Option<u64>) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        peers: &[EmbeddedModule],
+        memory_limit: Option<u64>,
+        hosts: Arc<PeerHosts>,
+    ) -> anyhow::Result<Self> {
         let mut modules = HashMap::new();
         for peer in peers {
             let bytes = std::fs::read(&peer.module)
@@ -64,7 +78,7 @@ impl WasmEdgeEmbedded {
             let preopens = peer.preopens.iter().map(crate::run::preopen).collect::<anyhow::Result<_>>()?;
             modules.insert(peer.name.clone(), PeerModule { bytes, env, preopens });
         }
-        Ok(Self { modules, memory_limit })
+        Ok(Self { modules, memory_limit, hosts })
     }
 }
 
@@ -73,18 +87,26 @@ fn failed(peer: &str, what: impl std::fmt::Display) -> CallError {
 }
 
 impl EmbeddedPeers for WasmEdgeEmbedded {
-    fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
-        self.run(peer, request, None)
-    }
-
-    fn call_by(&self, peer: &str, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
-        self.run(peer, request, Some(deadline))
+    fn call(
+        &self,
+        peer: &str,
+        request: &[u8],
+        deadline: Instant,
+        trace: TraceContext,
+    ) -> Result<Box<dyn PendingReply>, CallError> {
+        self.run(peer, request, deadline, trace)
     }
 }
 
 impl WasmEdgeEmbedded {
-    /// Runs `peer` on `request` to its answer, stopped at `deadline` if any.
-    fn run(&self, peer: &str, request: &[u8], deadline: Option<Instant>) -> Result<Box<dyn PendingReply>, CallError> {
+    /// Runs `peer` on `request` to its answer, stopped at `deadline`.
+    fn run(
+        &self,
+        peer: &str,
+        request: &[u8],
+        deadline: Instant,
+        trace: TraceContext,
+    ) -> Result<Box<dyn PendingReply>, CallError> {
         let peer_module = self
             .modules
             .get(peer)
@@ -97,7 +119,11 @@ impl WasmEdgeEmbedded {
         let mut wasi =
             WasiModule::create(Some(vec![peer]), Some(strs(&peer_module.env)), Some(strs(&peer_module.preopens)))
                 .map_err(|e| failed(peer, e))?;
+        let mut host = self.hosts.host(peer);
+        // Its calls end by its caller's deadline and continue its trace.
+        host.serve_embedded_call(Some((deadline, trace)));
         let exchange = Exchange {
+            host,
             request_ptr: request.as_ptr(),
             request_len: request.len(),
             delivered: false,
@@ -110,11 +136,8 @@ impl WasmEdgeEmbedded {
             .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_READ, serve_read))
             .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_REPLY, serve_reply))
             .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_FAIL, serve_fail))
-            .and_then(|b| b.with_func::<(i32, i32, i32, i32, i32), i32>(abi::CALL_START, forbidden))
-            .and_then(|b| b.with_func::<(i32, i32, i32, i32, i32, i32), i32>(abi::CALL_START_TIMEOUT, forbidden))
-            .and_then(|b| b.with_func::<(i32, i32), i32>(abi::CALL_WAIT, forbidden))
-            .and_then(|b| b.with_func::<(i32, i32, i32), i32>(abi::CALL_READ, forbidden))
             .map_err(|e| failed(peer, e))?;
+        add_call_imports(&mut builder).map_err(|e| failed(peer, e))?;
         let mut cwasi = builder.build();
 
         let refusals_before = crate::grow_refusals::count();
@@ -124,16 +147,8 @@ impl WasmEdgeEmbedded {
             instances.insert(abi::MODULE.to_string(), &mut cwasi);
             let mut vm = Vm::new(Store::new(Some(&config), instances).map_err(|e| failed(peer, e))?);
             vm.register_module(None, module).map_err(|e| failed(peer, e))?;
-            match deadline {
-                None => vm
-                    .run_func(None, "_start", [])
-                    .map(|_| Ran::Ended)
-                    .or_else(|e| if is_termination(&e) { Ok(Ran::Ended) } else { Ok(Ran::Trapped(e.to_string())) }),
-                Some(deadline) => {
-                    let instance = vm.active_module_mut().ok_or_else(|| failed(peer, "no active module"))?;
-                    timed_run::run_start_by(instance, deadline).map_err(|e| failed(peer, format!("{e:#}")))
-                }
-            }
+            let instance = vm.active_module_mut().ok_or_else(|| failed(peer, "no active module"))?;
+            timed_run::run_start_by(instance, deadline).map_err(|e| failed(peer, format!("{e:#}")))
         };
         // The peer runs on the caller's thread: its refusals are its own.
         let growth_refused = crate::grow_refusals::take() || crate::grow_refusals::count() > refusals_before;
@@ -206,11 +221,6 @@ fn serve_fail(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFram
             guest_slice(m, a[0], a[1]).map(|msg| exchange.failure = Some(String::from_utf8_lossy(msg).into_owned())),
         )
     }))
-}
-
-/// An embedded peer serves its caller; it does not call out.
-fn forbidden(_: &mut Exchange, _: &mut Instance, _: &mut CallingFrame, _: Vec<WasmValue>) -> HostResult {
-    done(Status::Forbidden as i32)
 }
 
 struct OwnedReply(Vec<u8>);

@@ -60,7 +60,11 @@ impl Engine for WasmEdgeEngine {
             .map_err(wasmedge_error)
             .with_context(|| format!("loading module {}", guest.module.display()))?;
         if !guest.embedded.is_empty() {
-            host.router().attach_embedded(Arc::new(WasmEdgeEmbedded::new(&guest.embedded, memory_limit)?));
+            host.router().attach_embedded(Arc::new(WasmEdgeEmbedded::new(
+                &guest.embedded,
+                memory_limit,
+                host.peer_hosts(),
+            )?));
         }
 
         let args: Vec<&str> = guest.args.iter().map(String::as_str).collect();

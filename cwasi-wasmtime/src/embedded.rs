@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use cwasi_comm::{CallError, EmbeddedPeers, PendingReply};
+use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
 use cwasi_engine::{EmbeddedModule, MemoryBudget};
 use wasmtime::{Engine, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
@@ -32,6 +32,8 @@ pub(crate) struct PeerState {
     wasi: WasiP1Ctx,
     limiter: GuestLimiter,
     pub(crate) exchange: Arc<Exchange>,
+    /// Its own calls.
+    pub(crate) host: GuestHost,
 }
 
 /// Bytes in some linear memory, valid only under the rules of [`Exchange`].
@@ -72,6 +74,8 @@ pub(crate) struct Exchange {
 struct ExchangeState {
     /// The deadline of the call being served; the peer traps past it.
     deadline: Option<Instant>,
+    /// The call being served, as it was made.
+    trace: Option<TraceContext>,
     request: Option<RawBytes>,
     request_taken: bool,
     reply: Option<RawBytes>,
@@ -90,16 +94,27 @@ impl Exchange {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn offer(&self, request: &[u8], deadline: Option<Instant>) {
+    fn offer(&self, request: &[u8], deadline: Instant, trace: TraceContext) {
         let mut state = self.lock();
-        *state = ExchangeState { request: Some(RawBytes::new(request)), deadline, ..Default::default() };
+        *state = ExchangeState {
+            request: Some(RawBytes::new(request)),
+            deadline: Some(deadline),
+            trace: Some(trace),
+            ..Default::default()
+        };
+    }
+
+    /// The call being served: its deadline and trace.
+    pub(crate) fn call(&self) -> Option<(Instant, TraceContext)> {
+        let state = self.lock();
+        state.deadline.zip(state.trace)
     }
 
     fn set_deadline(&self, deadline: Option<Instant>) {
         self.lock().deadline = deadline;
     }
 
-    fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.lock().deadline
     }
 
@@ -201,6 +216,7 @@ pub(crate) struct WasmtimeEmbedded {
     templates: HashMap<String, PeerTemplate>,
     /// The container's memory budget, shared with the guest.
     memory: MemoryBudget,
+    hosts: Arc<PeerHosts>,
     idle: IdlePeers,
     ticker: EpochTicker,
 }
@@ -214,6 +230,7 @@ impl WasmtimeEmbedded {
         peers: &[EmbeddedModule],
         cache_dir: Option<&std::path::Path>,
         memory: MemoryBudget,
+        hosts: Arc<PeerHosts>,
     ) -> anyhow::Result<Self> {
         let mut linker: Linker<PeerState> = Linker::new(engine);
         p1::add_to_linker_sync(&mut linker, |state: &mut PeerState| &mut state.wasi)?;
@@ -228,7 +245,7 @@ impl WasmtimeEmbedded {
             templates.insert(peer.name.clone(), PeerTemplate { instance: template, module: peer.clone() });
         }
         let ticker = EpochTicker::start(engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
-        Ok(Self { engine: engine.clone(), templates, memory, idle: Arc::default(), ticker })
+        Ok(Self { engine: engine.clone(), templates, memory, hosts, idle: Arc::default(), ticker })
     }
 
     fn take_idle(&self, peer: &str) -> Option<ParkedPeer> {
@@ -260,7 +277,8 @@ impl WasmtimeEmbedded {
         let exchange = Arc::new(Exchange::default());
         let limiter = GuestLimiter::new(&self.memory);
         let denied = limiter.denied().clone();
-        let mut store = Store::new(&self.engine, PeerState { wasi, limiter, exchange: exchange.clone() });
+        let host = self.hosts.host(peer);
+        let mut store = Store::new(&self.engine, PeerState { wasi, limiter, exchange: exchange.clone(), host });
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_callback(deadline::check_every_tick(|state: &PeerState| state.exchange.deadline()));
         store.set_epoch_deadline(1);
@@ -278,29 +296,20 @@ impl WasmtimeEmbedded {
 }
 
 impl EmbeddedPeers for WasmtimeEmbedded {
-    fn call(&self, peer: &str, request: &[u8]) -> Result<Box<dyn PendingReply>, CallError> {
-        self.call_until(peer, request, None)
-    }
-
-    fn call_by(&self, peer: &str, request: &[u8], deadline: Instant) -> Result<Box<dyn PendingReply>, CallError> {
-        self.call_until(peer, request, Some(deadline))
-    }
-}
-
-impl WasmtimeEmbedded {
-    fn call_until(
+    fn call(
         &self,
         peer: &str,
         request: &[u8],
-        deadline: Option<Instant>,
+        deadline: Instant,
+        trace: TraceContext,
     ) -> Result<Box<dyn PendingReply>, CallError> {
         // Deadlines are checked at epoch ticks, which run only around calls.
         let _ticking = self.ticker.running();
         let mut parked = match self.take_idle(peer) {
             Some(parked) => parked,
-            None => self.spawn(peer, deadline)?,
+            None => self.spawn(peer, Some(deadline))?,
         };
-        parked.exchange.offer(request, deadline);
+        parked.exchange.offer(request, deadline, trace);
         let resumed = parked.resume(peer);
         let outcome = parked.exchange.withdraw();
         // A peer that trapped or exited is dropped here; the next call starts a new one.

@@ -1,4 +1,6 @@
-//! The `cwasi` imports as an embedded peer sees them: serving only.
+//! The `cwasi` imports as an embedded peer sees them: serving its caller
+//! through the exchange, calling out like any function (within its
+//! allow-list and by the deadline of the request it serves).
 
 use cwasi_abi::{self as abi, Status};
 use wasmtime::{Caller, Extern, Linker};
@@ -14,6 +16,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<PeerState>) -> wasmtime::Result<
             let exchange = caller.data().exchange.clone();
             // Pending parks the peer's fiber until a call offers a request.
             let len = std::future::poll_fn(|_| exchange.poll_request()).await;
+            // Its calls end by its caller's deadline and continue its trace.
+            caller.data_mut().host.serve_embedded_call(exchange.call());
             status(with_memory(&mut caller, |memory, _| write_u32(memory, len_out, len as u32)))
         })
     })?;
@@ -42,18 +46,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<PeerState>) -> wasmtime::Result<
             Ok(())
         }))
     })?;
-    // An embedded peer serves its caller; it does not call out.
-    linker.func_wrap(abi::MODULE, abi::CALL_START, |_: PeerCaller<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| {
-        Status::Forbidden as i32
-    })?;
-    linker.func_wrap(
-        abi::MODULE,
-        abi::CALL_START_TIMEOUT,
-        |_: PeerCaller<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| Status::Forbidden as i32,
-    )?;
-    linker.func_wrap(abi::MODULE, abi::CALL_WAIT, |_: PeerCaller<'_>, _: i32, _: i32| Status::BadHandle as i32)?;
-    linker
-        .func_wrap(abi::MODULE, abi::CALL_READ, |_: PeerCaller<'_>, _: i32, _: i32, _: i32| Status::BadHandle as i32)?;
+    crate::host_api::add_call_imports(linker, |state: &mut PeerState| &mut state.host)?;
     Ok(())
 }
 

@@ -78,6 +78,7 @@ impl Engine for WasmtimeEngine {
                 &guest.embedded,
                 guest.cache_dir.as_deref(),
                 memory.clone(),
+                host.peer_hosts(),
             )?;
             host.router().attach_embedded(std::sync::Arc::new(embedded));
         }
