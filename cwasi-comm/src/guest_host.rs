@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use cwasi_abi::Status;
 
+use crate::in_process::InProcessSource;
 use crate::log_budget::LogBudget;
 use crate::peer_hosts::PeerHosts;
 use crate::stats::{CallCounter, FunctionStats, LastCounter};
@@ -18,10 +20,11 @@ use crate::{CallError, FunctionServer, IncomingRequest, Mode, PendingReply, Rout
 /// Log filters and the shim's span export select them by it.
 pub const CALL_EVENTS_TARGET: &str = "cwasi::calls";
 
-/// Per-guest state behind the `cwasi` imports.
+/// Per-guest state behind the `cwasi` imports: a container's guest (or one
+/// of its handler instances), or an embedded peer instance.
 pub struct GuestHost {
     router: Arc<Router>,
-    server: Option<Arc<FunctionServer>>,
+    requests: Requests,
     stats: Option<Arc<FunctionStats>>,
     calls: HashMap<u32, Call>,
     next_handle: u32,
@@ -30,10 +33,16 @@ pub struct GuestHost {
     /// Failures logged: a guest looping on a refused call writes a few
     /// lines a second, with the count of those left out.
     failures_logged: LogBudget,
-    /// What an embedded peer serves, which the engine (not a server) hands
-    /// it: no call it makes may outlive that call's deadline, and its calls
-    /// continue that call's trace.
-    embedded_call: Option<(Instant, TraceContext)>,
+}
+
+/// Where the guest's requests come from.
+enum Requests {
+    /// It does not serve (`cwasi.io/serve` is not `true`).
+    None,
+    /// Its container's server: this node's callers and other nodes'.
+    Server(Arc<FunctionServer>),
+    /// Its caller in this process (an embedded peer).
+    InProcess(Arc<InProcessSource>),
 }
 
 /// A call in flight, and what its end is counted and logged with.
@@ -88,16 +97,28 @@ impl GuestHost {
     /// `server` and `stats` are shared by every handler instance of a
     /// serving container.
     pub fn new(router: Arc<Router>, server: Option<Arc<FunctionServer>>, stats: Option<Arc<FunctionStats>>) -> Self {
+        Self::with_requests(router, server.map_or(Requests::None, Requests::Server), stats)
+    }
+
+    /// The host of an embedded peer instance, served through `source`.
+    pub(crate) fn embedded_peer(
+        router: Arc<Router>,
+        source: Arc<InProcessSource>,
+        stats: Option<Arc<FunctionStats>>,
+    ) -> Self {
+        Self::with_requests(router, Requests::InProcess(source), stats)
+    }
+
+    fn with_requests(router: Arc<Router>, requests: Requests, stats: Option<Arc<FunctionStats>>) -> Self {
         Self {
             router,
-            server,
+            requests,
             stats,
             calls: HashMap::new(),
             next_handle: 1,
             current: None,
             last_counter: LastCounter::default(),
             failures_logged: LogBudget::new(),
-            embedded_call: None,
         }
     }
 
@@ -105,12 +126,6 @@ impl GuestHost {
     /// its own.
     pub fn peer_hosts(&self) -> Arc<PeerHosts> {
         Arc::new(PeerHosts::new(self.router.clone(), self.stats.clone()))
-    }
-
-    /// An embedded peer now serves a call that ends at `deadline`, made as
-    /// `trace`: the calls it makes end by then and are children of it.
-    pub fn serve_embedded_call(&mut self, call: Option<(Instant, TraceContext)>) {
-        self.embedded_call = call;
     }
 
     /// Counts and logs a call that ended (once).
@@ -141,11 +156,9 @@ impl GuestHost {
     }
 
     /// The trace context of a call made now: a child of the serving of the
-    /// current request (or of the call an embedded peer serves), else a new
-    /// trace.
+    /// current request, else a new trace.
     fn trace_for_call(&self) -> TraceContext {
-        let serving = self.current.as_ref().and_then(|serving| serving.trace.as_ref());
-        TraceContext::new_span(serving.or(self.embedded_call.as_ref().map(|(_, trace)| trace)))
+        TraceContext::new_span(self.current.as_ref().and_then(|serving| serving.trace.as_ref()))
     }
 
     pub fn router(&self) -> &Router {
@@ -159,7 +172,9 @@ impl GuestHost {
         let peer = peer.ok_or(Status::BadName)?;
         let started = Instant::now();
         let deadline = self.router.deadline(timeout);
-        let deadline = self.embedded_call.map_or(deadline, |(cap, _)| deadline.min(cap));
+        // No call outlives the request being served, when its caller said when it gives up.
+        let serving_until = self.current.as_ref().and_then(|serving| serving.request.deadline());
+        let deadline = serving_until.map_or(deadline, |until| deadline.min(until));
         let trace = self.trace_for_call();
         let (mode, pending) = match self.router.call(peer, request, deadline, trace) {
             Ok(routed) => routed,
@@ -217,26 +232,54 @@ impl GuestHost {
         call.pending.read_into(out).map_err(|e| self.report("reply", "", Some(&trace), e))
     }
 
+    /// Waits for the next request (blocking the thread).
     pub fn serve_next(&mut self) -> Result<u32, Status> {
-        let server = self.server.as_ref().ok_or(Status::NotServing)?;
+        self.end_unanswered();
+        let request = match &self.requests {
+            Requests::None => return Err(Status::NotServing),
+            Requests::Server(server) => server.next_request(),
+            Requests::InProcess(source) => IncomingRequest::in_process(source.next()),
+        };
+        self.begin_serving(request)
+    }
+
+    /// [`GuestHost::serve_next`] for an engine that parks an embedded peer
+    /// (suspends it) rather than block its thread: `Pending` until its
+    /// caller offers a request. Other guests block as in `serve_next`.
+    pub fn poll_serve_next(&mut self) -> Poll<Result<u32, Status>> {
+        let Requests::InProcess(source) = &self.requests else { return Poll::Ready(self.serve_next()) };
+        let source = source.clone();
+        self.end_unanswered();
+        source.poll_next().map(|request| self.begin_serving(IncomingRequest::in_process(request)))
+    }
+
+    /// The handler asked for the next request without answering this one.
+    fn end_unanswered(&mut self) {
         if let Some(serving) = self.current.take() {
-            // The handler asked for the next request without answering this one.
             let (request, ended) = serving.end();
             let sent = request.fail("the handler did not reply");
             self.finish_serving(ended, false, 0, sent.is_ok());
         }
-        let request = server.next_request();
+    }
+
+    fn begin_serving(&mut self, request: IncomingRequest) -> Result<u32, Status> {
         let len = u32::try_from(request.len()).map_err(|_| Status::TooLarge)?;
-        if let Some(stats) = &self.stats {
+        if let Some(stats) = self.served_stats() {
             stats.request_taken(request.len());
         }
         self.current = Some(Serving::take(request));
         Ok(len)
     }
 
+    /// The counters of requests served: its container's, only for what its
+    /// container's server took (an embedded peer's are not the function's).
+    fn served_stats(&self) -> Option<&FunctionStats> {
+        matches!(self.requests, Requests::Server(_)).then_some(self.stats.as_deref()).flatten()
+    }
+
     /// Counts and logs a request whose answer went out (`sent`) or not.
     fn finish_serving(&self, ended: Ended, replied: bool, bytes_out: usize, sent: bool) {
-        if let Some(stats) = &self.stats {
+        if let Some(stats) = self.served_stats() {
             stats.request_answered(replied && sent, bytes_out as u64);
         }
         let (trace, Some(since)) = (ended.trace, ended.since) else { return };

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::in_process::InProcessSource;
 use crate::stats::FunctionStats;
 use crate::{GuestHost, Router};
 
@@ -23,9 +24,11 @@ impl PeerHosts {
         Self { router, stats, routers: Mutex::default() }
     }
 
-    pub fn host(&self, peer: &str) -> GuestHost {
+    /// The host of a new instance of `peer`, which serves what its callers
+    /// offer through `requests`.
+    pub fn host(&self, peer: &str, requests: Arc<InProcessSource>) -> GuestHost {
         let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
         let router = routers.entry(peer.to_owned()).or_insert_with(|| Arc::new(self.router.for_embedded_peer(peer)));
-        GuestHost::new(router.clone(), None, self.stats.clone())
+        GuestHost::embedded_peer(router.clone(), requests, self.stats.clone())
     }
 }

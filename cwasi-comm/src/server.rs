@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::in_process::InProcessRequest;
 use crate::local::{LocalListener, LocalRequest};
 use crate::remote::{RemoteListener, RemoteRequest};
 use crate::trace::TraceContext;
@@ -30,15 +31,19 @@ pub struct FunctionServer {
     active: Arc<AtomicUsize>,
 }
 
-/// A request being served.
+/// A request being served: from this node, another node, or (for an
+/// embedded peer) its caller in this process.
 pub struct IncomingRequest {
     source: Source,
-    _active: ActiveRequest,
+    /// Counted while it lives, for the server's drain (not for a request an
+    /// embedded peer serves: no server waits for it).
+    _active: Option<ActiveRequest>,
 }
 
 enum Source {
     Local(LocalRequest),
     Remote(RemoteRequest),
+    InProcess(InProcessRequest),
 }
 
 /// Counts a request as being handled for as long as it lives.
@@ -51,10 +56,24 @@ impl Drop for ActiveRequest {
 }
 
 impl IncomingRequest {
+    pub(crate) fn in_process(request: InProcessRequest) -> Self {
+        Self { source: Source::InProcess(request), _active: None }
+    }
+
     pub fn len(&self) -> u64 {
         match &self.source {
             Source::Local(r) => r.len(),
             Source::Remote(r) => r.len(),
+            Source::InProcess(r) => r.len(),
+        }
+    }
+
+    /// When the caller gives up, if it said (an embedded peer's caller
+    /// does): calls made while serving it end by then.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.source {
+            Source::InProcess(r) => Some(r.deadline()),
+            Source::Local(_) | Source::Remote(_) => None,
         }
     }
 
@@ -67,6 +86,7 @@ impl IncomingRequest {
         match &self.source {
             Source::Local(r) => r.trace(),
             Source::Remote(r) => r.trace(),
+            Source::InProcess(r) => Some(r.trace()),
         }
     }
 
@@ -74,6 +94,7 @@ impl IncomingRequest {
         match &self.source {
             Source::Local(r) => r.read_into(out),
             Source::Remote(r) => r.read_into(out),
+            Source::InProcess(r) => r.read_into(out),
         }
     }
 
@@ -81,6 +102,7 @@ impl IncomingRequest {
         match self.source {
             Source::Local(r) => r.reply(reply),
             Source::Remote(r) => r.reply(reply),
+            Source::InProcess(r) => r.reply(reply),
         }
     }
 
@@ -88,6 +110,7 @@ impl IncomingRequest {
         match self.source {
             Source::Local(r) => r.fail(message),
             Source::Remote(r) => r.fail(message),
+            Source::InProcess(r) => r.fail(message),
         }
     }
 }
@@ -191,7 +214,7 @@ impl FunctionServer {
 
     fn count_active(&self, source: Source) -> IncomingRequest {
         self.active.fetch_add(1, Ordering::AcqRel);
-        IncomingRequest { source, _active: ActiveRequest(self.active.clone()) }
+        IncomingRequest { source, _active: Some(ActiveRequest(self.active.clone())) }
     }
 
     /// Stops serving gracefully: leaves the registry, takes no new request,

@@ -81,11 +81,22 @@ pub fn call_read(host: &mut GuestHost, memory: &mut [u8], handle: i32, buf: i32,
 }
 
 pub fn serve_next(host: &mut GuestHost, memory: &mut [u8], len_out: i32) -> i32 {
-    status((|| {
-        guest_slice(memory, len_out, 4)?;
-        let len = host.serve_next()?;
-        write_u32(memory, len_out, len)
-    })())
+    match check_len_out(memory, len_out) {
+        0 => serve_next_done(memory, len_out, host.serve_next()),
+        bad => bad,
+    }
+}
+
+/// `serve_next` in the steps of an engine that parks the guest until a
+/// request comes: the out-pointer is checked before parking (this), the
+/// engine polls [`GuestHost::poll_serve_next`], then [`serve_next_done`].
+pub fn check_len_out(memory: &[u8], len_out: i32) -> i32 {
+    status(guest_slice(memory, len_out, 4).map(drop))
+}
+
+/// Writes the length of the request `next` gave (or returns its error).
+pub fn serve_next_done(memory: &mut [u8], len_out: i32, next: Result<u32, Status>) -> i32 {
+    status(next.and_then(|len| write_u32(memory, len_out, len)))
 }
 
 pub fn serve_read(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i32) -> i32 {

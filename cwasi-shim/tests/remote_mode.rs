@@ -110,7 +110,7 @@ fn an_embedded_peer_calls_a_local_and_a_remote_function() {
     assert!(ctd.logged_call("combine", "embedded"), "{}", ctd.log());
     assert!(ctd.logged_call("echo-local", "local"), "{}", ctd.log());
     assert!(ctd.logged_call("echo-remote", "remote"), "{}", ctd.log());
-    // The peer's calls continue the trace of the call it serves.
+    // The peer serves the call as a child span of it; its own calls are children of that.
     let log = ctd.log();
     let field = |line: &str, key: &str| {
         line.split_whitespace().find_map(|f| f.strip_prefix(&format!("{key}="))).map(str::to_owned)
@@ -118,11 +118,16 @@ fn an_embedded_peer_calls_a_local_and_a_remote_function() {
     let outer =
         log.lines().find(|l| l.contains("msg=call") && l.contains("peer=combine")).expect("the outer call logged");
     let (trace_id, span_id) = (field(outer, "trace_id").unwrap(), field(outer, "span_id").unwrap());
-    let inner = log
-        .lines()
-        .filter(|l| l.contains("msg=call") && l.contains("peer=echo-local"))
-        .find(|l| field(l, "parent_id").as_deref() == Some(&span_id))
-        .unwrap_or_else(|| panic!("no call of the peer's with parent {span_id}:\n{log}"));
+    let child_of = |msg: &str, parent: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("msg={msg}")))
+            .find(|l| field(l, "parent_id").as_deref() == Some(parent))
+            .unwrap_or_else(|| panic!("no {msg} with parent {parent}:\n{log}"))
+    };
+    let served = child_of("served", &span_id);
+    assert_eq!(field(served, "trace_id").as_ref(), Some(&trace_id), "{served}");
+    let inner = child_of("call", &field(served, "span_id").unwrap());
+    assert!(inner.contains("peer=echo-local"), "{inner}");
     assert_eq!(field(inner, "trace_id"), Some(trace_id), "{inner}");
 }
 

@@ -1,84 +1,74 @@
-//! Embedded mode on WasmEdge: a peer shipped in the caller's image runs in
-//! the caller's process, a fresh instance per call (own memory, WASI
-//! context and limit).
+//! Embedded mode on WasmEdge: peers shipped in the caller's image run in the
+//! caller's process, each instance with its own memory (capped at the
+//! container's limit), WASI context and `GuestHost`.
 //!
-//! The peer is an ordinary serving module. Its first `serve_next` gets the
-//! request, which `serve_read` copies straight from the caller's memory; its
-//! reply is copied out at `serve_reply`, and its next `serve_next` ends the
-//! run. WasmEdge cannot park a guest between host calls, so the reply takes
-//! one more copy than on wasmtime.
+//! A peer is an ordinary serving module, served by the same `GuestHost` and
+//! the same `cwasi` imports as a container's guest, from an
+//! [`InProcessSource`]. Its module is read and validated once, at start.
+//! An instance runs `_start` on a thread of libwasmedge's asynchronous
+//! invocation (`async_run`) and, between calls, waits in `serve_next` on
+//! that thread: it is *parked*, ready for the next call without being
+//! instantiated again. A call offers the caller's request and waits until
+//! the peer parked again: the peer copied the request straight from the
+//! caller's memory, and the caller copies the reply straight from the
+//! peer's memory, one copy each way. At the call's deadline the run is
+//! cancelled and the instance replaced.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use cwasi_abi::{self as abi, Status};
+use cwasi_comm::in_process::{Answer, InProcessSource};
 use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
 use cwasi_engine::EmbeddedModule;
-use cwasi_engine::guest_memory::{guest_slice, guest_slice_mut, write_u32};
-use wasmedge_sdk::error::{CoreCommonError, CoreError};
 use wasmedge_sdk::vm::SyncInst;
 use wasmedge_sdk::wasi::WasiModule;
-use wasmedge_sdk::{CallingFrame, ImportObjectBuilder, Instance, Module, Store, Vm, WasmValue};
+use wasmedge_sdk::{ImportObject, Module, Store, Vm};
 
-use crate::host_api::{HasHost, HostResult, add_call_imports, done, ints, with_memory};
+use crate::async_run::{AsyncRun, Ran};
 use crate::run::config;
-use crate::timed_run::{self, Ran};
+
+/// How often a call waiting for a peer checks that its run has not ended
+/// (a trap or an exit): the peer parking wakes it at once.
+const RUN_CHECK: Duration = Duration::from_millis(20);
 
 pub(crate) struct WasmEdgeEmbedded {
-    /// Each peer's module bytes, and its environment and directories as
-    /// libwasmedge takes them.
-    modules: HashMap<String, PeerModule>,
+    peers: HashMap<String, Peer>,
     memory_limit: Option<u64>,
     hosts: Arc<PeerHosts>,
+    idle: IdlePeers,
 }
 
-struct PeerModule {
-    bytes: Vec<u8>,
+/// A peer's validated module, and its environment and directories as
+/// libwasmedge takes them.
+struct Peer {
+    module: Module,
     env: Vec<String>,
     preopens: Vec<String>,
 }
 
-/// The request of one call and what the peer answered.
-struct Exchange {
-    /// The peer's own calls.
-    host: GuestHost,
-    /// The caller's request, borrowed by `call` for the whole run.
-    request_ptr: *const u8,
-    request_len: usize,
-    delivered: bool,
-    reply: Option<Vec<u8>>,
-    failure: Option<String>,
-}
-
-// SAFETY: the exchange lives and dies inside one `call`, on the caller's
-// thread; WasmEdge only requires host data to be sendable in principle.
-unsafe impl Send for Exchange {}
-
-impl HasHost for Exchange {
-    fn host(&mut self) -> &mut GuestHost {
-        &mut self.host
-    }
-}
+type IdlePeers = Arc<Mutex<HashMap<String, Vec<PeerInstance>>>>;
 
 impl WasmEdgeEmbedded {
-    /// Reads and validates every peer's module up front.
+    /// Reads and validates every peer's module up front (once).
     pub(crate) fn new(
         peers: &[EmbeddedModule],
         memory_limit: Option<u64>,
         hosts: Arc<PeerHosts>,
     ) -> anyhow::Result<Self> {
-        let mut modules = HashMap::new();
+        let mut loaded = HashMap::new();
         for peer in peers {
-            let bytes = std::fs::read(&peer.module)
-                .map_err(|e| anyhow::anyhow!("embedded peer {}: reading {}: {e}", peer.name, peer.module.display()))?;
-            Module::from_bytes(Some(&config(memory_limit)?), &bytes)
+            let module = Module::from_file(Some(&config(memory_limit)?), &peer.module)
                 .map_err(|e| anyhow::anyhow!("embedded peer {} ({}): {e}", peer.name, peer.module.display()))?;
             let env = peer.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let preopens = peer.preopens.iter().map(crate::run::preopen).collect::<anyhow::Result<_>>()?;
-            modules.insert(peer.name.clone(), PeerModule { bytes, env, preopens });
+            loaded.insert(peer.name.clone(), Peer { module, env, preopens });
         }
-        Ok(Self { modules, memory_limit, hosts })
+        Ok(Self { peers: loaded, memory_limit, hosts, idle: Arc::default() })
+    }
+
+    fn take_idle(&self, peer: &str) -> Option<PeerInstance> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(peer)?.pop()
     }
 }
 
@@ -94,147 +84,186 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Box<dyn PendingReply>, CallError> {
-        self.run(peer, request, deadline, trace)
+        let mut instance = match self.take_idle(peer) {
+            Some(instance) => instance,
+            None => self.new_instance(peer)?,
+        };
+        let refusals_before = crate::grow_refusals::count();
+        // `request` stays borrowed until the peer parked again (or its run ended).
+        instance.requests.offer(request, deadline, trace);
+        loop {
+            if instance.requests.wait_parked(deadline.min(Instant::now() + RUN_CHECK)) {
+                break;
+            }
+            if let Some(ran) = instance.run.ended(0) {
+                let _ = instance.requests.withdraw();
+                let growth_refused = crate::grow_refusals::count() > refusals_before;
+                return Err(match ran {
+                    Ran::Trapped(e) if growth_refused => {
+                        failed(peer, format!("trapped after its memory limit refused a growth: {e}"))
+                    }
+                    Ran::Trapped(e) => failed(peer, format!("trapped: {e}")),
+                    Ran::Ended | Ran::Cancelled => failed(peer, "ended its run instead of serving"),
+                });
+            }
+            if Instant::now() >= deadline {
+                // Stop it before the request it reads from goes away.
+                instance.run.cancel();
+                let _ = instance.requests.withdraw();
+                return Err(CallError::Timeout(format!(
+                    "embedded peer {peer} still ran at the call's deadline and was stopped"
+                )));
+            }
+        }
+        match instance.requests.withdraw() {
+            Answer::Reply(len) => Ok(Box::new(EmbeddedReply {
+                instance: Some(instance),
+                len,
+                peer: peer.to_owned(),
+                idle: self.idle.clone(),
+            })),
+            Answer::Failure(message) => {
+                park(&self.idle, peer, instance);
+                Err(CallError::PeerFailed(message))
+            }
+            Answer::None => Err(failed(peer, "asked for the next request without answering")),
+        }
     }
 }
 
 impl WasmEdgeEmbedded {
-    /// Runs `peer` on `request` to its answer, stopped at `deadline`.
-    fn run(
-        &self,
-        peer: &str,
-        request: &[u8],
-        deadline: Instant,
-        trace: TraceContext,
-    ) -> Result<Box<dyn PendingReply>, CallError> {
-        let peer_module = self
-            .modules
-            .get(peer)
-            .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (not embedded in this image)")))?;
-        let config = config(self.memory_limit).map_err(|e| failed(peer, e))?;
-        let module = Module::from_bytes(Some(&config), &peer_module.bytes).map_err(|e| failed(peer, e))?;
+    /// A new instance of `peer`, started: it parks in its first `serve_next`.
+    fn new_instance(&self, name: &str) -> Result<PeerInstance, CallError> {
+        let peer = self
+            .peers
+            .get(name)
+            .ok_or_else(|| CallError::UnknownPeer(format!("{name} (not embedded in this image)")))?;
+        let config = config(self.memory_limit).map_err(|e| failed(name, e))?;
         fn strs(list: &[String]) -> Vec<&str> {
             list.iter().map(String::as_str).collect()
         }
-        let mut wasi =
-            WasiModule::create(Some(vec![peer]), Some(strs(&peer_module.env)), Some(strs(&peer_module.preopens)))
-                .map_err(|e| failed(peer, e))?;
-        let mut host = self.hosts.host(peer);
-        // Its calls end by its caller's deadline and continue its trace.
-        host.serve_embedded_call(Some((deadline, trace)));
-        let exchange = Exchange {
-            host,
-            request_ptr: request.as_ptr(),
-            request_len: request.len(),
-            delivered: false,
-            reply: None,
-            failure: None,
-        };
-        let mut builder = ImportObjectBuilder::new(abi::MODULE, exchange).map_err(|e| failed(peer, e))?;
-        builder
-            .with_func::<i32, i32>(abi::SERVE_NEXT, serve_next)
-            .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_READ, serve_read))
-            .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_REPLY, serve_reply))
-            .and_then(|b| b.with_func::<(i32, i32), i32>(abi::SERVE_FAIL, serve_fail))
-            .map_err(|e| failed(peer, e))?;
-        add_call_imports(&mut builder).map_err(|e| failed(peer, e))?;
-        let mut cwasi = builder.build();
+        let wasi = WasiModule::create(Some(vec![name]), Some(strs(&peer.env)), Some(strs(&peer.preopens)))
+            .map_err(|e| failed(name, e))?;
+        let requests = Arc::new(InProcessSource::default());
+        let host = self.hosts.host(name, requests.clone());
+        let cwasi = crate::host_api::import_object(host).map_err(|e| failed(name, e))?;
+        let mut instance = PeerInstance::new(requests, wasi, cwasi);
+        instance.start(&config, peer.module.clone()).map_err(|e| failed(name, format!("{e:#}")))?;
+        tracing::debug!(peer = name, "embedded peer instantiated");
+        Ok(instance)
+    }
+}
 
-        let refusals_before = crate::grow_refusals::count();
-        let outcome = {
-            let mut instances: HashMap<String, &mut dyn SyncInst> = HashMap::new();
-            instances.insert(wasi.name().to_string(), wasi.as_mut());
-            instances.insert(abi::MODULE.to_string(), &mut cwasi);
-            let mut vm = Vm::new(Store::new(Some(&config), instances).map_err(|e| failed(peer, e))?);
-            vm.register_module(None, module).map_err(|e| failed(peer, e))?;
-            let instance = vm.active_module_mut().ok_or_else(|| failed(peer, "no active module"))?;
-            timed_run::run_start_by(instance, deadline).map_err(|e| failed(peer, format!("{e:#}")))
-        };
-        // The peer runs on the caller's thread: its refusals are its own.
-        let growth_refused = crate::grow_refusals::take() || crate::grow_refusals::count() > refusals_before;
-        let exchange = cwasi.get_host_data_mut();
-        // The run ends at the peer's next `serve_next` (a termination, which
-        // WasmEdge may report as a successful end).
-        match (outcome?, exchange.reply.take(), exchange.failure.take()) {
-            (Ran::TimedOut, _, _) => Err(CallError::Timeout(format!(
-                "embedded peer {peer} still ran at the call's deadline and was stopped"
-            ))),
-            (Ran::Trapped(e), _, _) if growth_refused => {
-                Err(failed(peer, format!("trapped after its memory limit refused a growth: {e}")))
-            }
-            (Ran::Trapped(e), _, _) => Err(failed(peer, format!("trapped: {e}"))),
-            (_, Some(reply), _) => Ok(Box::new(OwnedReply(reply))),
-            (_, None, Some(message)) => Err(CallError::PeerFailed(message)),
-            (_, None, None) => Err(failed(peer, format!("ended with status {} before answering", wasi.exit_code()))),
+fn park(idle: &IdlePeers, peer: &str, instance: PeerInstance) {
+    idle.lock().unwrap_or_else(|e| e.into_inner()).entry(peer.to_owned()).or_default().push(instance);
+}
+
+/// One running instance of a peer and everything its run uses.
+struct PeerInstance {
+    requests: Arc<InProcessSource>,
+    /// Dropped (cancelled) first: it runs on `vm`.
+    run: AsyncRunSlot,
+    /// Refers to `wasi` and `cwasi`, which it borrows for `'static`: they
+    /// are boxed here and freed only after it (see `Drop`).
+    vm: Option<Vm<'static, dyn SyncInst>>,
+    wasi: *mut WasiModule,
+    cwasi: *mut ImportObject<GuestHost>,
+}
+
+/// The run, once started.
+struct AsyncRunSlot(Option<AsyncRun>);
+
+impl AsyncRunSlot {
+    fn ended(&mut self, wait_ms: u64) -> Option<Ran> {
+        self.0.as_mut().and_then(|run| run.ended(wait_ms))
+    }
+
+    fn cancel(&mut self) {
+        if let Some(run) = self.0.as_mut() {
+            run.cancel();
+        }
+    }
+
+    fn is_ended(&self) -> bool {
+        self.0.as_ref().is_none_or(AsyncRun::is_ended)
+    }
+}
+
+// SAFETY: the instance moves between the threads of its callers (one at a
+// time, through the idle pool); the raw parts are owned by it alone, and
+// the thread of its run only uses them through libwasmedge.
+unsafe impl Send for PeerInstance {}
+
+impl PeerInstance {
+    fn new(requests: Arc<InProcessSource>, wasi: WasiModule, cwasi: ImportObject<GuestHost>) -> Self {
+        Self {
+            requests,
+            run: AsyncRunSlot(None),
+            vm: None,
+            wasi: Box::into_raw(Box::new(wasi)),
+            cwasi: Box::into_raw(Box::new(cwasi)),
+        }
+    }
+
+    fn start(&mut self, config: &wasmedge_sdk::config::Config, module: Module) -> anyhow::Result<()> {
+        // SAFETY: both were boxed by `new` and are freed only in `Drop`, after
+        // `vm` (which borrows them) and the run (which uses them) are gone;
+        // nothing else touches them meanwhile.
+        let (wasi, cwasi) = unsafe { (&mut *self.wasi, &mut *self.cwasi) };
+        let mut instances: HashMap<String, &'static mut dyn SyncInst> = HashMap::new();
+        instances.insert(wasi.name().to_string(), wasi.as_mut());
+        instances.insert(cwasi_abi::MODULE.to_string(), cwasi);
+        let store = Store::new(Some(config), instances).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let vm = self.vm.insert(Vm::new(store));
+        vm.register_module(None, module).map_err(|e| anyhow::anyhow!("instantiating: {e}"))?;
+        let instance = vm.active_module_mut().ok_or_else(|| anyhow::anyhow!("no active module"))?;
+        self.run.0 = Some(AsyncRun::start(instance)?);
+        Ok(())
+    }
+}
+
+impl Drop for PeerInstance {
+    fn drop(&mut self) {
+        self.run.cancel();
+        if !self.run.is_ended() {
+            // Its run still uses all of it: leave it be (the run logged why).
+            std::mem::forget(self.vm.take());
+            return;
+        }
+        drop(self.run.0.take());
+        drop(self.vm.take());
+        // SAFETY: boxed by `new`; the run and the vm that used them are gone.
+        unsafe {
+            drop(Box::from_raw(self.wasi));
+            drop(Box::from_raw(self.cwasi));
         }
     }
 }
 
-fn to_status(result: Result<(), Status>) -> i32 {
-    result.err().map_or(Status::Ok as i32, |s| s as i32)
+/// A reply waiting in a parked peer's memory.
+struct EmbeddedReply {
+    instance: Option<PeerInstance>,
+    len: usize,
+    peer: String,
+    idle: IdlePeers,
 }
 
-fn serve_next(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    if exchange.delivered {
-        // The one request of this instance is answered: end its run.
-        return Err(CoreError::Common(CoreCommonError::Terminated));
-    }
-    exchange.delivered = true;
-    let a = ints(&args);
-    let len = exchange.request_len as u32;
-    done(with_memory(frame, |m| to_status(write_u32(m, a[0], len))))
-}
-
-fn serve_read(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| {
-        to_status((|| {
-            let out = guest_slice_mut(m, a[0], a[1])?;
-            if !exchange.delivered || out.len() != exchange.request_len {
-                return Err(Status::LengthMismatch);
-            }
-            // SAFETY: the request slice stays borrowed by `call`, which runs
-            // this instance to its end before returning; the peer's memory is
-            // a different instance's, so they never overlap.
-            unsafe { std::ptr::copy_nonoverlapping(exchange.request_ptr, out.as_mut_ptr(), out.len()) };
-            Ok(())
-        })())
-    }))
-}
-
-fn serve_reply(
-    exchange: &mut Exchange,
-    _: &mut Instance,
-    frame: &mut CallingFrame,
-    args: Vec<WasmValue>,
-) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| {
-        to_status(guest_slice(m, a[0], a[1]).map(|reply| exchange.reply = Some(reply.to_vec())))
-    }))
-}
-
-fn serve_fail(exchange: &mut Exchange, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| {
-        to_status(
-            guest_slice(m, a[0], a[1]).map(|msg| exchange.failure = Some(String::from_utf8_lossy(msg).into_owned())),
-        )
-    }))
-}
-
-struct OwnedReply(Vec<u8>);
-
-impl PendingReply for OwnedReply {
+impl PendingReply for EmbeddedReply {
     fn wait(&mut self) -> Result<usize, CallError> {
-        Ok(self.0.len())
+        Ok(self.len)
     }
 
     fn read_into(self: Box<Self>, out: &mut [u8]) -> Result<(), CallError> {
-        if out.len() != self.0.len() {
-            return Err(CallError::Protocol(format!("reply is {} bytes, buffer {}", self.0.len(), out.len())));
+        // The peer is held here, parked, until this reply is dropped.
+        let instance = self.instance.as_ref().ok_or_else(|| CallError::Protocol("reply already read".into()))?;
+        instance.requests.read_reply(out)
+    }
+}
+
+impl Drop for EmbeddedReply {
+    fn drop(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            park(&self.idle, &self.peer, instance);
         }
-        out.copy_from_slice(&self.0);
-        Ok(())
     }
 }

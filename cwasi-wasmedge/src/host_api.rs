@@ -8,33 +8,13 @@ use wasmedge_sdk::{CallingFrame, ImportObject, ImportObjectBuilder, Instance, Wa
 
 pub(crate) type HostResult = Result<Vec<WasmValue>, CoreError>;
 
-/// Host data that keeps a `GuestHost`: a guest's, or an embedded peer's
-/// beside its exchange. The calling imports are bound the same way for both.
-pub(crate) trait HasHost {
-    fn host(&mut self) -> &mut GuestHost;
-}
-
-impl HasHost for GuestHost {
-    fn host(&mut self) -> &mut GuestHost {
-        self
-    }
-}
-
-/// `call_start`, `call_start_timeout`, `call_wait` and `call_read`.
-pub(crate) fn add_call_imports<D: HasHost + Send>(builder: &mut ImportObjectBuilder<D>) -> anyhow::Result<()> {
-    builder
-        .with_func::<(i32, i32, i32, i32, i32), i32>(abi::CALL_START, call_start::<D>)?
-        .with_func::<(i32, i32, i32, i32, i32, i32), i32>(abi::CALL_START_TIMEOUT, call_start_timeout::<D>)?
-        .with_func::<(i32, i32), i32>(abi::CALL_WAIT, call_wait::<D>)?
-        .with_func::<(i32, i32, i32), i32>(abi::CALL_READ, call_read::<D>)?;
-    Ok(())
-}
-
-/// Every `cwasi` import of a container's guest.
 pub(crate) fn import_object(host: GuestHost) -> anyhow::Result<ImportObject<GuestHost>> {
     let mut builder = ImportObjectBuilder::new(abi::MODULE, host)?;
-    add_call_imports(&mut builder)?;
     builder
+        .with_func::<(i32, i32, i32, i32, i32), i32>(abi::CALL_START, call_start)?
+        .with_func::<(i32, i32, i32, i32, i32, i32), i32>(abi::CALL_START_TIMEOUT, call_start_timeout)?
+        .with_func::<(i32, i32), i32>(abi::CALL_WAIT, call_wait)?
+        .with_func::<(i32, i32, i32), i32>(abi::CALL_READ, call_read)?
         .with_func::<i32, i32>(abi::SERVE_NEXT, serve_next)?
         .with_func::<(i32, i32), i32>(abi::SERVE_READ, serve_read)?
         .with_func::<(i32, i32), i32>(abi::SERVE_REPLY, serve_reply)?
@@ -65,34 +45,29 @@ pub(crate) fn done(status: i32) -> HostResult {
     Ok(vec![WasmValue::from_i32(status)])
 }
 
-fn call_start<D: HasHost>(
-    data: &mut D,
+fn call_start(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+    let a = ints(&args);
+    done(with_memory(frame, |m| guest_abi::call_start(host, m, a[0], a[1], a[2], a[3], a[4])))
+}
+
+fn call_start_timeout(
+    host: &mut GuestHost,
     _: &mut Instance,
     frame: &mut CallingFrame,
     args: Vec<WasmValue>,
 ) -> HostResult {
     let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::call_start(data.host(), m, a[0], a[1], a[2], a[3], a[4])))
+    done(with_memory(frame, |m| guest_abi::call_start_timeout(host, m, a[0], a[1], a[2], a[3], a[4], a[5])))
 }
 
-fn call_start_timeout<D: HasHost>(
-    data: &mut D,
-    _: &mut Instance,
-    frame: &mut CallingFrame,
-    args: Vec<WasmValue>,
-) -> HostResult {
+fn call_wait(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
     let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::call_start_timeout(data.host(), m, a[0], a[1], a[2], a[3], a[4], a[5])))
+    done(with_memory(frame, |m| guest_abi::call_wait(host, m, a[0], a[1])))
 }
 
-fn call_wait<D: HasHost>(data: &mut D, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+fn call_read(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
     let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::call_wait(data.host(), m, a[0], a[1])))
-}
-
-fn call_read<D: HasHost>(data: &mut D, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::call_read(data.host(), m, a[0], a[1], a[2])))
+    done(with_memory(frame, |m| guest_abi::call_read(host, m, a[0], a[1], a[2])))
 }
 
 fn serve_next(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {

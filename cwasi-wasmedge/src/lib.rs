@@ -7,17 +7,18 @@
 //! and `cwasi-comm`.
 //!
 //! Differences from the wasmtime engine: no compiled-module cache (the
-//! interpreter compiles nothing); an embedded peer is instantiated per call,
-//! runs on a thread of libwasmedge's asynchronous invocation so that a
-//! call's deadline can stop it (`timed_run`), and its reply is copied once
-//! more (WasmEdge cannot park a guest between host calls); as WasmEdge has no
-//! resource-limiter callback, a denied memory growth is read from
-//! libwasmedge's log (`grow_refusals`).
+//! interpreter compiles nothing); an embedded peer instance runs on a thread
+//! of libwasmedge's asynchronous invocation and parks between calls in
+//! `serve_next` on that thread (wasmtime suspends a fiber instead), so that
+//! a call's deadline can stop it (`async_run`); as WasmEdge has no
+//! resource-limiter callback, each instance's memory is capped on its own
+//! and a denied memory growth is read from libwasmedge's log
+//! (`grow_refusals`).
 
+mod async_run;
 mod embedded;
 mod grow_refusals;
 mod host_api;
 mod run;
-mod timed_run;
 
 pub use run::WasmEdgeEngine;

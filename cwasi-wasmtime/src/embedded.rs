@@ -1,11 +1,14 @@
 //! Embedded mode on wasmtime: peers shipped in the caller's image run in the
-//! caller's process, each in its own store (own memory, WASI context, limit).
+//! caller's process, each in its own store (own memory drawn from the
+//! container's budget, own WASI context, own `GuestHost`).
 //!
-//! A peer is an ordinary serving module (`cwasi_guest::serve`). It runs as
-//! a wasmtime async call polled by hand: when it asks for the next request
-//! (`serve_next`) and none is offered, its fiber suspends and the peer stays
-//! *parked*, ready for the next call without instantiating again. A call
-//! offers the caller's request, resumes the peer once, and the peer copies
+//! A peer is an ordinary serving module (`cwasi_guest::serve`), served by
+//! the same `GuestHost` code as a container's guest, from an
+//! [`InProcessSource`]. It runs as a wasmtime async call polled by hand:
+//! when it asks for the next request (`serve_next`) and none is offered,
+//! its fiber suspends and the peer stays *parked*, ready for the next call
+//! without instantiating again. A call offers the caller's request, resumes
+//! the peer once (the first call also instantiates it), and the peer copies
 //! the request straight from the caller's memory, runs its handler, records
 //! where its reply lies, and parks again. The caller then copies the reply
 //! straight from the peer's memory: one copy each way.
@@ -17,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use cwasi_comm::in_process::{Answer, InProcessSource};
 use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
 use cwasi_engine::{EmbeddedModule, MemoryBudget};
 use wasmtime::{Engine, InstancePre, Linker, Store};
@@ -24,6 +28,7 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::deadline::{self, DeadlinePassed, EpochTicker};
+use crate::host_api::Waiting;
 use crate::limits::{DeniedGrowth, GuestLimiter};
 use crate::module_loader;
 
@@ -31,148 +36,17 @@ use crate::module_loader;
 pub(crate) struct PeerState {
     wasi: WasiP1Ctx,
     limiter: GuestLimiter,
-    pub(crate) exchange: Arc<Exchange>,
-    /// Its own calls.
-    pub(crate) host: GuestHost,
-}
-
-/// Bytes in some linear memory, valid only under the rules of [`Exchange`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RawBytes {
-    ptr: *const u8,
-    len: usize,
-}
-
-// SAFETY: a RawBytes is only dereferenced by the thread that runs the
-// exchange (the caller's thread polls the peer), never concurrently; it is a
-// plain address that may move between threads with the store that uses it.
-unsafe impl Send for RawBytes {}
-
-impl RawBytes {
-    pub(crate) fn new(bytes: &[u8]) -> Self {
-        Self { ptr: bytes.as_ptr(), len: bytes.len() }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-}
-
-/// What passes between a call and the parked peer that serves it.
-///
-/// Rules that keep the raw pointers sound: a request is offered only for the
-/// duration of one `resume` inside [`EmbeddedPeers::call`], which holds the
-/// caller's request slice borrowed all that time; a reply points into the
-/// peer's memory and is read only while the peer is parked (it cannot run,
-/// so it can neither grow nor write its memory) and before it is resumed.
-#[derive(Default)]
-pub(crate) struct Exchange {
-    state: Mutex<ExchangeState>,
-}
-
-#[derive(Default)]
-struct ExchangeState {
-    /// The deadline of the call being served; the peer traps past it.
-    deadline: Option<Instant>,
-    /// The call being served, as it was made.
-    trace: Option<TraceContext>,
-    request: Option<RawBytes>,
-    request_taken: bool,
-    reply: Option<RawBytes>,
-    failure: Option<String>,
-}
-
-/// How a call ended, once the peer parked again.
-enum Outcome {
-    Reply(RawBytes),
-    Failure(String),
-    NoAnswer,
-}
-
-impl Exchange {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ExchangeState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn offer(&self, request: &[u8], deadline: Instant, trace: TraceContext) {
-        let mut state = self.lock();
-        *state = ExchangeState {
-            request: Some(RawBytes::new(request)),
-            deadline: Some(deadline),
-            trace: Some(trace),
-            ..Default::default()
-        };
-    }
-
-    /// The call being served: its deadline and trace.
-    pub(crate) fn call(&self) -> Option<(Instant, TraceContext)> {
-        let state = self.lock();
-        state.deadline.zip(state.trace)
-    }
-
-    fn set_deadline(&self, deadline: Option<Instant>) {
-        self.lock().deadline = deadline;
-    }
-
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.lock().deadline
-    }
-
-    fn withdraw(&self) -> Outcome {
-        let mut state = self.lock();
-        state.request = None;
-        match (state.reply.take(), state.failure.take()) {
-            (Some(reply), _) => Outcome::Reply(reply),
-            (None, Some(message)) => Outcome::Failure(message),
-            (None, None) => Outcome::NoAnswer,
-        }
-    }
-
-    /// `serve_next`: the offered request's length, or not yet (the peer parks).
-    pub(crate) fn poll_request(&self) -> Poll<usize> {
-        let mut state = self.lock();
-        match state.request {
-            Some(request) if !state.request_taken => {
-                state.request_taken = true;
-                state.reply = None;
-                state.failure = None;
-                Poll::Ready(request.len)
-            }
-            _ => Poll::Pending,
-        }
-    }
-
-    /// `serve_read`: the request being served.
-    pub(crate) fn request(&self) -> Option<RawBytes> {
-        let state = self.lock();
-        state.request.filter(|_| state.request_taken)
-    }
-
-    /// Copies the offered request into `out` (the peer's memory).
-    pub(crate) fn copy_request(request: RawBytes, out: &mut [u8]) {
-        debug_assert_eq!(request.len, out.len());
-        // SAFETY: `request` was offered by `call`, which keeps the caller's
-        // slice borrowed until it withdraws the offer after this resume; the
-        // peer's memory (`out`) is a different store's memory, so the two
-        // never overlap; lengths are equal (checked by the caller of this fn).
-        unsafe { std::ptr::copy_nonoverlapping(request.ptr, out.as_mut_ptr(), request.len) };
-    }
-
-    pub(crate) fn set_reply(&self, reply: RawBytes) {
-        self.lock().reply = Some(reply);
-    }
-
-    pub(crate) fn set_failure(&self, message: String) {
-        self.lock().failure = Some(message);
-    }
+    host: GuestHost,
+    /// What its callers offer it (its host serves from it too).
+    requests: Arc<InProcessSource>,
 }
 
 type PeerRun = Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
 
-/// A peer instance suspended in `serve_next`.
+/// A peer instance, suspended in `serve_next` (or not started yet).
 struct ParkedPeer {
     run: PeerRun,
-    exchange: Arc<Exchange>,
+    requests: Arc<InProcessSource>,
     /// Set when its memory limit refused it a growth.
     denied: DeniedGrowth,
     memory: MemoryBudget,
@@ -234,7 +108,7 @@ impl WasmtimeEmbedded {
     ) -> anyhow::Result<Self> {
         let mut linker: Linker<PeerState> = Linker::new(engine);
         p1::add_to_linker_sync(&mut linker, |state: &mut PeerState| &mut state.wasi)?;
-        crate::embedded_host::add_to_linker(&mut linker)?;
+        crate::host_api::add_to_linker(&mut linker, |state: &mut PeerState| &mut state.host, Waiting::Parks)?;
         let mut templates = HashMap::new();
         for peer in peers {
             let (module, _) = module_loader::load(engine, compat, &peer.module, cache_dir)?;
@@ -252,9 +126,10 @@ impl WasmtimeEmbedded {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(peer)?.pop()
     }
 
-    /// Instantiates `peer` and runs it until it parks, waiting for a request
-    /// (by `deadline`, when given).
-    fn spawn(&self, peer: &str, deadline: Option<Instant>) -> Result<ParkedPeer, CallError> {
+    /// A new instance of `peer`, not started: its first resume instantiates
+    /// it and runs it to its first `serve_next`, which takes the request
+    /// offered by then.
+    fn new_instance(&self, peer: &str) -> Result<ParkedPeer, CallError> {
         let template = self
             .templates
             .get(peer)
@@ -273,25 +148,22 @@ impl WasmtimeEmbedded {
             crate::run::add_preopen(&mut wasi, preopen)
                 .map_err(|e| CallError::PeerFailed(format!("embedded peer {peer}: {e:#}")))?;
         }
-        let wasi = wasi.build_p1();
-        let exchange = Arc::new(Exchange::default());
+        let requests = Arc::new(InProcessSource::default());
         let limiter = GuestLimiter::new(&self.memory);
         let denied = limiter.denied().clone();
-        let host = self.hosts.host(peer);
-        let mut store = Store::new(&self.engine, PeerState { wasi, limiter, exchange: exchange.clone(), host });
+        let host = self.hosts.host(peer, requests.clone());
+        let state = PeerState { wasi: wasi.build_p1(), limiter, host, requests: requests.clone() };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_callback(deadline::check_every_tick(|state: &PeerState| state.exchange.deadline()));
+        store.epoch_deadline_callback(deadline::check_every_tick(|state: &PeerState| state.requests.deadline()));
         store.set_epoch_deadline(1);
-        exchange.set_deadline(deadline);
         let run: PeerRun = Box::pin(async move {
             let instance = template.instance.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         });
-        let mut parked = ParkedPeer { run, exchange, denied, memory: self.memory.clone() };
-        parked.resume(peer)?;
         tracing::debug!(peer, "embedded peer instantiated");
-        Ok(parked)
+        Ok(ParkedPeer { run, requests, denied, memory: self.memory.clone() })
     }
 }
 
@@ -307,25 +179,26 @@ impl EmbeddedPeers for WasmtimeEmbedded {
         let _ticking = self.ticker.running();
         let mut parked = match self.take_idle(peer) {
             Some(parked) => parked,
-            None => self.spawn(peer, Some(deadline))?,
+            None => self.new_instance(peer)?,
         };
-        parked.exchange.offer(request, deadline, trace);
+        // `request` stays borrowed until the peer parked again (resume returned).
+        parked.requests.offer(request, deadline, trace);
         let resumed = parked.resume(peer);
-        let outcome = parked.exchange.withdraw();
+        let answer = parked.requests.withdraw();
         // A peer that trapped or exited is dropped here; the next call starts a new one.
         resumed?;
-        match outcome {
-            Outcome::Reply(reply) => Ok(Box::new(EmbeddedReply {
+        match answer {
+            Answer::Reply(len) => Ok(Box::new(EmbeddedReply {
                 parked: Some(parked),
-                reply,
+                len,
                 peer: peer.to_owned(),
                 idle: self.idle.clone(),
             })),
-            Outcome::Failure(message) => {
+            Answer::Failure(message) => {
                 park(&self.idle, peer, parked);
                 Err(CallError::PeerFailed(message))
             }
-            Outcome::NoAnswer => {
+            Answer::None => {
                 Err(CallError::PeerFailed(format!("embedded peer {peer} asked for the next request without answering")))
             }
         }
@@ -339,26 +212,20 @@ fn park(idle: &IdlePeers, peer: &str, parked: ParkedPeer) {
 /// A reply waiting in a parked peer's memory.
 struct EmbeddedReply {
     parked: Option<ParkedPeer>,
-    reply: RawBytes,
+    len: usize,
     peer: String,
     idle: IdlePeers,
 }
 
 impl PendingReply for EmbeddedReply {
     fn wait(&mut self) -> Result<usize, CallError> {
-        Ok(self.reply.len)
+        Ok(self.len)
     }
 
     fn read_into(self: Box<Self>, out: &mut [u8]) -> Result<(), CallError> {
-        if out.len() != self.reply.len {
-            return Err(CallError::Protocol(format!("reply is {} bytes, buffer {}", self.reply.len, out.len())));
-        }
-        // SAFETY: `reply` points into the memory of the peer held in
-        // `self.parked`, which is parked: it does not run until resumed by a
-        // later call, which cannot happen before we return it to the pool
-        // (on drop, below). `out` is the caller's memory, a different store.
-        unsafe { std::ptr::copy_nonoverlapping(self.reply.ptr, out.as_mut_ptr(), out.len()) };
-        Ok(())
+        // The peer is held here, parked, until this reply is dropped.
+        let parked = self.parked.as_ref().ok_or_else(|| CallError::Protocol("reply already read".into()))?;
+        parked.requests.read_reply(out)
     }
 }
 

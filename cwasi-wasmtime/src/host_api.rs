@@ -1,19 +1,17 @@
 //! The `cwasi` import module on wasmtime: hand the guest's memory and the
 //! raw arguments to `cwasi_engine::guest_abi`, which bounds-checks them.
-//! The calling imports are bound the same way for a guest and for an
-//! embedded peer, whose store data differ.
+//! They are bound once, for a container's guest and for an embedded peer
+//! alike (their store data differ; only how `serve_next` waits does).
 
 use cwasi_abi as abi;
 use cwasi_engine::{GuestHost, guest_abi};
 use wasmtime::{Caller, Extern, Linker};
 
-use crate::run::GuestState;
-
 /// Where a store's data keeps its `GuestHost`.
 pub(crate) type HostOf<T> = fn(&mut T) -> &mut GuestHost;
 
 /// `call_start`, `call_start_timeout`, `call_wait` and `call_read`.
-pub(crate) fn add_call_imports<T: 'static>(linker: &mut Linker<T>, host: HostOf<T>) -> wasmtime::Result<()> {
+fn add_call_imports<T: 'static>(linker: &mut Linker<T>, host: HostOf<T>) -> wasmtime::Result<()> {
     linker.func_wrap(
         abi::MODULE,
         abi::CALL_START,
@@ -47,20 +45,50 @@ pub(crate) fn add_call_imports<T: 'static>(linker: &mut Linker<T>, host: HostOf<
     Ok(())
 }
 
-/// Every `cwasi` import of a container's guest.
-pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
-    let host: HostOf<GuestState> = |state| &mut state.host;
+/// How `serve_next` waits for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// Blocks the thread (a container's guest: the thread is its own).
+    Blocks,
+    /// Parks the instance, whose run is an async call (an embedded peer:
+    /// its caller resumes it with the next request).
+    Parks,
+}
+
+/// Every `cwasi` import, for store data that keeps its `GuestHost` at `host`.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    host: HostOf<T>,
+    waiting: Waiting,
+) -> wasmtime::Result<()> {
     add_call_imports(linker, host)?;
-    linker.func_wrap(abi::MODULE, abi::SERVE_NEXT, move |mut c: Caller<'_, GuestState>, len_out: i32| {
-        with_memory(&mut c, host, |memory, host| guest_abi::serve_next(host, memory, len_out))
-    })?;
-    linker.func_wrap(abi::MODULE, abi::SERVE_READ, move |mut c: Caller<'_, GuestState>, buf: i32, len: i32| {
+    match waiting {
+        Waiting::Blocks => {
+            linker.func_wrap(abi::MODULE, abi::SERVE_NEXT, move |mut c: Caller<'_, T>, len_out: i32| {
+                with_memory(&mut c, host, |memory, host| guest_abi::serve_next(host, memory, len_out))
+            })?;
+        }
+        Waiting::Parks => {
+            linker.func_wrap_async(abi::MODULE, abi::SERVE_NEXT, move |mut c: Caller<'_, T>, (len_out,): (i32,)| {
+                Box::new(async move {
+                    let checked = with_memory(&mut c, host, |memory, _| guest_abi::check_len_out(memory, len_out));
+                    if checked != abi::Status::Ok as i32 {
+                        return checked;
+                    }
+                    // Pending suspends the instance's fiber: it is parked.
+                    let next = std::future::poll_fn(|_| host(c.data_mut()).poll_serve_next()).await;
+                    with_memory(&mut c, host, |memory, _| guest_abi::serve_next_done(memory, len_out, next))
+                })
+            })?;
+        }
+    }
+    linker.func_wrap(abi::MODULE, abi::SERVE_READ, move |mut c: Caller<'_, T>, buf: i32, len: i32| {
         with_memory(&mut c, host, |memory, host| guest_abi::serve_read(host, memory, buf, len))
     })?;
-    linker.func_wrap(abi::MODULE, abi::SERVE_REPLY, move |mut c: Caller<'_, GuestState>, buf: i32, len: i32| {
+    linker.func_wrap(abi::MODULE, abi::SERVE_REPLY, move |mut c: Caller<'_, T>, buf: i32, len: i32| {
         with_memory(&mut c, host, |memory, host| guest_abi::serve_reply(host, memory, buf, len))
     })?;
-    linker.func_wrap(abi::MODULE, abi::SERVE_FAIL, move |mut c: Caller<'_, GuestState>, msg: i32, len: i32| {
+    linker.func_wrap(abi::MODULE, abi::SERVE_FAIL, move |mut c: Caller<'_, T>, msg: i32, len: i32| {
         with_memory(&mut c, host, |memory, host| guest_abi::serve_fail(host, memory, msg, len))
     })?;
     Ok(())

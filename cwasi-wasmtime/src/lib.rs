@@ -7,7 +7,6 @@
 
 mod deadline;
 mod embedded;
-mod embedded_host;
 mod host_api;
 mod limits;
 mod module_loader;

@@ -5,6 +5,7 @@ use wasmtime::{Config, Linker, Store, Val};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use crate::host_api::Waiting;
 use crate::limits::GuestLimiter;
 use crate::module_loader::{self, ModuleSource};
 
@@ -90,7 +91,7 @@ impl Engine for WasmtimeEngine {
         store.set_epoch_deadline(crate::deadline::NEVER);
         let mut linker = Linker::new(&self.engine);
         p1::add_to_linker_sync(&mut linker, |state: &mut GuestState| &mut state.wasi)?;
-        crate::host_api::add_to_linker(&mut linker)?;
+        crate::host_api::add_to_linker(&mut linker, |state: &mut GuestState| &mut state.host, Waiting::Blocks)?;
 
         let outcome = linker
             .instantiate(&mut store, &module)

@@ -1,0 +1,301 @@
+//! Requests handed to an embedded peer by its caller, in the same process.
+//!
+//! An embedded peer is served like any function: its handler asks its
+//! `GuestHost` for the next request, reads it, answers it. What differs is
+//! where the request comes from: an [`InProcessSource`], which the caller's
+//! engine feeds with the caller's request, read straight from the caller's
+//! memory, and which keeps the peer's answer where the peer wrote it, in the
+//! peer's memory.
+//!
+//! The bytes are never copied into a buffer of the host. That is sound
+//! because of when each side runs:
+//! - the request is read only while its caller waits for the answer (the
+//!   caller's engine offers it and does not return until the peer parks);
+//! - the answer is read only while the peer is *parked*: waiting for its
+//!   next request, so it can neither write nor grow its memory, until the
+//!   caller has read the answer and offers the next request.
+//!
+//! Engines park a peer in one of two ways: a suspended fiber
+//! ([`InProcessSource::poll_next`], wasmtime) or a thread blocked in
+//! `serve_next` ([`InProcessSource::next`], WasmEdge).
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use crate::CallError;
+use crate::trace::TraceContext;
+
+/// Bytes in some linear memory, valid only under the rules above.
+#[derive(Debug, Clone, Copy)]
+struct RawBytes {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: a RawBytes is a plain address; it is dereferenced only under the
+// module's rules (its memory's owner waits), whichever thread reads it.
+unsafe impl Send for RawBytes {}
+
+impl RawBytes {
+    fn new(bytes: &[u8]) -> Self {
+        Self { ptr: bytes.as_ptr(), len: bytes.len() }
+    }
+}
+
+/// How a peer answered the request it was offered.
+pub enum Answer {
+    /// Its reply, in its memory; [`InProcessSource::read_reply`] copies it.
+    Reply(usize),
+    Failure(String),
+    /// It parked again without answering.
+    None,
+}
+
+/// The requests of one embedded peer instance.
+#[derive(Default)]
+pub struct InProcessSource {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    offered: Option<Offer>,
+    /// The peer took the offered request.
+    taken: bool,
+    reply: Option<RawBytes>,
+    failure: Option<String>,
+    /// The peer waits for a request.
+    parked: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Offer {
+    request: RawBytes,
+    deadline: Instant,
+    trace: TraceContext,
+}
+
+impl InProcessSource {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers `request` to the peer. The caller must then keep `request`
+    /// borrowed until the peer parks again ([`InProcessSource::wait_parked`],
+    /// or the engine's poll returned) and [`InProcessSource::withdraw`].
+    pub fn offer(&self, request: &[u8], deadline: Instant, trace: TraceContext) {
+        let mut state = self.lock();
+        *state =
+            State { offered: Some(Offer { request: RawBytes::new(request), deadline, trace }), ..State::default() };
+        self.changed.notify_all();
+    }
+
+    /// The deadline of the request offered now, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.lock().offered.map(|offer| offer.deadline)
+    }
+
+    /// Waits until the peer parked with the offered request answered (or
+    /// not), at most until `until`; false when it did not park by then.
+    pub fn wait_parked(&self, until: Instant) -> bool {
+        let mut state = self.lock();
+        while !(state.parked && state.taken) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self.changed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+
+    /// Ends the offer: how the peer answered. The reply stays readable
+    /// while the peer is parked and nothing new is offered.
+    pub fn withdraw(&self) -> Answer {
+        let mut state = self.lock();
+        state.offered = None;
+        match (state.reply, state.failure.take()) {
+            (Some(reply), _) => Answer::Reply(reply.len),
+            (None, Some(message)) => Answer::Failure(message),
+            (None, None) => Answer::None,
+        }
+    }
+
+    /// Copies the parked peer's reply into `out` (its exact length).
+    pub fn read_reply(&self, out: &mut [u8]) -> Result<(), CallError> {
+        let state = self.lock();
+        let (Some(reply), true) = (state.reply, state.parked) else {
+            return Err(CallError::Protocol("no reply of a parked embedded peer to read".into()));
+        };
+        if reply.len != out.len() {
+            return Err(CallError::Protocol(format!("reply is {} bytes, buffer {}", reply.len, out.len())));
+        }
+        // SAFETY: the reply lies in the memory of the peer, which is parked
+        // (checked above, under the lock that offering takes): it cannot run,
+        // write or grow its memory until the next offer; `out` is the
+        // caller's memory, another instance's, so they do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(reply.ptr, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// The peer's side: the offered request, if there is one not taken yet;
+    /// else the peer parks (`Pending`).
+    pub fn poll_next(self: &Arc<Self>) -> Poll<InProcessRequest> {
+        let mut state = self.lock();
+        match state.offered {
+            Some(offer) if !state.taken => {
+                state.taken = true;
+                state.parked = false;
+                Poll::Ready(InProcessRequest { source: self.clone(), offer })
+            }
+            _ => {
+                if !state.parked {
+                    state.parked = true;
+                    self.changed.notify_all();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The peer's side, on a thread of its own: parks until a request is
+    /// offered.
+    pub fn next(self: &Arc<Self>) -> InProcessRequest {
+        loop {
+            if let Poll::Ready(request) = self.poll_next() {
+                return request;
+            }
+            let state = self.lock();
+            if state.offered.is_some() && !state.taken {
+                continue;
+            }
+            // Timed only so that a lost wake-up cannot park it for good.
+            let _ = self.changed.wait_timeout(state, Duration::from_secs(1));
+        }
+    }
+}
+
+/// The request an embedded peer is serving.
+pub struct InProcessRequest {
+    source: Arc<InProcessSource>,
+    offer: Offer,
+}
+
+impl InProcessRequest {
+    pub fn len(&self) -> u64 {
+        self.offer.request.len as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offer.request.len == 0
+    }
+
+    pub fn trace(&self) -> TraceContext {
+        self.offer.trace
+    }
+
+    /// The caller's deadline: the peer's own calls end by it.
+    pub fn deadline(&self) -> Instant {
+        self.offer.deadline
+    }
+
+    /// Copies the request from the caller's memory into `out` (its length).
+    pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
+        let request = self.offer.request;
+        if out.len() != request.len {
+            return Err(CallError::Protocol("request length mismatch".into()));
+        }
+        // SAFETY: the caller offered `request` and keeps it borrowed until
+        // the peer parks again, which it cannot do while running this; `out`
+        // is the peer's memory, another instance's, so they do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(request.ptr, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Keeps where the reply lies: the caller reads it once the peer parks
+    /// (the ABI has the peer leave it unchanged until its next request).
+    pub fn reply(self, reply: &[u8]) -> Result<(), CallError> {
+        self.source.lock().reply = Some(RawBytes::new(reply));
+        Ok(())
+    }
+
+    pub fn fail(self, message: &str) -> Result<(), CallError> {
+        self.source.lock().failure = Some(message.to_owned());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a_trace() -> TraceContext {
+        TraceContext::new_span(None)
+    }
+
+    #[test]
+    fn a_peer_takes_the_offer_once_and_its_reply_is_read_once_parked() {
+        let source = Arc::new(InProcessSource::default());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Nothing offered: the peer parks.
+        assert!(source.poll_next().is_pending());
+        let request = b"ping".to_vec();
+        source.offer(&request, deadline, a_trace());
+        let Poll::Ready(taken) = source.poll_next() else { panic!("the offer was not taken") };
+        let mut peer_memory = [0u8; 4];
+        taken.read_into(&mut peer_memory).unwrap();
+        assert_eq!(&peer_memory, b"ping");
+        let reply = b"pong!".to_vec();
+        taken.reply(&reply).unwrap();
+        // Running: the reply cannot be read yet.
+        assert!(source.read_reply(&mut [0; 5]).is_err());
+        assert!(source.poll_next().is_pending());
+        assert!(source.wait_parked(deadline));
+        let Answer::Reply(len) = source.withdraw() else { panic!("no reply") };
+        let mut out = vec![0; len];
+        source.read_reply(&mut out).unwrap();
+        assert_eq!(out, b"pong!");
+        assert!(source.poll_next().is_pending(), "a withdrawn offer is not taken again");
+    }
+
+    #[test]
+    fn a_peer_on_its_own_thread_is_woken_by_the_offer() {
+        let source = Arc::new(InProcessSource::default());
+        let peer = source.clone();
+        let reply = b"done".to_vec();
+        std::thread::spawn(move || {
+            loop {
+                let request = peer.next();
+                let mut bytes = vec![0; request.len() as usize];
+                request.read_into(&mut bytes).unwrap();
+                if bytes == b"fail" {
+                    request.fail("asked to").unwrap();
+                } else {
+                    request.reply(&reply).unwrap();
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (request, expected) in [(&b"x"[..], Some(4)), (b"fail", None), (b"y", Some(4))] {
+            source.offer(request, deadline, a_trace());
+            assert!(source.wait_parked(deadline));
+            match source.withdraw() {
+                Answer::Reply(len) => assert_eq!(Some(len), expected),
+                Answer::Failure(message) => assert_eq!((message.as_str(), expected), ("asked to", None)),
+                Answer::None => panic!("no answer"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_peer_that_never_parks_is_given_up_on_at_the_deadline() {
+        let source = InProcessSource::default();
+        let request = b"slow".to_vec();
+        source.offer(&request, Instant::now(), a_trace());
+        let started = Instant::now();
+        assert!(!source.wait_parked(Instant::now() + Duration::from_millis(50)));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+}
