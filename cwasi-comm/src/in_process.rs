@@ -19,6 +19,7 @@
 //! ([`InProcessSource::poll_next`], wasmtime) or a thread blocked in
 //! `serve_next` ([`InProcessSource::next`], WasmEdge).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -57,6 +58,10 @@ pub enum Answer {
 pub struct InProcessSource {
     state: Mutex<State>,
     changed: Condvar,
+    /// Counts changes of `state` (an offer, a take, a park), so that a side
+    /// about to wait can spin on it a while first, as local mode does: a
+    /// small call then costs no sleep when both sides run.
+    changes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -82,6 +87,19 @@ impl InProcessSource {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Wakes the other side, spinning or asleep (call with the state locked).
+    fn changed(&self) {
+        // Ordering: Release, paired with the Acquire in `spin_past`; the
+        // state itself is read under its lock.
+        self.changes.fetch_add(1, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// Spins a while for a change after `seen`; true if one came.
+    fn spin_past(&self, seen: u64) -> bool {
+        crate::local::spin_for(|| (self.changes.load(Ordering::Acquire) != seen).then_some(())).is_some()
+    }
+
     /// Offers `request` to the peer. The caller must then keep `request`
     /// borrowed until the peer parks again ([`InProcessSource::wait_parked`],
     /// or the engine's poll returned) and [`InProcessSource::withdraw`].
@@ -89,7 +107,7 @@ impl InProcessSource {
         let mut state = self.lock();
         *state =
             State { offered: Some(Offer { request: RawBytes::new(request), deadline, trace }), ..State::default() };
-        self.changed.notify_all();
+        self.changed();
     }
 
     /// The deadline of the request offered now, if any.
@@ -101,6 +119,12 @@ impl InProcessSource {
     /// not), at most until `until`; false when it did not park by then.
     pub fn wait_parked(&self, until: Instant) -> bool {
         let mut state = self.lock();
+        if !(state.parked && state.taken) {
+            let seen = self.changes.load(Ordering::Acquire);
+            drop(state);
+            self.spin_past(seen);
+            state = self.lock();
+        }
         while !(state.parked && state.taken) {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -148,12 +172,13 @@ impl InProcessSource {
             Some(offer) if !state.taken => {
                 state.taken = true;
                 state.parked = false;
+                self.changes.fetch_add(1, Ordering::Release);
                 Poll::Ready(InProcessRequest { source: self.clone(), offer })
             }
             _ => {
                 if !state.parked {
                     state.parked = true;
-                    self.changed.notify_all();
+                    self.changed();
                 }
                 Poll::Pending
             }
@@ -166,6 +191,10 @@ impl InProcessSource {
         loop {
             if let Poll::Ready(request) = self.poll_next() {
                 return request;
+            }
+            let seen = self.changes.load(Ordering::Acquire);
+            if self.spin_past(seen) {
+                continue;
             }
             let state = self.lock();
             if state.offered.is_some() && !state.taken {

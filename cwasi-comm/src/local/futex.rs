@@ -41,6 +41,28 @@ fn spin_budget() -> Duration {
     })
 }
 
+/// Polls `poll` for a while (the spin budget) before a waiter sleeps;
+/// `Some` as soon as it answers.
+pub(crate) fn spin_for<T>(mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    let spin_until = Instant::now() + spin_budget();
+    let mut spins = 0u32;
+    loop {
+        if let Some(found) = poll() {
+            return Some(found);
+        }
+        spins += 1;
+        if spins.is_multiple_of(64) {
+            if Instant::now() > spin_until {
+                return None;
+            }
+            // More runnable threads than cores (a fan-out to several
+            // functions): let the one we wait for have this core.
+            std::thread::yield_now();
+        }
+        std::hint::spin_loop();
+    }
+}
+
 impl SharedCounter {
     /// Stores `value` and wakes sleeping waiters, if any (no syscall otherwise).
     pub(crate) fn publish(&self, value: u32) {
@@ -73,26 +95,11 @@ impl SharedCounter {
         tick: Duration,
         mut check: impl FnMut() -> Result<(), E>,
     ) -> Result<u32, E> {
-        let spin_until = Instant::now() + spin_budget();
-        let mut spins = 0u32;
-        loop {
-            // Ordering: Acquire, paired with the release in `publish`/`bump`:
-            // what the other side wrote before publishing `v` is visible to
-            // our caller once `ready(v)`.
-            let v = self.value.load(Ordering::Acquire);
-            if ready(v) {
-                return Ok(v);
-            }
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                if Instant::now() > spin_until {
-                    break;
-                }
-                // More runnable processes than cores (a fan-out to several
-                // functions): let the one we wait for have this core.
-                std::thread::yield_now();
-            }
-            std::hint::spin_loop();
+        // Ordering: Acquire, paired with the release in `publish`/`bump`:
+        // what the other side wrote before publishing `v` is visible to our
+        // caller once `ready(v)`.
+        if let Some(v) = spin_for(|| Some(self.value.load(Ordering::Acquire)).filter(|&v| ready(v))) {
+            return Ok(v);
         }
         loop {
             // Ordering: SeqCst `fetch_add` then SeqCst load, paired with the

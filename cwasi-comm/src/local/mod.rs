@@ -18,4 +18,5 @@ mod segment;
 
 pub use client::LocalChannel;
 pub use futex::SPIN_ENV;
+pub(crate) use futex::spin_for;
 pub use listener::{LocalListener, LocalRequest};

@@ -14,6 +14,10 @@ fn main() {
     let peers: Vec<&str> = peers.split(',').collect();
     let size: usize = size.parse().expect("size");
     let iterations: usize = iterations.parse().expect("iterations");
+    if iterations == 0 {
+        eprintln!("bench-caller: ITERATIONS must be at least 1");
+        std::process::exit(2);
+    }
     let max_seconds: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(f64::INFINITY);
     let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
     let calls: Vec<(&str, &[u8])> = peers.iter().map(|p| (*p, payload.as_slice())).collect();
