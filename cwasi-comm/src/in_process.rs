@@ -73,6 +73,9 @@ struct State {
     failure: Option<String>,
     /// The peer waits for a request.
     parked: bool,
+    /// Threads asleep on `changed`: without one, a change wakes nobody (a
+    /// condvar's notify is a system call even with no one waiting).
+    sleepers: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -87,12 +90,22 @@ impl InProcessSource {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes the other side, spinning or asleep (call with the state locked).
-    fn changed(&self) {
+    /// Wakes the other side, spinning or asleep (`state` is the locked state).
+    fn changed(&self, state: &State) {
         // Ordering: Release, paired with the Acquire in `spin_past`; the
         // state itself is read under its lock.
         self.changes.fetch_add(1, Ordering::Release);
-        self.changed.notify_all();
+        if state.sleepers > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Sleeps on `changed` at most `timeout`, counted as a sleeper.
+    fn sleep<'a>(&self, mut state: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
+        state.sleepers += 1;
+        let mut state = self.changed.wait_timeout(state, timeout).unwrap_or_else(|e| e.into_inner()).0;
+        state.sleepers -= 1;
+        state
     }
 
     /// Spins a while for a change after `seen`; true if one came.
@@ -105,9 +118,9 @@ impl InProcessSource {
     /// or the engine's poll returned) and [`InProcessSource::withdraw`].
     pub fn offer(&self, request: &[u8], deadline: Instant, trace: TraceContext) {
         let mut state = self.lock();
-        *state =
-            State { offered: Some(Offer { request: RawBytes::new(request), deadline, trace }), ..State::default() };
-        self.changed();
+        let offered = Some(Offer { request: RawBytes::new(request), deadline, trace });
+        *state = State { offered, sleepers: state.sleepers, ..State::default() };
+        self.changed(&state);
     }
 
     /// The deadline of the request offered now, if any.
@@ -130,7 +143,7 @@ impl InProcessSource {
             if left.is_zero() {
                 return false;
             }
-            state = self.changed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
+            state = self.sleep(state, left);
         }
         true
     }
@@ -178,7 +191,7 @@ impl InProcessSource {
             _ => {
                 if !state.parked {
                     state.parked = true;
-                    self.changed();
+                    self.changed(&state);
                 }
                 Poll::Pending
             }
@@ -201,7 +214,7 @@ impl InProcessSource {
                 continue;
             }
             // Timed only so that a lost wake-up cannot park it for good.
-            let _ = self.changed.wait_timeout(state, Duration::from_secs(1));
+            drop(self.sleep(state, Duration::from_secs(1)));
         }
     }
 }

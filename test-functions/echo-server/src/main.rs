@@ -27,14 +27,13 @@ fn main() {
             std::mem::forget(Vec::<u8>::with_capacity(mib << 20));
             return Ok(format!("holding {mib} MiB").into_bytes());
         }
-        let text = String::from_utf8_lossy(request);
-        if let Some(name) = text.strip_prefix("env:") {
+        if let Some(name) = text_after(request, b"env:") {
             return Ok(std::env::var(name).unwrap_or_else(|_| "unset".into()).into_bytes());
         }
-        if let Some(path) = text.strip_prefix("read:") {
+        if let Some(path) = text_after(request, b"read:") {
             return std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"));
         }
-        if let Some(path) = text.strip_prefix("write:") {
+        if let Some(path) = text_after(request, b"write:") {
             use std::io::Write;
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
@@ -57,4 +56,10 @@ fn main() {
     });
     eprintln!("echo-server: cannot serve: {error}");
     std::process::exit(1);
+}
+
+/// The text after `prefix`, if the request starts with it (an echoed
+/// payload is not decoded: benchmarks measure the transport, not UTF-8).
+fn text_after<'a>(request: &'a [u8], prefix: &[u8]) -> Option<&'a str> {
+    request.strip_prefix(prefix).and_then(|rest| std::str::from_utf8(rest).ok())
 }
