@@ -20,6 +20,7 @@ pub mod annotations;
 mod channel;
 mod error;
 mod guest_host;
+pub mod idle_peers;
 pub mod in_process;
 pub mod local;
 mod log_budget;

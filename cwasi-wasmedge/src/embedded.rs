@@ -15,10 +15,11 @@
 //! cancelled and the instance replaced.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cwasi_comm::in_process::{Answer, InProcessSource};
+use cwasi_comm::idle_peers::{IdlePeers, PeerInstance};
+use cwasi_comm::in_process::InProcessSource;
 use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
 use cwasi_engine::EmbeddedModule;
 use wasmedge_sdk::vm::SyncInst;
@@ -36,7 +37,7 @@ pub(crate) struct WasmEdgeEmbedded {
     peers: HashMap<String, Peer>,
     memory_limit: Option<u64>,
     hosts: Arc<PeerHosts>,
-    idle: IdlePeers,
+    idle: IdlePeers<RunningPeer>,
 }
 
 /// A peer's validated module, and its environment and directories as
@@ -46,8 +47,6 @@ struct Peer {
     env: Vec<String>,
     preopens: Vec<String>,
 }
-
-type IdlePeers = Arc<Mutex<HashMap<String, Vec<PeerInstance>>>>;
 
 impl WasmEdgeEmbedded {
     /// Reads and validates every peer's module up front (once).
@@ -64,11 +63,7 @@ impl WasmEdgeEmbedded {
             let preopens = peer.preopens.iter().map(crate::run::preopen).collect::<anyhow::Result<_>>()?;
             loaded.insert(peer.name.clone(), Peer { module, env, preopens });
         }
-        Ok(Self { peers: loaded, memory_limit, hosts, idle: Arc::default() })
-    }
-
-    fn take_idle(&self, peer: &str) -> Option<PeerInstance> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(peer)?.pop()
+        Ok(Self { peers: loaded, memory_limit, hosts, idle: IdlePeers::default() })
     }
 }
 
@@ -84,7 +79,7 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Box<dyn PendingReply>, CallError> {
-        let mut instance = match self.take_idle(peer) {
+        let mut instance = match self.idle.take(peer) {
             Some(instance) => instance,
             None => self.new_instance(peer)?,
         };
@@ -115,25 +110,13 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
                 )));
             }
         }
-        match instance.requests.withdraw() {
-            Answer::Reply(len) => Ok(Box::new(EmbeddedReply {
-                instance: Some(instance),
-                len,
-                peer: peer.to_owned(),
-                idle: self.idle.clone(),
-            })),
-            Answer::Failure(message) => {
-                park(&self.idle, peer, instance);
-                Err(CallError::PeerFailed(message))
-            }
-            Answer::None => Err(failed(peer, "asked for the next request without answering")),
-        }
+        self.idle.answer(peer, instance)
     }
 }
 
 impl WasmEdgeEmbedded {
     /// A new instance of `peer`, started: it parks in its first `serve_next`.
-    fn new_instance(&self, name: &str) -> Result<PeerInstance, CallError> {
+    fn new_instance(&self, name: &str) -> Result<RunningPeer, CallError> {
         let peer = self
             .peers
             .get(name)
@@ -147,19 +130,15 @@ impl WasmEdgeEmbedded {
         let requests = Arc::new(InProcessSource::default());
         let host = self.hosts.host(name, requests.clone());
         let cwasi = crate::host_api::import_object(host).map_err(|e| failed(name, e))?;
-        let mut instance = PeerInstance::new(requests, wasi, cwasi);
+        let mut instance = RunningPeer::new(requests, wasi, cwasi);
         instance.start(&config, peer.module.clone()).map_err(|e| failed(name, format!("{e:#}")))?;
         tracing::debug!(peer = name, "embedded peer instantiated");
         Ok(instance)
     }
 }
 
-fn park(idle: &IdlePeers, peer: &str, instance: PeerInstance) {
-    idle.lock().unwrap_or_else(|e| e.into_inner()).entry(peer.to_owned()).or_default().push(instance);
-}
-
 /// One running instance of a peer and everything its run uses.
-struct PeerInstance {
+struct RunningPeer {
     requests: Arc<InProcessSource>,
     /// Dropped (cancelled) first: it runs on `vm`.
     run: AsyncRunSlot,
@@ -192,9 +171,15 @@ impl AsyncRunSlot {
 // SAFETY: the instance moves between the threads of its callers (one at a
 // time, through the idle pool); the raw parts are owned by it alone, and
 // the thread of its run only uses them through libwasmedge.
-unsafe impl Send for PeerInstance {}
+unsafe impl Send for RunningPeer {}
 
-impl PeerInstance {
+impl PeerInstance for RunningPeer {
+    fn requests(&self) -> &InProcessSource {
+        &self.requests
+    }
+}
+
+impl RunningPeer {
     fn new(requests: Arc<InProcessSource>, wasi: WasiModule, cwasi: ImportObject<GuestHost>) -> Self {
         Self {
             requests,
@@ -222,7 +207,7 @@ impl PeerInstance {
     }
 }
 
-impl Drop for PeerInstance {
+impl Drop for RunningPeer {
     fn drop(&mut self) {
         self.run.cancel();
         if !self.run.is_ended() {
@@ -236,34 +221,6 @@ impl Drop for PeerInstance {
         unsafe {
             drop(Box::from_raw(self.wasi));
             drop(Box::from_raw(self.cwasi));
-        }
-    }
-}
-
-/// A reply waiting in a parked peer's memory.
-struct EmbeddedReply {
-    instance: Option<PeerInstance>,
-    len: usize,
-    peer: String,
-    idle: IdlePeers,
-}
-
-impl PendingReply for EmbeddedReply {
-    fn wait(&mut self) -> Result<usize, CallError> {
-        Ok(self.len)
-    }
-
-    fn read_into(self: Box<Self>, out: &mut [u8]) -> Result<(), CallError> {
-        // The peer is held here, parked, until this reply is dropped.
-        let instance = self.instance.as_ref().ok_or_else(|| CallError::Protocol("reply already read".into()))?;
-        instance.requests.read_reply(out)
-    }
-}
-
-impl Drop for EmbeddedReply {
-    fn drop(&mut self) {
-        if let Some(instance) = self.instance.take() {
-            park(&self.idle, &self.peer, instance);
         }
     }
 }

@@ -16,11 +16,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use cwasi_comm::in_process::{Answer, InProcessSource};
+use cwasi_comm::idle_peers::{IdlePeers, PeerInstance};
+use cwasi_comm::in_process::InProcessSource;
 use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
 use cwasi_engine::{EmbeddedModule, MemoryBudget};
 use wasmtime::{Engine, InstancePre, Linker, Store};
@@ -52,6 +53,12 @@ struct ParkedPeer {
     memory: MemoryBudget,
 }
 
+impl PeerInstance for ParkedPeer {
+    fn requests(&self) -> &InProcessSource {
+        &self.requests
+    }
+}
+
 impl ParkedPeer {
     /// Lets the peer run until it parks again.
     fn resume(&mut self, peer: &str) -> Result<(), CallError> {
@@ -75,8 +82,6 @@ impl ParkedPeer {
     }
 }
 
-type IdlePeers = Arc<Mutex<HashMap<String, Vec<ParkedPeer>>>>;
-
 /// A peer's compiled module, ready to instantiate, and what it sees.
 #[derive(Clone)]
 struct PeerTemplate {
@@ -91,7 +96,7 @@ pub(crate) struct WasmtimeEmbedded {
     /// The container's memory budget, shared with the guest.
     memory: MemoryBudget,
     hosts: Arc<PeerHosts>,
-    idle: IdlePeers,
+    idle: IdlePeers<ParkedPeer>,
     ticker: EpochTicker,
 }
 
@@ -119,11 +124,7 @@ impl WasmtimeEmbedded {
             templates.insert(peer.name.clone(), PeerTemplate { instance: template, module: peer.clone() });
         }
         let ticker = EpochTicker::start(engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
-        Ok(Self { engine: engine.clone(), templates, memory, hosts, idle: Arc::default(), ticker })
-    }
-
-    fn take_idle(&self, peer: &str) -> Option<ParkedPeer> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(peer)?.pop()
+        Ok(Self { engine: engine.clone(), templates, memory, hosts, idle: IdlePeers::default(), ticker })
     }
 
     /// A new instance of `peer`, not started: its first resume instantiates
@@ -177,62 +178,14 @@ impl EmbeddedPeers for WasmtimeEmbedded {
     ) -> Result<Box<dyn PendingReply>, CallError> {
         // Deadlines are checked at epoch ticks, which run only around calls.
         let _ticking = self.ticker.running();
-        let mut parked = match self.take_idle(peer) {
+        let mut parked = match self.idle.take(peer) {
             Some(parked) => parked,
             None => self.new_instance(peer)?,
         };
         // `request` stays borrowed until the peer parked again (resume returned).
         parked.requests.offer(request, deadline, trace);
-        let resumed = parked.resume(peer);
-        let answer = parked.requests.withdraw();
         // A peer that trapped or exited is dropped here; the next call starts a new one.
-        resumed?;
-        match answer {
-            Answer::Reply(len) => Ok(Box::new(EmbeddedReply {
-                parked: Some(parked),
-                len,
-                peer: peer.to_owned(),
-                idle: self.idle.clone(),
-            })),
-            Answer::Failure(message) => {
-                park(&self.idle, peer, parked);
-                Err(CallError::PeerFailed(message))
-            }
-            Answer::None => {
-                Err(CallError::PeerFailed(format!("embedded peer {peer} asked for the next request without answering")))
-            }
-        }
-    }
-}
-
-fn park(idle: &IdlePeers, peer: &str, parked: ParkedPeer) {
-    idle.lock().unwrap_or_else(|e| e.into_inner()).entry(peer.to_owned()).or_default().push(parked);
-}
-
-/// A reply waiting in a parked peer's memory.
-struct EmbeddedReply {
-    parked: Option<ParkedPeer>,
-    len: usize,
-    peer: String,
-    idle: IdlePeers,
-}
-
-impl PendingReply for EmbeddedReply {
-    fn wait(&mut self) -> Result<usize, CallError> {
-        Ok(self.len)
-    }
-
-    fn read_into(self: Box<Self>, out: &mut [u8]) -> Result<(), CallError> {
-        // The peer is held here, parked, until this reply is dropped.
-        let parked = self.parked.as_ref().ok_or_else(|| CallError::Protocol("reply already read".into()))?;
-        parked.requests.read_reply(out)
-    }
-}
-
-impl Drop for EmbeddedReply {
-    fn drop(&mut self) {
-        if let Some(parked) = self.parked.take() {
-            park(&self.idle, &self.peer, parked);
-        }
+        parked.resume(peer)?;
+        self.idle.answer(peer, parked)
     }
 }
