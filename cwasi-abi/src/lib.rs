@@ -33,14 +33,31 @@
 /// The import module name.
 pub const MODULE: &str = "cwasi";
 
-pub const CALL_START: &str = "call_start";
-pub const CALL_WAIT: &str = "call_wait";
-pub const CALL_READ: &str = "call_read";
-pub const CALL_START_TIMEOUT: &str = "call_start_timeout";
+/// Every import of the module, the one place that lists them: it calls
+/// `$callback!` with `name(param, ...);` for each, in the order above. Every
+/// parameter and every result is an `i32` (pointers and lengths are 32-bit
+/// offsets into the guest's memory; the result is a [`Status`] code). The
+/// guest SDK declares the imports from it and each engine binds them from
+/// it, to the functions of the same names and parameters that implement
+/// them on guest memory (`cwasi_engine::guest_abi`).
+#[macro_export]
+macro_rules! for_each_import {
+    ($callback:ident) => {
+        $callback! {
+            call_start(peer, peer_len, req, req_len, handle_out);
+            call_wait(handle, len_out);
+            call_read(handle, buf, buf_len);
+            call_start_timeout(peer, peer_len, req, req_len, timeout_ms, handle_out);
+            serve_next(len_out);
+            serve_read(buf, buf_len);
+            serve_reply(buf, buf_len);
+            serve_fail(msg, msg_len);
+        }
+    };
+}
+
+/// Import names, for code that names one import rather than all.
 pub const SERVE_NEXT: &str = "serve_next";
-pub const SERVE_READ: &str = "serve_read";
-pub const SERVE_REPLY: &str = "serve_reply";
-pub const SERVE_FAIL: &str = "serve_fail";
 
 /// Result codes of every `cwasi` import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +165,22 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    macro_rules! names {
+        ($($name:ident($($param:ident),*);)*) => {
+            [$(stringify!($name)),*]
+        };
+    }
+
+    #[test]
+    fn the_import_list_names_each_import_once() {
+        let names = for_each_import!(names);
+        assert_eq!(names.len(), 8);
+        assert!(names.contains(&SERVE_NEXT));
+        for (i, name) in names.iter().enumerate() {
+            assert!(!names[i + 1..].contains(name), "{name} twice");
+        }
+    }
 
     #[test]
     fn every_code_round_trips() {

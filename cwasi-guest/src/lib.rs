@@ -13,28 +13,56 @@
 //! Redis across nodes); the guest code is the same for all of them.
 
 use std::fmt;
+
+use sys::abi;
 use std::time::Duration;
 
 pub use cwasi_abi::Status;
 
 mod sys {
-    #[link(wasm_import_module = "cwasi")]
-    unsafe extern "C" {
-        pub fn call_start(peer: *const u8, peer_len: usize, req: *const u8, req_len: usize, handle: *mut u32) -> i32;
-        pub fn call_wait(handle: u32, reply_len: *mut u32) -> i32;
-        pub fn call_read(handle: u32, buf: *mut u8, buf_len: usize) -> i32;
-        pub fn call_start_timeout(
-            peer: *const u8,
-            peer_len: usize,
-            req: *const u8,
-            req_len: usize,
-            timeout_ms: u32,
-            handle: *mut u32,
-        ) -> i32;
-        pub fn serve_next(req_len: *mut u32) -> i32;
-        pub fn serve_read(buf: *mut u8, buf_len: usize) -> i32;
-        pub fn serve_reply(buf: *const u8, buf_len: usize) -> i32;
-        pub fn serve_fail(msg: *const u8, msg_len: usize) -> i32;
+    /// Declares the imports as `cwasi-abi` lists them (every value an `i32`).
+    macro_rules! declare {
+        ($($name:ident($($param:ident),*);)*) => {
+            #[link(wasm_import_module = "cwasi")]
+            unsafe extern "C" {
+                $(pub fn $name($($param: i32),*) -> i32;)*
+            }
+        };
+    }
+    cwasi_abi::for_each_import!(declare);
+
+    /// A pointer or length as the ABI passes it: a 32-bit offset or size in
+    /// the guest's memory (the guest is `wasm32`).
+    pub fn abi<T: AsAbi>(value: T) -> i32 {
+        value.as_abi()
+    }
+
+    pub trait AsAbi {
+        fn as_abi(self) -> i32;
+    }
+
+    impl<T> AsAbi for *const T {
+        fn as_abi(self) -> i32 {
+            self as usize as i32
+        }
+    }
+
+    impl<T> AsAbi for *mut T {
+        fn as_abi(self) -> i32 {
+            self as usize as i32
+        }
+    }
+
+    impl AsAbi for usize {
+        fn as_abi(self) -> i32 {
+            self as i32
+        }
+    }
+
+    impl AsAbi for u32 {
+        fn as_abi(self) -> i32 {
+            self as i32
+        }
     }
 }
 
@@ -76,7 +104,7 @@ impl Call {
         let mut handle = 0u32;
         // SAFETY: both slices are valid for their lengths and `handle` is a
         // valid u32 the host writes; the host bounds-checks everything.
-        check(unsafe { sys::call_start(peer.as_ptr(), peer.len(), request.as_ptr(), request.len(), &mut handle) })?;
+        check(unsafe { sys::call_start(abi(peer.as_ptr()), abi(peer.len()), abi(request.as_ptr()), abi(request.len()), abi(&raw mut handle)) })?;
         Ok(Call { handle })
     }
 
@@ -87,7 +115,7 @@ impl Call {
         let mut handle = 0u32;
         // SAFETY: as in `start`.
         check(unsafe {
-            sys::call_start_timeout(peer.as_ptr(), peer.len(), request.as_ptr(), request.len(), ms, &mut handle)
+            sys::call_start_timeout(abi(peer.as_ptr()), abi(peer.len()), abi(request.as_ptr()), abi(request.len()), abi(ms), abi(&raw mut handle))
         })?;
         Ok(Call { handle })
     }
@@ -96,11 +124,11 @@ impl Call {
     pub fn finish(self) -> Result<Vec<u8>, Error> {
         let mut len = 0u32;
         // SAFETY: `len` is a valid u32 for the host to write.
-        check(unsafe { sys::call_wait(self.handle, &mut len) })?;
+        check(unsafe { sys::call_wait(abi(self.handle), abi(&raw mut len)) })?;
         let mut reply = Vec::with_capacity(len as usize);
         // SAFETY: the buffer has capacity for `len` bytes; the host writes
         // exactly `len` bytes or fails.
-        check(unsafe { sys::call_read(self.handle, reply.as_mut_ptr(), len as usize) })?;
+        check(unsafe { sys::call_read(abi(self.handle), abi(reply.as_mut_ptr()), abi(len)) })?;
         // SAFETY: call_read succeeded, so the first `len` bytes are initialised.
         unsafe { reply.set_len(len as usize) };
         Ok(reply)
@@ -133,14 +161,14 @@ impl Request {
     pub fn next() -> Result<Request, Error> {
         let mut len = 0u32;
         // SAFETY: `len` is a valid u32 for the host to write.
-        check(unsafe { sys::serve_next(&mut len) })?;
+        check(unsafe { sys::serve_next(abi(&raw mut len)) })?;
         Ok(Request { len })
     }
 
     pub fn read(&self) -> Result<Vec<u8>, Error> {
         let mut body = Vec::with_capacity(self.len as usize);
         // SAFETY: capacity for `len` bytes; the host writes exactly that or fails.
-        check(unsafe { sys::serve_read(body.as_mut_ptr(), self.len as usize) })?;
+        check(unsafe { sys::serve_read(abi(body.as_mut_ptr()), abi(self.len)) })?;
         // SAFETY: serve_read succeeded, so `len` bytes are initialised.
         unsafe { body.set_len(self.len as usize) };
         Ok(body)
@@ -148,13 +176,13 @@ impl Request {
 
     pub fn reply(self, reply: &[u8]) -> Result<(), Error> {
         // SAFETY: `reply` is valid for its length.
-        check(unsafe { sys::serve_reply(reply.as_ptr(), reply.len()) })
+        check(unsafe { sys::serve_reply(abi(reply.as_ptr()), abi(reply.len())) })
     }
 
     /// Ends the request with an error the caller sees as [`Status::PeerFailed`].
     pub fn fail(self, message: &str) -> Result<(), Error> {
         // SAFETY: `message` is valid for its length.
-        check(unsafe { sys::serve_fail(message.as_ptr(), message.len()) })
+        check(unsafe { sys::serve_fail(abi(message.as_ptr()), abi(message.len())) })
     }
 }
 

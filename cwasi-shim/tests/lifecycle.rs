@@ -128,6 +128,19 @@ fn guest_sees_its_rootfs_and_mounts_but_not_the_host() {
     assert_eq!(out.stdout, "from a bind mount\n");
 }
 
+/// A hostile guest calling every `cwasi` import with pointers outside its
+/// memory, unknown handles and requests it does not have gets the status
+/// each must answer, never a trap; nothing panics.
+#[test]
+fn every_import_answers_bad_pointers_and_handles_with_a_status() {
+    let (ctd, images) = containerd_with(&["abi-abuse"]);
+    let out = ctd.run("abi-abuse", &images[0], &["--rm"], &[]).unwrap();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.lines().filter(|l| l.starts_with("ok ")).count(), 15, "{out:?}");
+    assert!(!out.stdout.contains("WRONG"), "{out:?}");
+    assert!(!ctd.log().contains("panicked"), "{}", ctd.log());
+}
+
 /// A read-only mount or rootfs stays read-only on every engine: WASI is the
 /// only thing between the guest and those files.
 #[test]

@@ -1,29 +1,47 @@
-//! The `cwasi` import module on WasmEdge: hand the guest's memory and the
-//! raw arguments to `cwasi_engine::guest_abi`, which bounds-checks them.
+//! The `cwasi` import module on WasmEdge: every import `cwasi-abi` lists,
+//! bound to `cwasi_engine::guest_abi`'s function of the same name, which
+//! gets the guest's memory and the raw arguments and bounds-checks them.
+//! A container's guest and an embedded peer get the same imports.
 
 use cwasi_abi as abi;
 use cwasi_engine::{GuestHost, guest_abi};
 use wasmedge_sdk::error::CoreError;
 use wasmedge_sdk::{CallingFrame, ImportObject, ImportObjectBuilder, Instance, WasmValue};
 
-pub(crate) type HostResult = Result<Vec<WasmValue>, CoreError>;
+type HostResult = Result<Vec<WasmValue>, CoreError>;
 
-pub(crate) fn import_object(host: GuestHost) -> anyhow::Result<ImportObject<GuestHost>> {
-    let mut builder = ImportObjectBuilder::new(abi::MODULE, host)?;
-    builder
-        .with_func::<(i32, i32, i32, i32, i32), i32>(abi::CALL_START, call_start)?
-        .with_func::<(i32, i32, i32, i32, i32, i32), i32>(abi::CALL_START_TIMEOUT, call_start_timeout)?
-        .with_func::<(i32, i32), i32>(abi::CALL_WAIT, call_wait)?
-        .with_func::<(i32, i32, i32), i32>(abi::CALL_READ, call_read)?
-        .with_func::<i32, i32>(abi::SERVE_NEXT, serve_next)?
-        .with_func::<(i32, i32), i32>(abi::SERVE_READ, serve_read)?
-        .with_func::<(i32, i32), i32>(abi::SERVE_REPLY, serve_reply)?
-        .with_func::<(i32, i32), i32>(abi::SERVE_FAIL, serve_fail)?;
-    Ok(builder.build())
+/// An `i32` per parameter, for the import's type.
+macro_rules! i32_for {
+    ($param:ident) => {
+        i32
+    };
 }
 
+macro_rules! host_functions {
+    ($($name:ident($($param:ident),*);)*) => {
+        /// The `cwasi` import module, serving `host`.
+        #[allow(unused_parens)] // a one-parameter import's type is `(i32)`
+        pub(crate) fn import_object(host: GuestHost) -> anyhow::Result<ImportObject<GuestHost>> {
+            let mut builder = ImportObjectBuilder::new(abi::MODULE, host)?;
+            $(builder.with_func::<($(i32_for!($param)),*), i32>(stringify!($name), $name)?;)*
+            Ok(builder.build())
+        }
+
+        $(
+            fn $name(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+                let ints: Vec<i32> = args.iter().map(WasmValue::to_i32).collect();
+                // WasmEdge checked the arguments against the import's type.
+                let [$($param),*] = ints[..] else { return done(abi::Status::BadPointer as i32) };
+                done(with_memory(frame, |memory| guest_abi::$name(host, memory, $($param),*)))
+            }
+        )*
+    };
+}
+
+cwasi_abi::for_each_import!(host_functions);
+
 /// The whole linear memory of the calling instance as one slice.
-pub(crate) fn with_memory(frame: &mut CallingFrame, f: impl FnOnce(&mut [u8]) -> i32) -> i32 {
+fn with_memory(frame: &mut CallingFrame, f: impl FnOnce(&mut [u8]) -> i32) -> i32 {
     let Some(memory) = frame.memory_mut(0) else {
         return abi::Status::BadPointer as i32;
     };
@@ -37,55 +55,6 @@ pub(crate) fn with_memory(frame: &mut CallingFrame, f: impl FnOnce(&mut [u8]) ->
     }
 }
 
-pub(crate) fn ints(args: &[WasmValue]) -> Vec<i32> {
-    args.iter().map(WasmValue::to_i32).collect()
-}
-
-pub(crate) fn done(status: i32) -> HostResult {
+fn done(status: i32) -> HostResult {
     Ok(vec![WasmValue::from_i32(status)])
-}
-
-fn call_start(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::call_start(host, m, a[0], a[1], a[2], a[3], a[4])))
-}
-
-fn call_start_timeout(
-    host: &mut GuestHost,
-    _: &mut Instance,
-    frame: &mut CallingFrame,
-    args: Vec<WasmValue>,
-) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::call_start_timeout(host, m, a[0], a[1], a[2], a[3], a[4], a[5])))
-}
-
-fn call_wait(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::call_wait(host, m, a[0], a[1])))
-}
-
-fn call_read(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::call_read(host, m, a[0], a[1], a[2])))
-}
-
-fn serve_next(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::serve_next(host, m, a[0])))
-}
-
-fn serve_read(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::serve_read(host, m, a[0], a[1])))
-}
-
-fn serve_reply(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::serve_reply(host, m, a[0], a[1])))
-}
-
-fn serve_fail(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-    let a = ints(&args);
-    done(with_memory(frame, |m| guest_abi::serve_fail(host, m, a[0], a[1])))
 }

@@ -10,41 +10,6 @@ use wasmtime::{Caller, Extern, Linker};
 /// Where a store's data keeps its `GuestHost`.
 pub(crate) type HostOf<T> = fn(&mut T) -> &mut GuestHost;
 
-/// `call_start`, `call_start_timeout`, `call_wait` and `call_read`.
-fn add_call_imports<T: 'static>(linker: &mut Linker<T>, host: HostOf<T>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        abi::MODULE,
-        abi::CALL_START,
-        move |mut c: Caller<'_, T>, peer: i32, peer_len: i32, req: i32, req_len: i32, handle_out: i32| {
-            with_memory(&mut c, host, |memory, host| {
-                guest_abi::call_start(host, memory, peer, peer_len, req, req_len, handle_out)
-            })
-        },
-    )?;
-    linker.func_wrap(
-        abi::MODULE,
-        abi::CALL_START_TIMEOUT,
-        move |mut c: Caller<'_, T>,
-              peer: i32,
-              peer_len: i32,
-              req: i32,
-              req_len: i32,
-              timeout_ms: i32,
-              handle_out: i32| {
-            with_memory(&mut c, host, |memory, host| {
-                guest_abi::call_start_timeout(host, memory, peer, peer_len, req, req_len, timeout_ms, handle_out)
-            })
-        },
-    )?;
-    linker.func_wrap(abi::MODULE, abi::CALL_WAIT, move |mut c: Caller<'_, T>, handle: i32, len_out: i32| {
-        with_memory(&mut c, host, |memory, host| guest_abi::call_wait(host, memory, handle, len_out))
-    })?;
-    linker.func_wrap(abi::MODULE, abi::CALL_READ, move |mut c: Caller<'_, T>, handle: i32, buf: i32, len: i32| {
-        with_memory(&mut c, host, |memory, host| guest_abi::call_read(host, memory, handle, buf, len))
-    })?;
-    Ok(())
-}
-
 /// How `serve_next` waits for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Waiting {
@@ -55,42 +20,36 @@ pub(crate) enum Waiting {
     Parks,
 }
 
-/// Every `cwasi` import, for store data that keeps its `GuestHost` at `host`.
+/// Every import `cwasi-abi` lists, bound to `guest_abi`'s function of the
+/// same name, for store data that keeps its `GuestHost` at `host`.
 pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     host: HostOf<T>,
     waiting: Waiting,
 ) -> wasmtime::Result<()> {
-    add_call_imports(linker, host)?;
-    match waiting {
-        Waiting::Blocks => {
-            linker.func_wrap(abi::MODULE, abi::SERVE_NEXT, move |mut c: Caller<'_, T>, len_out: i32| {
-                with_memory(&mut c, host, |memory, host| guest_abi::serve_next(host, memory, len_out))
-            })?;
-        }
-        Waiting::Parks => {
-            linker.func_wrap_async(abi::MODULE, abi::SERVE_NEXT, move |mut c: Caller<'_, T>, (len_out,): (i32,)| {
-                Box::new(async move {
-                    let checked = with_memory(&mut c, host, |memory, _| guest_abi::check_len_out(memory, len_out));
-                    if checked != abi::Status::Ok as i32 {
-                        return checked;
-                    }
-                    // Pending suspends the instance's fiber: it is parked.
-                    let next = std::future::poll_fn(|_| host(c.data_mut()).poll_serve_next()).await;
-                    with_memory(&mut c, host, |memory, _| guest_abi::serve_next_done(memory, len_out, next))
-                })
-            })?;
-        }
+    macro_rules! bind {
+        ($($name:ident($($param:ident),*);)*) => {$(
+            if !(waiting == Waiting::Parks && stringify!($name) == abi::SERVE_NEXT) {
+                linker.func_wrap(abi::MODULE, stringify!($name), move |mut c: Caller<'_, T>, $($param: i32),*| {
+                    with_memory(&mut c, host, |memory, host| guest_abi::$name(host, memory, $($param),*))
+                })?;
+            }
+        )*};
     }
-    linker.func_wrap(abi::MODULE, abi::SERVE_READ, move |mut c: Caller<'_, T>, buf: i32, len: i32| {
-        with_memory(&mut c, host, |memory, host| guest_abi::serve_read(host, memory, buf, len))
-    })?;
-    linker.func_wrap(abi::MODULE, abi::SERVE_REPLY, move |mut c: Caller<'_, T>, buf: i32, len: i32| {
-        with_memory(&mut c, host, |memory, host| guest_abi::serve_reply(host, memory, buf, len))
-    })?;
-    linker.func_wrap(abi::MODULE, abi::SERVE_FAIL, move |mut c: Caller<'_, T>, msg: i32, len: i32| {
-        with_memory(&mut c, host, |memory, host| guest_abi::serve_fail(host, memory, msg, len))
-    })?;
+    cwasi_abi::for_each_import!(bind);
+    if waiting == Waiting::Parks {
+        linker.func_wrap_async(abi::MODULE, abi::SERVE_NEXT, move |mut c: Caller<'_, T>, (len_out,): (i32,)| {
+            Box::new(async move {
+                let checked = with_memory(&mut c, host, |memory, _| guest_abi::check_len_out(memory, len_out));
+                if checked != abi::Status::Ok as i32 {
+                    return checked;
+                }
+                // Pending suspends the instance's fiber: it is parked.
+                let next = std::future::poll_fn(|_| host(c.data_mut()).poll_serve_next()).await;
+                with_memory(&mut c, host, |memory, _| guest_abi::serve_next_done(memory, len_out, next))
+            })
+        })?;
+    }
     Ok(())
 }
 
