@@ -14,13 +14,16 @@
 
 use std::fmt;
 
-use sys::abi;
+use raw::abi;
 use std::time::Duration;
 
 pub use cwasi_abi::Status;
 
-mod sys {
-    /// Declares the imports as `cwasi-abi` lists them (every value an `i32`).
+/// The `cwasi` imports as the host provides them (every value an `i32`),
+/// for code that needs the raw ABI; everything else uses the functions of
+/// this crate.
+pub mod raw {
+    /// Declares the imports as `cwasi-abi` lists them.
     macro_rules! declare {
         ($($name:ident($($param:ident),*);)*) => {
             #[link(wasm_import_module = "cwasi")]
@@ -104,7 +107,7 @@ impl Call {
         let mut handle = 0u32;
         // SAFETY: both slices are valid for their lengths and `handle` is a
         // valid u32 the host writes; the host bounds-checks everything.
-        check(unsafe { sys::call_start(abi(peer.as_ptr()), abi(peer.len()), abi(request.as_ptr()), abi(request.len()), abi(&raw mut handle)) })?;
+        check(unsafe { raw::call_start(abi(peer.as_ptr()), abi(peer.len()), abi(request.as_ptr()), abi(request.len()), abi(&raw mut handle)) })?;
         Ok(Call { handle })
     }
 
@@ -115,7 +118,7 @@ impl Call {
         let mut handle = 0u32;
         // SAFETY: as in `start`.
         check(unsafe {
-            sys::call_start_timeout(abi(peer.as_ptr()), abi(peer.len()), abi(request.as_ptr()), abi(request.len()), abi(ms), abi(&raw mut handle))
+            raw::call_start_timeout(abi(peer.as_ptr()), abi(peer.len()), abi(request.as_ptr()), abi(request.len()), abi(ms), abi(&raw mut handle))
         })?;
         Ok(Call { handle })
     }
@@ -124,11 +127,11 @@ impl Call {
     pub fn finish(self) -> Result<Vec<u8>, Error> {
         let mut len = 0u32;
         // SAFETY: `len` is a valid u32 for the host to write.
-        check(unsafe { sys::call_wait(abi(self.handle), abi(&raw mut len)) })?;
+        check(unsafe { raw::call_wait(abi(self.handle), abi(&raw mut len)) })?;
         let mut reply = Vec::with_capacity(len as usize);
         // SAFETY: the buffer has capacity for `len` bytes; the host writes
         // exactly `len` bytes or fails.
-        check(unsafe { sys::call_read(abi(self.handle), abi(reply.as_mut_ptr()), abi(len)) })?;
+        check(unsafe { raw::call_read(abi(self.handle), abi(reply.as_mut_ptr()), abi(len)) })?;
         // SAFETY: call_read succeeded, so the first `len` bytes are initialised.
         unsafe { reply.set_len(len as usize) };
         Ok(reply)
@@ -161,14 +164,14 @@ impl Request {
     pub fn next() -> Result<Request, Error> {
         let mut len = 0u32;
         // SAFETY: `len` is a valid u32 for the host to write.
-        check(unsafe { sys::serve_next(abi(&raw mut len)) })?;
+        check(unsafe { raw::serve_next(abi(&raw mut len)) })?;
         Ok(Request { len })
     }
 
     pub fn read(&self) -> Result<Vec<u8>, Error> {
         let mut body = Vec::with_capacity(self.len as usize);
         // SAFETY: capacity for `len` bytes; the host writes exactly that or fails.
-        check(unsafe { sys::serve_read(abi(body.as_mut_ptr()), abi(self.len)) })?;
+        check(unsafe { raw::serve_read(abi(body.as_mut_ptr()), abi(self.len)) })?;
         // SAFETY: serve_read succeeded, so `len` bytes are initialised.
         unsafe { body.set_len(self.len as usize) };
         Ok(body)
@@ -176,13 +179,13 @@ impl Request {
 
     pub fn reply(self, reply: &[u8]) -> Result<(), Error> {
         // SAFETY: `reply` is valid for its length.
-        check(unsafe { sys::serve_reply(abi(reply.as_ptr()), abi(reply.len())) })
+        check(unsafe { raw::serve_reply(abi(reply.as_ptr()), abi(reply.len())) })
     }
 
     /// Ends the request with an error the caller sees as [`Status::PeerFailed`].
     pub fn fail(self, message: &str) -> Result<(), Error> {
         // SAFETY: `message` is valid for its length.
-        check(unsafe { sys::serve_fail(abi(message.as_ptr()), abi(message.len())) })
+        check(unsafe { raw::serve_fail(abi(message.as_ptr()), abi(message.len())) })
     }
 }
 

@@ -3,19 +3,7 @@
 //! checks that each answers the status it must (never a trap, never a
 //! write outside its memory). Prints `ok <what>` or `WRONG <what>` per
 //! attempt; exits 0 only when every answer was right.
-use cwasi_abi::Status;
-
-mod raw {
-    macro_rules! declare {
-        ($($name:ident($($param:ident),*);)*) => {
-            #[link(wasm_import_module = "cwasi")]
-            unsafe extern "C" {
-                $(pub fn $name($($param: i32),*) -> i32;)*
-            }
-        };
-    }
-    cwasi_abi::for_each_import!(declare);
-}
+use cwasi_guest::{Status, raw};
 
 fn main() {
     // Past the end of memory, at the very top of the address space, and a
