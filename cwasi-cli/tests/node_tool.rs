@@ -295,16 +295,17 @@ impl Collector {
     }
 }
 
-/// The same workflow as the collector saw it: five spans per call of the
-/// loader, chained client → server → client → server → client.
+/// The same workflow as the collector saw it: six spans per call of the
+/// loader, chained client → server → client → server → client → server
+/// (the embedded echo serves like any function).
 fn each_call_is_one_exported_trace(collector: &Collector, calls: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let spans = loop {
         let spans = collector.spans();
-        if spans.len() >= 5 * calls {
+        if spans.len() >= 6 * calls {
             break spans;
         }
-        assert!(Instant::now() < deadline, "{} of {} spans exported", spans.len(), 5 * calls);
+        assert!(Instant::now() < deadline, "{} of {} spans exported", spans.len(), 6 * calls);
         std::thread::sleep(Duration::from_millis(200));
     };
     let child_of = |parent: &serde_json::Value, service: &str, name: &str| {
@@ -328,6 +329,8 @@ fn each_call_is_one_exported_trace(collector: &Collector, calls: usize) {
         let inner = child_of(&served_b, "relay-b", "call echo");
         let mode = inner["attributes"].as_array().unwrap().iter().find(|a| a["key"] == "cwasi.mode").unwrap();
         assert_eq!(mode["value"]["stringValue"], "embedded");
+        let served_echo = child_of(&inner, "relay-b", "serve");
+        assert_eq!(served_echo["kind"].as_i64(), Some(2));
     }
 }
 
