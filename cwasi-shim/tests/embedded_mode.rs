@@ -65,6 +65,35 @@ fn a_trapping_peer_is_an_error_and_the_next_call_succeeds() {
     assert!(ctd.log().contains("trapped"), "{}", ctd.log());
 }
 
+/// Embedded peers call each other: the caller's peer calls a second
+/// embedded peer (a nested run in the same process), a peer's call to
+/// itself is refused at once, and one outside its allow-list is forbidden.
+#[test]
+fn an_embedded_peer_calls_another_embedded_peer() {
+    let (ctd, image) = containerd_with(test_image_with_peers("caller", &["relay", "echo-server"]).unwrap());
+    let out = ctd
+        .run(
+            "embedded-nested",
+            &image,
+            &[
+                "--rm",
+                "--annotation",
+                "cwasi.io/embed=combine=/relay.wasm,echo=/echo-server.wasm",
+                "--annotation",
+                "cwasi.io/peers=combine",
+                "--annotation",
+                "cwasi.io/embed.combine.peers=echo,combine",
+            ],
+            &["/caller.wasm", "combine", "+echo,echo:nested", "+combine:x", "@echo:direct", "+echo:again"],
+        )
+        .unwrap();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines, ["reply: nested|nested", "reply: error SelfCall", lines[2], "reply: again"], "{out:?}");
+    // The caller itself may call only `combine`.
+    assert!(lines[2].starts_with("error: Forbidden"), "{out:?}");
+    assert!(ctd.logged_call("echo", "embedded"), "{}", ctd.log());
+}
+
 /// An embedded peer sees the environment and, read-only, the directories
 /// its settings give it, and nothing of its container's beyond them.
 #[test]
