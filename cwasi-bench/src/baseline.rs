@@ -175,8 +175,9 @@ impl Echo {
 /// and the call's trace context (a new span id); the median over rounds of
 /// many calls, in nanoseconds.
 pub fn stats_cost_ns() -> anyhow::Result<u64> {
-    use cwasi_comm::stats::{FunctionStats, Identity, stats_dir};
     use std::collections::HashMap;
+
+    use cwasi_comm::stats::{FunctionStats, Identity, stats_dir};
     let run = tempfile::tempdir()?;
     let annotations: HashMap<String, String> = [("cwasi.io/peers".to_owned(), "*".to_owned())].into();
     let function = cwasi_comm::FunctionConfig::from_annotations(&annotations, "bench", "bench-node")?;

@@ -1,9 +1,8 @@
 //! The benchmark setup: a Redis, node A (callers, local servers) and node B
 //! (remote servers), two private containerd instances ([`TwoNodes`]).
 
-use cwasi_testkit::{TwoNodes, workspace_root};
-
 pub use cwasi_testkit::{CallTimings, Route as BenchMode};
+use cwasi_testkit::{TwoNodes, workspace_root};
 
 /// The functions one operation of `shape` calls (at once).
 pub fn functions(shape: Shape) -> &'static [&'static str] {

@@ -238,8 +238,9 @@ fn check_seccomp(seccomp: &LinuxSeccomp) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, ProcessBuilder, SpecBuilder, UserBuilder};
+
+    use super::*;
 
     fn spec_with(namespaces: Vec<oci_spec::runtime::LinuxNamespace>) -> Spec {
         SpecBuilder::default()

@@ -6,17 +6,15 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-
-use anyhow::Context;
 use std::sync::Arc;
 
+use anyhow::Context;
 use cwasi_comm::{FunctionConfig, FunctionServer, GuestHost, NodeRegistry, Router, stats};
 use cwasi_engine::{Engine, GuestExit, GuestSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::confinement::Confinement;
-use crate::instances;
-use crate::telemetry;
+use crate::{instances, telemetry};
 
 pub const SUBCOMMAND: &str = "__cwasi-run-guest";
 const LAUNCH_ENV: &str = "CWASI_GUEST_LAUNCH";

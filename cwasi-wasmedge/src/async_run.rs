@@ -10,9 +10,8 @@ use std::ffi::CStr;
 use std::ptr;
 
 use wasmedge_sdk::Instance;
-use wasmedge_sys::AsInstance as _;
-use wasmedge_sys::ffi;
 use wasmedge_sys::instance::function::AsFunc as _;
+use wasmedge_sys::{AsInstance as _, ffi};
 
 /// How a run ended.
 pub(crate) enum Ran {

@@ -9,13 +9,12 @@
 use std::fs::File;
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MemFdCreateFlag, memfd_create};
-use std::os::fd::AsRawFd;
 
 use super::futex::SharedCounter;
 use super::ring::Ring;

@@ -14,13 +14,11 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use oci_spec::runtime::{LinuxResources, Spec};
-
 pub use path::relative_cgroup_path;
 pub use resources::{LimitWrite, Version, limit_writes};
 
@@ -282,8 +280,9 @@ fn enable_controllers(dir: &Path, wanted: &[&str]) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+
+    use super::*;
 
     const MOUNTINFO_V1: &str = "\
 32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu

@@ -201,8 +201,9 @@ fn shares_to_weight(shares: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
+
+    use super::*;
 
     fn resources() -> LinuxResources {
         LinuxResourcesBuilder::default()

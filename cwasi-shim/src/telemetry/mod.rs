@@ -10,11 +10,10 @@ pub mod otlp;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
-
 use log_pipe::LogPipe;
 use logfmt::{Logfmt, LogfmtFields};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 
 /// The log filter variable of the shim and its guests (`EnvFilter`
 /// directives, e.g. `info` or `info,cwasi::calls=debug`).
