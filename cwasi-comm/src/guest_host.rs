@@ -238,7 +238,8 @@ impl GuestHost {
         let request = match &self.requests {
             Requests::None => return Err(Status::NotServing),
             Requests::Server(server) => server.next_request(),
-            Requests::InProcess(source) => IncomingRequest::in_process(source.next()),
+            // Closed: its engine is ending it.
+            Requests::InProcess(source) => IncomingRequest::in_process(source.next().ok_or(Status::NotServing)?),
         };
         self.begin_serving(request)
     }

@@ -9,11 +9,17 @@
 //!
 //! The bytes are never copied into a buffer of the host. That is sound
 //! because of when each side runs:
-//! - the request is read only while its caller waits for the answer (the
-//!   caller's engine offers it and does not return until the peer parks);
+//! - the request is read only while its offer stands: the read holds the
+//!   lock and checks the offer is the one it took, and the caller withdraws
+//!   its offer (under that lock, so after any read in progress) before its
+//!   request can go away; a peer still running after its caller gave up (a
+//!   deadline) reads nothing;
 //! - the answer is read only while the peer is *parked*: waiting for its
 //!   next request, so it can neither write nor grow its memory, until the
-//!   caller has read the answer and offers the next request.
+//!   caller has read the answer and offers the next request. (Between its
+//!   answer and parking the peer may grow its memory: engines keep linear
+//!   memories in place when they grow, which cwasi's wasmtime configuration
+//!   states explicitly.)
 //!
 //! Engines park a peer in one of two ways: a suspended fiber
 //! ([`InProcessSource::poll_next`], wasmtime) or a thread blocked in
@@ -73,6 +79,11 @@ struct State {
     failure: Option<String>,
     /// The peer waits for a request.
     parked: bool,
+    /// Counts offers, so that a request taken from an offer since withdrawn
+    /// is known to be stale.
+    generation: u64,
+    /// No more requests: a peer waiting for one is told to end.
+    closed: bool,
     /// Threads asleep on `changed`: without one, a change wakes nobody (a
     /// condvar's notify is a system call even with no one waiting).
     sleepers: u32,
@@ -83,6 +94,7 @@ struct Offer {
     request: RawBytes,
     deadline: Instant,
     trace: TraceContext,
+    generation: u64,
 }
 
 impl InProcessSource {
@@ -100,10 +112,13 @@ impl InProcessSource {
         }
     }
 
-    /// Sleeps on `changed` at most `timeout`, counted as a sleeper.
-    fn sleep<'a>(&self, mut state: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
+    /// Sleeps on `changed` (at most `timeout`), counted as a sleeper.
+    fn sleep<'a>(&self, mut state: MutexGuard<'a, State>, timeout: Option<Duration>) -> MutexGuard<'a, State> {
         state.sleepers += 1;
-        let mut state = self.changed.wait_timeout(state, timeout).unwrap_or_else(|e| e.into_inner()).0;
+        let mut state = match timeout {
+            Some(timeout) => self.changed.wait_timeout(state, timeout).unwrap_or_else(|e| e.into_inner()).0,
+            None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+        };
         state.sleepers -= 1;
         state
     }
@@ -118,8 +133,9 @@ impl InProcessSource {
     /// or the engine's poll returned) and [`InProcessSource::withdraw`].
     pub fn offer(&self, request: &[u8], deadline: Instant, trace: TraceContext) {
         let mut state = self.lock();
-        let offered = Some(Offer { request: RawBytes::new(request), deadline, trace });
-        *state = State { offered, sleepers: state.sleepers, ..State::default() };
+        let generation = state.generation + 1;
+        let offered = Some(Offer { request: RawBytes::new(request), deadline, trace, generation });
+        *state = State { offered, generation, sleepers: state.sleepers, closed: state.closed, ..State::default() };
         self.changed(&state);
     }
 
@@ -143,13 +159,28 @@ impl InProcessSource {
             if left.is_zero() {
                 return false;
             }
-            state = self.sleep(state, left);
+            state = self.sleep(state, Some(left));
         }
         true
     }
 
-    /// Ends the offer: how the peer answered. The reply stays readable
-    /// while the peer is parked and nothing new is offered.
+    /// Whether the peer parked again after taking the offered request.
+    pub fn parked_with_answer(&self) -> bool {
+        let state = self.lock();
+        state.parked && state.taken
+    }
+
+    /// No more requests: a peer waiting in [`InProcessSource::next`] ends
+    /// its wait (its engine then ends its run).
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        self.changed(&state);
+    }
+
+    /// Ends the offer: how the peer answered. From here on the peer cannot
+    /// read the request any more. The reply stays readable while the peer
+    /// is parked and nothing new is offered.
     pub fn withdraw(&self) -> Answer {
         let mut state = self.lock();
         state.offered = None;
@@ -199,22 +230,26 @@ impl InProcessSource {
     }
 
     /// The peer's side, on a thread of its own: parks until a request is
-    /// offered.
-    pub fn next(self: &Arc<Self>) -> InProcessRequest {
+    /// offered; `None` once the source is closed.
+    pub fn next(self: &Arc<Self>) -> Option<InProcessRequest> {
         loop {
             if let Poll::Ready(request) = self.poll_next() {
-                return request;
+                return Some(request);
             }
             let seen = self.changes.load(Ordering::Acquire);
             if self.spin_past(seen) {
                 continue;
             }
             let state = self.lock();
+            if state.closed {
+                return None;
+            }
             if state.offered.is_some() && !state.taken {
                 continue;
             }
-            // Timed only so that a lost wake-up cannot park it for good.
-            drop(self.sleep(state, Duration::from_secs(1)));
+            // Every change that ends this wait (an offer, a close) notifies
+            // under this lock, and the conditions were checked under it.
+            drop(self.sleep(state, None));
         }
     }
 }
@@ -243,28 +278,40 @@ impl InProcessRequest {
         self.offer.deadline
     }
 
+    /// The source's state, if this request's offer still stands.
+    fn standing(&self) -> Result<MutexGuard<'_, State>, CallError> {
+        let state = self.source.lock();
+        match state.offered {
+            Some(offer) if offer.generation == self.offer.generation => Ok(state),
+            _ => Err(CallError::Timeout("the caller gave up on this request".into())),
+        }
+    }
+
     /// Copies the request from the caller's memory into `out` (its length).
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
         let request = self.offer.request;
         if out.len() != request.len {
             return Err(CallError::Protocol("request length mismatch".into()));
         }
-        // SAFETY: the caller offered `request` and keeps it borrowed until
-        // the peer parks again, which it cannot do while running this; `out`
-        // is the peer's memory, another instance's, so they do not overlap.
+        let standing = self.standing()?;
+        // SAFETY: the offer stands (checked under the lock held until the
+        // copy ends), and its caller withdraws it, under that lock, before
+        // `request` can go away; `out` is the peer's memory, another
+        // instance's, so they do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(request.ptr, out.as_mut_ptr(), out.len()) };
+        drop(standing);
         Ok(())
     }
 
     /// Keeps where the reply lies: the caller reads it once the peer parks
     /// (the ABI has the peer leave it unchanged until its next request).
     pub fn reply(self, reply: &[u8]) -> Result<(), CallError> {
-        self.source.lock().reply = Some(RawBytes::new(reply));
+        self.standing()?.reply = Some(RawBytes::new(reply));
         Ok(())
     }
 
     pub fn fail(self, message: &str) -> Result<(), CallError> {
-        self.source.lock().failure = Some(message.to_owned());
+        self.standing()?.failure = Some(message.to_owned());
         Ok(())
     }
 }
@@ -309,7 +356,7 @@ mod tests {
         let reply = b"done".to_vec();
         std::thread::spawn(move || {
             loop {
-                let request = peer.next();
+                let Some(request) = peer.next() else { return };
                 let mut bytes = vec![0; request.len() as usize];
                 request.read_into(&mut bytes).unwrap();
                 if bytes == b"fail" {
@@ -329,6 +376,30 @@ mod tests {
                 Answer::None => panic!("no answer"),
             }
         }
+    }
+
+    #[test]
+    fn a_request_whose_caller_gave_up_reads_and_answers_nothing() {
+        let source = Arc::new(InProcessSource::default());
+        let request = b"gone soon".to_vec();
+        source.offer(&request, Instant::now() + Duration::from_secs(5), a_trace());
+        let Poll::Ready(taken) = source.poll_next() else { panic!("the offer was not taken") };
+        // The caller's deadline passed: it withdraws, then its request may go away.
+        assert!(matches!(source.withdraw(), Answer::None));
+        drop(request);
+        assert!(matches!(taken.read_into(&mut [0; 9]), Err(CallError::Timeout(_))));
+        assert!(matches!(taken.reply(b"late"), Err(CallError::Timeout(_))));
+        assert!(matches!(source.withdraw(), Answer::None), "a stale reply is not kept");
+    }
+
+    #[test]
+    fn closing_ends_the_wait_of_a_peer_on_its_own_thread() {
+        let source = Arc::new(InProcessSource::default());
+        let peer = source.clone();
+        let waiting = std::thread::spawn(move || peer.next().is_none());
+        std::thread::sleep(Duration::from_millis(20));
+        source.close();
+        assert!(waiting.join().unwrap());
     }
 
     #[test]

@@ -9,11 +9,13 @@ mod cache;
 pub mod guest_abi;
 pub mod guest_memory;
 mod memory_budget;
+mod pinned_dir;
 mod spec;
 
 pub use cache::{CachedArtifact, ModuleCache};
 pub use cwasi_comm::GuestHost;
 pub use memory_budget::{MemoryBudget, MemoryShare};
+pub use pinned_dir::PinnedDir;
 pub use spec::{EmbeddedModule, GuestExit, GuestSpec, Preopen};
 
 /// A WebAssembly engine that runs WASI preview-1 guests.

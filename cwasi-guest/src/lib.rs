@@ -13,11 +13,10 @@
 //! Redis across nodes); the guest code is the same for all of them.
 
 use std::fmt;
-
-use raw::abi;
 use std::time::Duration;
 
 pub use cwasi_abi::Status;
+use raw::abi;
 
 /// The `cwasi` imports as the host provides them (every value an `i32`),
 /// for code that needs the raw ABI; everything else uses the functions of
@@ -107,7 +106,15 @@ impl Call {
         let mut handle = 0u32;
         // SAFETY: both slices are valid for their lengths and `handle` is a
         // valid u32 the host writes; the host bounds-checks everything.
-        check(unsafe { raw::call_start(abi(peer.as_ptr()), abi(peer.len()), abi(request.as_ptr()), abi(request.len()), abi(&raw mut handle)) })?;
+        check(unsafe {
+            raw::call_start(
+                abi(peer.as_ptr()),
+                abi(peer.len()),
+                abi(request.as_ptr()),
+                abi(request.len()),
+                abi(&raw mut handle),
+            )
+        })?;
         Ok(Call { handle })
     }
 
@@ -118,7 +125,14 @@ impl Call {
         let mut handle = 0u32;
         // SAFETY: as in `start`.
         check(unsafe {
-            raw::call_start_timeout(abi(peer.as_ptr()), abi(peer.len()), abi(request.as_ptr()), abi(request.len()), abi(ms), abi(&raw mut handle))
+            raw::call_start_timeout(
+                abi(peer.as_ptr()),
+                abi(peer.len()),
+                abi(request.as_ptr()),
+                abi(request.len()),
+                abi(ms),
+                abi(&raw mut handle),
+            )
         })?;
         Ok(Call { handle })
     }

@@ -99,21 +99,22 @@ fn an_embedded_peer_calls_another_embedded_peer() {
 #[test]
 fn an_embedded_peer_sees_its_environment_and_reads_its_directories_only() {
     let (ctd, image) = containerd_with(test_image_with_peers("caller", &["echo-server"]).unwrap());
+    let flags = [
+        "--rm",
+        "--annotation",
+        "cwasi.io/embed=echo=/echo-server.wasm",
+        "--annotation",
+        "cwasi.io/peers=echo",
+        "--annotation",
+        "cwasi.io/embed.echo.env=GREETING=hello there, MODE=test",
+        "--annotation",
+        "cwasi.io/embed.echo.dirs=/data",
+    ];
     let out = ctd
         .run(
             "embedded-settings",
             &image,
-            &[
-                "--rm",
-                "--annotation",
-                "cwasi.io/embed=echo=/echo-server.wasm",
-                "--annotation",
-                "cwasi.io/peers=echo",
-                "--annotation",
-                "cwasi.io/embed.echo.env=GREETING=hello there, MODE=test",
-                "--annotation",
-                "cwasi.io/embed.echo.dirs=/data",
-            ],
+            &flags,
             &[
                 "/caller.wasm",
                 "echo",
@@ -141,6 +142,26 @@ fn an_embedded_peer_sees_its_environment_and_reads_its_directories_only() {
     let log = ctd.log();
     assert!(log.contains("cannot write /data/planted.txt"), "{log}");
     assert!(log.contains("cannot read /caller.wasm"), "{log}");
+
+    // A guest that swaps its /data for a symlink out of the rootfs before
+    // the peer's first instance is made: the peer still sees the /data that
+    // was checked at start (held open since: emptied now), nothing of the host.
+    let out = ctd
+        .run(
+            "embedded-swapped-dir",
+            &image,
+            &flags,
+            &["/caller.wasm", "echo", "!swap-data", "read:/data/etc/hostname", "read:/data/usr/bin"],
+        )
+        .unwrap();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{out:?}");
+    // libwasmedge refuses a symlink that climbs out of its preopen; wasmtime makes it.
+    let swap = if cfg!(feature = "wasmedge") { "cannot link /data" } else { "swapped /data" };
+    assert!(lines[0].starts_with(swap), "{out:?}");
+    assert!(lines[1].starts_with("error: PeerFailed") && lines[2].starts_with("error: PeerFailed"), "{out:?}");
+    let log = ctd.log();
+    assert!(log.contains("cannot read /data/etc/hostname"), "{log}");
 
     // A directory the container does not have fails the start, by name.
     let out = ctd

@@ -31,6 +31,8 @@ pub(crate) struct AsyncRun {
     executor: *mut ffi::WasmEdge_ExecutorContext,
     run: *mut ffi::WasmEdge_Async,
     ended: bool,
+    /// A cancel was sent (and its patience spent): not waited for again.
+    cancelled: bool,
 }
 
 // SAFETY: both handles are libwasmedge objects made for use across threads
@@ -55,7 +57,7 @@ impl AsyncRun {
                 ffi::WasmEdge_ExecutorDelete(executor);
                 anyhow::bail!("libwasmedge could not start the run");
             }
-            Ok(Self { executor, run, ended: false })
+            Ok(Self { executor, run, ended: false, cancelled: false })
         }
     }
 
@@ -76,9 +78,9 @@ impl AsyncRun {
         self.ended
     }
 
-    /// Stops the run and waits (a while) for it to end.
+    /// Stops the run and waits (a while, once) for it to end.
     pub(crate) fn cancel(&mut self) {
-        if !self.ended {
+        if !self.ended && !std::mem::replace(&mut self.cancelled, true) {
             // SAFETY: as above.
             unsafe { ffi::WasmEdge_AsyncCancel(self.run) };
             self.ended(CANCEL_PATIENCE_MS);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use cwasi_comm::idle_peers::{IdlePeers, PeerInstance};
 use cwasi_comm::in_process::InProcessSource;
 use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
-use cwasi_engine::EmbeddedModule;
+use cwasi_engine::{EmbeddedModule, PinnedDir};
 use wasmedge_sdk::vm::SyncInst;
 use wasmedge_sdk::wasi::WasiModule;
 use wasmedge_sdk::{ImportObject, Module, Store, Vm};
@@ -45,7 +45,9 @@ pub(crate) struct WasmEdgeEmbedded {
 struct Peer {
     module: Module,
     env: Vec<String>,
+    /// Its directories through their descriptors, opened at start (held in `_dirs`).
     preopens: Vec<String>,
+    _dirs: Vec<PinnedDir>,
 }
 
 impl WasmEdgeEmbedded {
@@ -60,8 +62,9 @@ impl WasmEdgeEmbedded {
             let module = Module::from_file(Some(&config(memory_limit)?), &peer.module)
                 .map_err(|e| anyhow::anyhow!("embedded peer {} ({}): {e}", peer.name, peer.module.display()))?;
             let env = peer.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let preopens = peer.preopens.iter().map(crate::run::preopen).collect::<anyhow::Result<_>>()?;
-            loaded.insert(peer.name.clone(), Peer { module, env, preopens });
+            let dirs = peer.preopens.iter().map(PinnedDir::open).collect::<anyhow::Result<Vec<_>>>()?;
+            let preopens = dirs.iter().map(|dir| crate::run::preopen(dir.preopen())).collect::<anyhow::Result<_>>()?;
+            loaded.insert(peer.name.clone(), Peer { module, env, preopens, _dirs: dirs });
         }
         Ok(Self { peers: loaded, memory_limit, hosts, idle: IdlePeers::default() })
     }
@@ -84,7 +87,8 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
             None => self.new_instance(peer)?,
         };
         let refusals_before = crate::grow_refusals::count();
-        // `request` stays borrowed until the peer parked again (or its run ended).
+        // `request` stays borrowed until the offer is withdrawn (after the
+        // peer parked, or below: once withdrawn, the peer reads nothing).
         instance.requests.offer(request, deadline, trace);
         loop {
             if instance.requests.wait_parked(deadline.min(Instant::now() + RUN_CHECK)) {
@@ -102,9 +106,15 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
                 });
             }
             if Instant::now() >= deadline {
-                // Stop it before the request it reads from goes away.
-                instance.run.cancel();
+                if instance.requests.parked_with_answer() {
+                    // It answered just as the wait ended.
+                    break;
+                }
+                // Withdrawn first: from here on it reads nothing of `request`,
+                // even if it goes on running for a while (a long host call).
                 let _ = instance.requests.withdraw();
+                // Dropping it closes its requests and cancels its run.
+                drop(instance);
                 return Err(CallError::Timeout(format!(
                     "embedded peer {peer} still ran at the call's deadline and was stopped"
                 )));
@@ -209,6 +219,9 @@ impl RunningPeer {
 
 impl Drop for RunningPeer {
     fn drop(&mut self) {
+        // A peer parked in `serve_next` waits in a host call, where a cancel
+        // does not reach: closing its requests ends that wait, then its run.
+        self.requests.close();
         self.run.cancel();
         if !self.run.is_ended() {
             // Its run still uses all of it: leave it be (the run logged why).

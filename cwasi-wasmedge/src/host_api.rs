@@ -17,6 +17,35 @@ macro_rules! i32_for {
     };
 }
 
+/// One import's host function, which hands the guest's memory and the raw
+/// arguments to `guest_abi`.
+macro_rules! host_function {
+    (serve_next($len_out:ident)) => {
+        /// Holds no view of the guest's memory while it waits: an embedded
+        /// peer's caller reads the peer's reply from that memory meanwhile.
+        fn serve_next(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+            let [$len_out] = args.iter().map(WasmValue::to_i32).collect::<Vec<_>>()[..] else {
+                return done(abi::Status::BadPointer as i32);
+            };
+            let checked = with_memory(frame, |memory| guest_abi::check_len_out(memory, $len_out));
+            if checked != abi::Status::Ok as i32 {
+                return done(checked);
+            }
+            let next = host.serve_next();
+            done(with_memory(frame, |memory| guest_abi::serve_next_done(memory, $len_out, next)))
+        }
+    };
+    ($name:ident($($param:ident),*)) => {
+        fn $name(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
+            // WasmEdge checked the arguments against the import's type.
+            let [$($param),*] = args.iter().map(WasmValue::to_i32).collect::<Vec<_>>()[..] else {
+                return done(abi::Status::BadPointer as i32);
+            };
+            done(with_memory(frame, |memory| guest_abi::$name(host, memory, $($param),*)))
+        }
+    };
+}
+
 macro_rules! host_functions {
     ($($name:ident($($param:ident),*);)*) => {
         /// The `cwasi` import module, serving `host`.
@@ -27,14 +56,7 @@ macro_rules! host_functions {
             Ok(builder.build())
         }
 
-        $(
-            fn $name(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-                let ints: Vec<i32> = args.iter().map(WasmValue::to_i32).collect();
-                // WasmEdge checked the arguments against the import's type.
-                let [$($param),*] = ints[..] else { return done(abi::Status::BadPointer as i32) };
-                done(with_memory(frame, |memory| guest_abi::$name(host, memory, $($param),*)))
-            }
-        )*
+        $(host_function!($name($($param),*));)*
     };
 }
 

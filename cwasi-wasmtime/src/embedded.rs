@@ -23,7 +23,7 @@ use std::time::Instant;
 use cwasi_comm::idle_peers::{IdlePeers, PeerInstance};
 use cwasi_comm::in_process::InProcessSource;
 use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
-use cwasi_engine::{EmbeddedModule, MemoryBudget};
+use cwasi_engine::{EmbeddedModule, MemoryBudget, PinnedDir};
 use wasmtime::{Engine, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
@@ -87,6 +87,8 @@ impl ParkedPeer {
 struct PeerTemplate {
     instance: InstancePre<PeerState>,
     module: EmbeddedModule,
+    /// Its directories, opened at start.
+    dirs: Arc<Vec<PinnedDir>>,
 }
 
 /// The embedded peers of one guest.
@@ -121,7 +123,9 @@ impl WasmtimeEmbedded {
                 .instantiate_pre(&module)
                 .map_err(anyhow::Error::from)
                 .map_err(|e| e.context(format!("embedded peer {} ({})", peer.name, peer.module.display())))?;
-            templates.insert(peer.name.clone(), PeerTemplate { instance: template, module: peer.clone() });
+            let dirs = peer.preopens.iter().map(PinnedDir::open).collect::<anyhow::Result<Vec<_>>>()?;
+            let template = PeerTemplate { instance: template, module: peer.clone(), dirs: Arc::new(dirs) };
+            templates.insert(peer.name.clone(), template);
         }
         let ticker = EpochTicker::start(engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
         Ok(Self { engine: engine.clone(), templates, memory, hosts, idle: IdlePeers::default(), ticker })
@@ -145,8 +149,8 @@ impl WasmtimeEmbedded {
             .inherit_stdout()
             .inherit_stderr()
             .allow_blocking_current_thread(true);
-        for preopen in &template.module.preopens {
-            crate::run::add_preopen(&mut wasi, preopen)
+        for dir in template.dirs.iter() {
+            crate::run::add_preopen(&mut wasi, dir.preopen())
                 .map_err(|e| CallError::PeerFailed(format!("embedded peer {peer}: {e:#}")))?;
         }
         let requests = Arc::new(InProcessSource::default());

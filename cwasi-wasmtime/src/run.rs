@@ -27,6 +27,15 @@ impl WasmtimeEngine {
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         // Lets an embedded peer be stopped at its caller's deadline.
         config.epoch_interruption(true);
+        // An embedded peer's reply is read from its memory after it answered
+        // and parked; in between it may grow that memory, which must stay in
+        // place (`cwasi_comm::in_process`): a growth that would move it fails
+        // instead (with the default 4 GiB reservation a 32-bit memory never
+        // needs to). With 64 KiB pages only (the default, stated), a growth
+        // that fails is always one the limiter allowed, which the memory
+        // budget gives back.
+        config.memory_may_move(false);
+        config.wasm_custom_page_sizes(false);
         let engine =
             wasmtime::Engine::new(&config).map_err(anyhow::Error::from).context("creating the wasmtime engine")?;
         let compat = module_loader::compat_tag(&engine);

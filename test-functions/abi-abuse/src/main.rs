@@ -26,9 +26,21 @@ fn main() {
     // and must answer without touching memory outside ours.
     unsafe {
         expect("call_start peer past the end", raw::call_start(end, 4, name_ptr, 1, out_ptr), Status::BadPointer);
-        expect("call_start request wrapping", raw::call_start(name_ptr, name_len, -16, 64, out_ptr), Status::BadPointer);
-        expect("call_start handle out past the end", raw::call_start(name_ptr, name_len, name_ptr, 1, end - 2), Status::BadPointer);
-        expect("call_start_timeout handle at -1", raw::call_start_timeout(name_ptr, name_len, name_ptr, 1, 10, -1), Status::BadPointer);
+        expect(
+            "call_start request wrapping",
+            raw::call_start(name_ptr, name_len, -16, 64, out_ptr),
+            Status::BadPointer,
+        );
+        expect(
+            "call_start handle out past the end",
+            raw::call_start(name_ptr, name_len, name_ptr, 1, end - 2),
+            Status::BadPointer,
+        );
+        expect(
+            "call_start_timeout handle at -1",
+            raw::call_start_timeout(name_ptr, name_len, name_ptr, 1, 10, -1),
+            Status::BadPointer,
+        );
         expect("call_start a name no function has", raw::call_start(out_ptr, 8, name_ptr, 1, out_ptr), Status::BadName);
         expect("call_wait unknown handle", raw::call_wait(12345, out_ptr), Status::BadHandle);
         expect("call_wait length out past the end", raw::call_wait(12345, end), Status::BadPointer);

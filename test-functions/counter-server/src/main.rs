@@ -14,7 +14,11 @@ fn main() {
         handled += 1;
         if let Some(path) = &count_file {
             let line = format!("{replica} {}\n", String::from_utf8_lossy(request));
-            let written = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| f.write_all(line.as_bytes()));
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(line.as_bytes()));
             if let Err(e) = written {
                 eprintln!("counter-server: cannot append to {path}: {e}");
             }

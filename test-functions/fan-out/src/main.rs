@@ -10,9 +10,8 @@ fn main() {
         std::process::exit(2);
     };
     let size: usize = size.parse().expect("size is a byte count");
-    let payloads: Vec<Vec<u8>> = (0..peers.len())
-        .map(|i| (0..size).map(|j| (j as u64 * 7 + i as u64 * 131) as u8).collect())
-        .collect();
+    let payloads: Vec<Vec<u8>> =
+        (0..peers.len()).map(|i| (0..size).map(|j| (j as u64 * 7 + i as u64 * 131) as u8).collect()).collect();
     let calls: Vec<(&str, &[u8])> = peers.iter().map(String::as_str).zip(payloads.iter().map(Vec::as_slice)).collect();
     let mut combined = Sha256::new();
     for (i, result) in cwasi_guest::call_all(&calls).into_iter().enumerate() {

@@ -9,7 +9,8 @@ use cwasi_guest::Call;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(peer), Some(n), Some(payload)) = (args.first(), args.get(1).and_then(|n| n.parse::<usize>().ok()), args.get(2))
+    let (Some(peer), Some(n), Some(payload)) =
+        (args.first(), args.get(1).and_then(|n| n.parse::<usize>().ok()), args.get(2))
     else {
         eprintln!("usage: inflight PEER N PAYLOAD");
         std::process::exit(2);
