@@ -1,5 +1,6 @@
 //! The instances of embedded peers between calls: parked, by peer name, and
-//! held by a call's reply until the caller has read it.
+//! held by a call's reply until the caller has read it; and how many of
+//! each peer live at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,20 +14,61 @@ pub trait PeerInstance: Send + 'static {
     fn requests(&self) -> &InProcessSource;
 }
 
+/// The most instances of one embedded peer that live at once, parked or
+/// serving. A call to an embedded peer runs inside its caller's call, so
+/// this many are only reached by peers calling each other ever deeper (a
+/// cycle in their allow-lists): the call past it fails with `PeerFailed`
+/// instead of making instances until the deadline.
+pub const MAX_INSTANCES: usize = 64;
+
 /// Parked instances, ready for the next call to their peer.
 pub struct IdlePeers<I> {
     parked: Arc<Mutex<HashMap<String, Vec<I>>>>,
+    live: LiveCounts,
 }
+
+type LiveCounts = Arc<Mutex<HashMap<String, usize>>>;
 
 impl<I> Default for IdlePeers<I> {
     fn default() -> Self {
-        Self { parked: Arc::default() }
+        Self { parked: Arc::default(), live: Arc::default() }
     }
 }
 
 impl<I> Clone for IdlePeers<I> {
     fn clone(&self) -> Self {
-        Self { parked: self.parked.clone() }
+        Self { parked: self.parked.clone(), live: self.live.clone() }
+    }
+}
+
+/// A live instance's place among its peer's [`MAX_INSTANCES`]: the engine
+/// keeps it with the instance, and dropping it frees the place.
+pub struct InstanceSlot {
+    peer: String,
+    live: LiveCounts,
+}
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        if let Some(count) = self.live.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
+
+impl<I> IdlePeers<I> {
+    /// A place for a new instance of `peer`, if it has fewer than
+    /// [`MAX_INSTANCES`].
+    pub fn reserve(&self, peer: &str) -> Result<InstanceSlot, CallError> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let count = live.entry(peer.to_owned()).or_default();
+        if *count >= MAX_INSTANCES {
+            return Err(CallError::PeerFailed(format!(
+                "embedded peer {peer} already has {MAX_INSTANCES} instances (peers calling each other in a cycle?)"
+            )));
+        }
+        *count += 1;
+        Ok(InstanceSlot { peer: peer.to_owned(), live: self.live.clone() })
     }
 }
 
@@ -82,5 +124,22 @@ impl<I: PeerInstance> Drop for HeldReply<I> {
         if let Some(instance) = self.instance.take() {
             self.idle.park(&self.peer, instance);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_has_at_most_max_instances_and_a_dropped_one_frees_its_place() {
+        let idle: IdlePeers<()> = IdlePeers::default();
+        let mut slots: Vec<InstanceSlot> = (0..MAX_INSTANCES).map(|_| idle.reserve("a").unwrap()).collect();
+        assert!(matches!(idle.reserve("a"), Err(CallError::PeerFailed(_))));
+        // Another peer counts on its own.
+        let _b = idle.reserve("b").unwrap();
+        slots.pop();
+        slots.push(idle.reserve("a").unwrap());
+        assert!(idle.reserve("a").is_err());
     }
 }

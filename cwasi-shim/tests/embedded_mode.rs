@@ -94,6 +94,39 @@ fn an_embedded_peer_calls_another_embedded_peer() {
     assert!(ctd.logged_call("echo", "embedded"), "{}", ctd.log());
 }
 
+/// Two embedded peers allowed to call each other recurse as deep as their
+/// request asks: past 64 live instances of a peer the next call fails with
+/// `PeerFailed` instead of making instances until the deadline, and the
+/// peers go on serving.
+#[test]
+fn peers_calling_each_other_in_a_cycle_stop_at_the_instance_limit() {
+    let (ctd, image) = containerd_with(test_image_with_peers("caller", &["relay"]).unwrap());
+    let route = ["b", "a"].repeat(70).join(",");
+    let deep = format!("{route}:x");
+    let started = std::time::Instant::now();
+    let out = ctd
+        .run(
+            "embedded-cycle",
+            &image,
+            &[
+                "--rm",
+                "--annotation",
+                "cwasi.io/embed=a=/relay.wasm,b=/relay.wasm",
+                "--annotation",
+                "cwasi.io/peers=a",
+                "--annotation",
+                "cwasi.io/embed.a.peers=b",
+                "--annotation",
+                "cwasi.io/embed.b.peers=a",
+            ],
+            &["/caller.wasm", "a", &deep, "b:after"],
+        )
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{out:?}");
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), ["reply: error PeerFailed", "reply: after"], "{out:?}");
+    assert!(ctd.log().contains("already has 64 instances"), "{}", ctd.log());
+}
+
 /// An embedded peer sees the environment and, read-only, the directories
 /// its settings give it, and nothing of its container's beyond them.
 #[test]

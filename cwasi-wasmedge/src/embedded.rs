@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cwasi_comm::idle_peers::{IdlePeers, PeerInstance};
+use cwasi_comm::idle_peers::{IdlePeers, InstanceSlot, PeerInstance};
 use cwasi_comm::in_process::InProcessSource;
 use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
 use cwasi_engine::{EmbeddedModule, PinnedDir};
@@ -127,6 +127,7 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
 impl WasmEdgeEmbedded {
     /// A new instance of `peer`, started: it parks in its first `serve_next`.
     fn new_instance(&self, name: &str) -> Result<RunningPeer, CallError> {
+        let slot = self.idle.reserve(name)?;
         let peer = self
             .peers
             .get(name)
@@ -140,7 +141,7 @@ impl WasmEdgeEmbedded {
         let requests = Arc::new(InProcessSource::default());
         let host = self.hosts.host(name, requests.clone());
         let cwasi = crate::host_api::import_object(host).map_err(|e| failed(name, e))?;
-        let mut instance = RunningPeer::new(requests, wasi, cwasi);
+        let mut instance = RunningPeer::new(requests, wasi, cwasi, slot);
         instance.start(&config, peer.module.clone()).map_err(|e| failed(name, format!("{e:#}")))?;
         tracing::debug!(peer = name, "embedded peer instantiated");
         Ok(instance)
@@ -157,6 +158,7 @@ struct RunningPeer {
     vm: Option<Vm<'static, dyn SyncInst>>,
     wasi: *mut WasiModule,
     cwasi: *mut ImportObject<GuestHost>,
+    _slot: InstanceSlot,
 }
 
 /// The run, once started.
@@ -190,8 +192,14 @@ impl PeerInstance for RunningPeer {
 }
 
 impl RunningPeer {
-    fn new(requests: Arc<InProcessSource>, wasi: WasiModule, cwasi: ImportObject<GuestHost>) -> Self {
+    fn new(
+        requests: Arc<InProcessSource>,
+        wasi: WasiModule,
+        cwasi: ImportObject<GuestHost>,
+        slot: InstanceSlot,
+    ) -> Self {
         Self {
+            _slot: slot,
             requests,
             run: AsyncRunSlot(None),
             vm: None,

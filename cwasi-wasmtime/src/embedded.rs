@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use cwasi_comm::idle_peers::{IdlePeers, PeerInstance};
+use cwasi_comm::idle_peers::{IdlePeers, InstanceSlot, PeerInstance};
 use cwasi_comm::in_process::InProcessSource;
 use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
 use cwasi_engine::{EmbeddedModule, MemoryBudget, PinnedDir};
@@ -51,6 +51,7 @@ struct ParkedPeer {
     /// Set when its memory limit refused it a growth.
     denied: DeniedGrowth,
     memory: MemoryBudget,
+    _slot: InstanceSlot,
 }
 
 impl PeerInstance for ParkedPeer {
@@ -135,6 +136,7 @@ impl WasmtimeEmbedded {
     /// it and runs it to its first `serve_next`, which takes the request
     /// offered by then.
     fn new_instance(&self, peer: &str) -> Result<ParkedPeer, CallError> {
+        let slot = self.idle.reserve(peer)?;
         let template = self
             .templates
             .get(peer)
@@ -168,7 +170,7 @@ impl WasmtimeEmbedded {
             start.call_async(&mut store, ()).await
         });
         tracing::debug!(peer, "embedded peer instantiated");
-        Ok(ParkedPeer { run, requests, denied, memory: self.memory.clone() })
+        Ok(ParkedPeer { run, requests, denied, memory: self.memory.clone(), _slot: slot })
     }
 }
 
