@@ -6,8 +6,8 @@
 //! it asked for a large block. The one trace of the refusal is the error
 //! libwasmedge logs in `MemoryInstance::growPage`, so its log goes to
 //! [`on_log`] instead of stdout (the guest's own stream), and a refusal is
-//! noted for the thread that ran the growth: the guest's, or an embedded
-//! peer's nested inside one of the guest's host calls.
+//! noted for the thread that ran the growth (the guest's), and counted for
+//! all (an embedded peer's runs on a thread of its own).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +22,7 @@ thread_local! {
 }
 
 /// Refusals on any thread: an embedded peer runs on a thread of
-/// libwasmedge's own (`timed_run`), whose notes its caller cannot read.
+/// libwasmedge's own (`async_run`), whose notes its caller cannot read.
 static REFUSALS: AtomicU64 = AtomicU64::new(0);
 
 /// Routes libwasmedge's errors to [`on_log`] (and nothing to stdout).
