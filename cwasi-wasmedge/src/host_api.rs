@@ -24,9 +24,10 @@ macro_rules! host_function {
         /// Holds no view of the guest's memory while it waits: an embedded
         /// peer's caller reads the peer's reply from that memory meanwhile.
         fn serve_next(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
-            let [$len_out] = args.iter().map(WasmValue::to_i32).collect::<Vec<_>>()[..] else {
+            let [$len_out] = args[..] else {
                 return done(abi::Status::BadPointer as i32);
             };
+            let $len_out = $len_out.to_i32();
             let checked = with_memory(frame, |memory| guest_abi::check_len_out(memory, $len_out));
             if checked != abi::Status::Ok as i32 {
                 return done(checked);
@@ -38,9 +39,11 @@ macro_rules! host_function {
     ($name:ident($($param:ident),*)) => {
         fn $name(host: &mut GuestHost, _: &mut Instance, frame: &mut CallingFrame, args: Vec<WasmValue>) -> HostResult {
             // WasmEdge checked the arguments against the import's type.
-            let [$($param),*] = args.iter().map(WasmValue::to_i32).collect::<Vec<_>>()[..] else {
+            let [$($param),*] = args[..] else {
                 return done(abi::Status::BadPointer as i32);
             };
+            // No second vector per host call: each argument converted in place.
+            $(let $param = $param.to_i32();)*
             done(with_memory(frame, |memory| guest_abi::$name(host, memory, $($param),*)))
         }
     };
