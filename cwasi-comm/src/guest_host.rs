@@ -248,9 +248,11 @@ impl GuestHost {
     /// (suspends it) rather than block its thread: `Pending` until its
     /// caller offers a request. Other guests block as in `serve_next`.
     pub fn poll_serve_next(&mut self) -> Poll<Result<u32, Status>> {
-        let Requests::InProcess(source) = &self.requests else { return Poll::Ready(self.serve_next()) };
-        let source = source.clone();
+        if !matches!(self.requests, Requests::InProcess(_)) {
+            return Poll::Ready(self.serve_next());
+        }
         self.end_unanswered();
+        let Requests::InProcess(source) = &self.requests else { return Poll::Ready(Err(Status::NotServing)) };
         source.poll_next().map(|request| self.begin_serving(IncomingRequest::in_process(request)))
     }
 
