@@ -141,6 +141,76 @@ fn a_12_s_handler_runs_once_across_two_instances_and_moves_only_when_its_instanc
     assert!(survivor.log_lines(&["claimed a request"]) >= 1, "{}", survivor.containerd.log());
 }
 
+/// Polls `check` every 50 ms for up to `limit`; its last value.
+fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_request_redis_brings_back_after_its_answer_was_read_is_answered_again_not_handled_twice() {
+    // What a failover or a restart that lost Redis's last writes looks like
+    // to a server: the request it answered is in the stream again,
+    // undelivered, in the state its send left it; its caller has moved on.
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let (server, load) = (test_image("counter-server").unwrap(), test_image("call-load").unwrap());
+    let shared = tempfile::tempdir().unwrap();
+    let count_file = shared.path().join("count");
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", shared.path().display());
+    let node_b = node("node-b", Some(&url), &[], &[&server]);
+    node_b.serve(&server, "counter", &["--mount", &mount, "--env", "COUNT_FILE=/data/count", "--env", "REPLICA=b"]);
+    let node_a = node("node-a", Some(&url), &[], &[&load]);
+    let peers = ["--rm", "--annotation", "cwasi.io/peers=counter"];
+    let stream = "cwasi:{cwasi-test/counter}:req";
+
+    let call =
+        node_a.spawn("first", &load, &peers, &["/call-load.wasm", "--timeout-ms", "30000", "counter=sleep:1500"]);
+    // The entry and the request's state while its handler sleeps.
+    let entry: Vec<String> = wait_for(Duration::from_secs(20), || {
+        let range = cli(&url, &["XRANGE", stream, "-", "+"]);
+        let lines: Vec<String> = range.lines().map(str::to_owned).collect();
+        (lines.len() > 1).then_some(lines)
+    })
+    .expect("the request never reached the stream");
+    let fields = &entry[1..];
+    let field = |name: &str| fields.chunks(2).find(|kv| kv[0] == name).map(|kv| kv[1].clone()).unwrap();
+    let id = field("id");
+    let state_key = format!("cwasi:{{cwasi-test/counter}}:state:{id}");
+    let state = cli(&url, &["GET", &state_key]);
+    let out = stdout_of(call);
+    assert!(out.contains("ok counter") && out.contains("1:sleep:1500"), "{out}");
+    assert_eq!(cli(&url, &["XLEN", stream]).trim(), "0", "answered entries are deleted");
+
+    cli(&url, &["SET", &state_key, state.trim()]);
+    let mut xadd = vec!["XADD", stream, "*"];
+    xadd.extend(fields.iter().map(String::as_str));
+    cli(&url, &xadd);
+    let reply_list = field("reply");
+    let again = wait_for(Duration::from_secs(10), || {
+        let reply = cli(&url, &["LRANGE", &reply_list, "0", "-1"]);
+        (!reply.trim().is_empty()).then_some(reply)
+    })
+    .unwrap_or_else(|| panic!("the request brought back was not answered:\n{}", node_b.containerd.log()));
+    assert!(again.contains("1:sleep:1500"), "not the first answer: {again:?}");
+    assert_eq!(handled(&count_file, "sleep:1500"), ["b"], "handled twice");
+    assert_eq!(node_b.log_lines(&["answering it again, not handling it twice"]), 1, "{}", node_b.containerd.log());
+    assert_eq!(cli(&url, &["XLEN", stream]).trim(), "0", "the entry brought back stays in the stream");
+    assert_eq!(cli(&url, &["XPENDING", stream, "servers"]).lines().next(), Some("0"), "left pending");
+
+    // The count goes on from one: the server handled one request so far.
+    let out = stdout_of(node_a.spawn("second", &load, &peers, &["/call-load.wasm", "counter=next"]));
+    assert!(out.contains("ok counter") && out.contains("2:next"), "{out}");
+}
+
 #[test]
 fn after_10000_calls_the_stream_is_empty_and_every_key_left_expires() {
     let redis = RedisServer::start_with(false).unwrap();

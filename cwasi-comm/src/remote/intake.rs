@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use redis::Value;
 
+use super::answered::{Answered, PastAnswer};
 use super::keys::{FunctionKeys, GROUP, MAX_DELIVERIES, REPLY_FAILED};
 use super::link::{LinkPool, PooledLink, RedisLink};
 use super::request::{Answer, InFlight, RemoteRequest};
@@ -39,6 +40,7 @@ pub(crate) struct Intake {
     pub consumer: String,
     pub pool: Arc<LinkPool>,
     pub in_flight: Arc<InFlight>,
+    pub answered: Arc<Answered>,
 }
 
 impl Intake {
@@ -101,6 +103,15 @@ impl Intake {
             self.refuse(&mut link, &entry, &reason, Some(&id), own_reply, None);
             return None;
         }
+        // Brought back by a failover while its handler still runs here: the
+        // handler's answer acknowledges it.
+        if self.in_flight.contains(&entry.stream_id) {
+            return None;
+        }
+        if let Some(past) = self.answered.get(&id) {
+            self.answer_again(&mut link, &entry, &id, &reply_key, body_key.as_deref(), past);
+            return None;
+        }
         // A new entry is new: its send wrote its state once, so the stream
         // never holds a request twice. Only one read again may have been
         // answered already.
@@ -151,9 +162,47 @@ impl Intake {
             stream: self.stream.clone(),
             link,
             in_flight: self.in_flight.clone(),
+            answered: self.answered.clone(),
             recovered: entry.recovered,
             trace,
         })
+    }
+
+    /// Answers `entry` again as this server answered it before Redis lost
+    /// that answer, without handling it twice. An answer too large to have
+    /// been kept fails the call, with why, if its caller still waits.
+    fn answer_again(
+        &self,
+        link: &mut RedisLink,
+        entry: &Entry,
+        id: &str,
+        reply_key: &str,
+        body_key: Option<&str>,
+        past: PastAnswer,
+    ) {
+        tracing::info!(function = %self.function, request = %id, entry = %entry.stream_id, "request delivered again after this server answered it (Redis lost the answer: a failover or a restart?); answering it again, not handling it twice");
+        let lost;
+        let (status, body) = match &past.body {
+            Some(body) => (past.status, body.as_slice()),
+            None => {
+                lost = format!(
+                    "{} handled request {id}, but Redis lost its answer (a failover or a restart?), which was too large to keep for sending again; the request was not handled twice",
+                    self.function
+                );
+                (REPLY_FAILED, lost.as_bytes())
+            }
+        };
+        let answer = Answer {
+            keys: &self.keys,
+            stream: &self.stream,
+            stream_entry: &entry.stream_id,
+            id,
+            reply_key: Some(reply_key),
+            body_key,
+            dead: None,
+        };
+        // Redis went away: the entry stays pending and comes back here.
+        let _ = answer.send(link, status, body);
     }
 
     /// Acknowledges `entry` without handling it: copied to the dead-letter

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use redis::ConnectionLike;
 
+use super::answered::Answered;
 use super::intake::{CLAIM_IDLE, Entry, Intake};
 use super::keys::{FORGET_SECONDS, FunctionKeys, GROUP};
 use super::link::{LinkPool, RedisLink};
@@ -115,6 +116,7 @@ impl RemoteListener {
             consumer: consumer.to_owned(),
             pool: LinkPool::new(redis_url)?,
             in_flight: Arc::new(InFlight::default()),
+            answered: Arc::new(Answered::default()),
         };
         let shared = Arc::new(Shared {
             intake,

@@ -17,7 +17,10 @@
 //! (a failover) finds out whether its request survived and sends it again if
 //! not. A server answers, marks the state done and acknowledges in one
 //! script, and only a request read again (claimed, not new) is checked for
-//! being done already: nothing is handled twice.
+//! being done already. A failover (or a restart that reloads its log) can
+//! lose those last writes after the caller read its answer; the request
+//! then comes back, and the server that handled it answers again from its
+//! memory of recent answers (`answered`) instead of handling it twice.
 //!
 //! A small call to a single server costs each side one round trip: the
 //! caller writes its send and its first blocking read at once (`client`);
@@ -44,6 +47,7 @@
 //! - a server only touches the keys an entry's own id names under its own
 //!   function: a forged entry is dead-lettered, nothing it names is touched.
 
+mod answered;
 mod client;
 mod endpoint;
 mod intake;

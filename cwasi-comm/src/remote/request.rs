@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::answered::Answered;
 use super::keys::{
     DEAD_LETTERS_KEPT, FORGET_SECONDS, FunctionKeys, GROUP, INLINE_BODY_MAX, KEEP_SECONDS, REPLY_FAILED, REPLY_OK,
 };
@@ -100,6 +101,8 @@ pub struct RemoteRequest {
     /// acknowledgement read by the link's next use (the next read).
     pub(crate) link: PooledLink,
     pub(crate) in_flight: Arc<InFlight>,
+    /// Where the answer is remembered, in case Redis loses it.
+    pub(crate) answered: Arc<Answered>,
     /// Read again (claimed), not new: it may have been answered already.
     pub(crate) recovered: bool,
     /// The caller's trace context (a caller may send none).
@@ -136,6 +139,9 @@ impl RemoteRequest {
     }
 
     fn answer(&mut self, status: u8, body: &[u8]) -> Result<(), CallError> {
+        // Before it is sent: an answer that fails to go out is not handled
+        // again either when the request comes back.
+        self.answered.remember(&self.id, status, body);
         let answer = Answer {
             keys: &self.keys,
             stream: &self.stream,
