@@ -178,6 +178,31 @@ fn an_embedded_peer_still_running_at_the_deadline_is_stopped_and_replaced() {
 }
 
 #[test]
+fn an_embedded_peer_waiting_in_a_host_call_at_the_deadline_is_stopped_and_replaced() {
+    // A sleep is a WASI host call: no code runs that could notice the
+    // deadline, so the caller has to stop it.
+    let image = test_image_with_peers("call-load", &["echo-server"]).unwrap();
+    let ctd = Containerd::start(SHIM.as_ref(), &[]).unwrap();
+    ctd.import(&image).unwrap();
+    let started = std::time::Instant::now();
+    let out = run_caller(
+        &ctd,
+        "embedded-host-call-deadline",
+        &image,
+        &["--annotation", "cwasi.io/embed=echo=/echo-server.wasm"],
+        &["/call-load.wasm", "--timeout-ms", "500", "echo=sleep:20000", "echo=after", "echo=sleep:100"],
+    );
+    let calls = outcomes(&out, "echo");
+    assert_eq!(calls.len(), 3, "{out}");
+    let (ok, ms, status) = calls[0];
+    assert!(!ok && status == "Timeout" && (400..=900).contains(&ms), "{out}");
+    assert_eq!((calls[1].0, calls[1].2), (true, "after"), "{out}");
+    // A sleep inside the deadline still ends normally.
+    assert_eq!((calls[2].0, calls[2].2), (true, "sleep:100"), "{out}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "the container outlived the sleep: {out}");
+}
+
+#[test]
 fn a_function_calling_itself_is_refused_at_once_and_a_cycle_ends_by_the_deadline() {
     let (ctd, images) = containerd_with(&["relay", "call-load"]);
     for name in ["relay-a", "relay-b"] {

@@ -113,14 +113,25 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
                 // Withdrawn first: from here on it reads nothing of `request`,
                 // even if it goes on running for a while (a long host call).
                 let _ = instance.requests.withdraw();
-                // Dropping it closes its requests and cancels its run.
-                drop(instance);
+                stop_aside(instance);
                 return Err(CallError::Timeout(format!(
                     "embedded peer {peer} still ran at the call's deadline and was stopped"
                 )));
             }
         }
         self.idle.answer(peer, instance)
+    }
+}
+
+/// Drops `instance` (closes its requests, cancels its run) on a thread of
+/// its own: a run waiting in a host call (a sleep) only ends when that call
+/// returns, which the caller past its deadline must not wait for. Its slot
+/// counts against the peer's instances until it is gone.
+fn stop_aside(instance: RunningPeer) {
+    let stopping = std::thread::Builder::new().name("cwasi-peer-stop".into()).spawn(move || drop(instance));
+    if let Err(e) = stopping {
+        // The instance went down with the closure: stopped here, after all.
+        tracing::warn!("no thread to stop an embedded peer aside: {e}");
     }
 }
 

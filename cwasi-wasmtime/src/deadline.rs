@@ -3,8 +3,9 @@
 //! The engine counts epochs: a ticker thread advances them every
 //! [`EPOCH_TICK`] while a peer runs, and compiled code checks the count at function entries
 //! and loop heads. An embedded peer's store asks at every tick whether its
-//! call's deadline has passed and traps with [`DeadlinePassed`] if so; a
-//! peer blocked in a host call (a sleep) is stopped when the call returns.
+//! call's deadline has passed and traps with [`DeadlinePassed`] if so. A
+//! peer waiting in a host call (a sleep) is not running code: its caller
+//! stops it at the deadline (`embedded`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

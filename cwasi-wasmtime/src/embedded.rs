@@ -12,12 +12,19 @@
 //! the request straight from the caller's memory, runs its handler, records
 //! where its reply lies, and parks again. The caller then copies the reply
 //! straight from the peer's memory: one copy each way.
+//!
+//! The peer's WASI is the asynchronous one, never blocking the caller's
+//! thread: a sleep waits on a timer, file work on a blocking thread of the
+//! peers' own runtime. The caller sleeps meanwhile until that host call can
+//! go on or the call's deadline passes; then the peer is dropped where it
+//! stands (its host call with it) and the call ends with `Timeout`. Compute
+//! is stopped at the deadline by epoch interruption (`deadline`).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use cwasi_comm::idle_peers::{IdlePeers, InstanceSlot, PeerInstance};
@@ -60,25 +67,67 @@ impl PeerInstance for ParkedPeer {
     }
 }
 
+/// Wakes a caller asleep in [`ParkedPeer::resume`] when its peer's host
+/// call can go on.
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+thread_local! {
+    /// This thread's waker, made once: a call costs no allocation for it.
+    static WAKER: Waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+}
+
 impl ParkedPeer {
-    /// Lets the peer run until it parks again.
-    fn resume(&mut self, peer: &str) -> Result<(), CallError> {
-        let mut context = Context::from_waker(Waker::noop());
-        match self.run.as_mut().poll(&mut context) {
-            Poll::Pending => Ok(()),
-            Poll::Ready(Ok(())) => {
-                Err(CallError::PeerFailed(format!("embedded peer {peer} returned instead of serving")))
+    /// Lets the peer run until it parks again, at most until `deadline`
+    /// (a peer waiting in a host call then is dropped by the caller).
+    fn resume(&mut self, peer: &str, deadline: Instant, io: &tokio::runtime::Handle) -> Result<(), CallError> {
+        // Its host calls find their timers and blocking threads here.
+        let _io = io.enter();
+        WAKER.with(|waker| {
+            let mut context = Context::from_waker(waker);
+            loop {
+                match self.run.as_mut().poll(&mut context) {
+                    // Waiting in `serve_next` for the next request.
+                    Poll::Pending if self.requests.parked_with_answer() => return Ok(()),
+                    Poll::Pending => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(CallError::Timeout(format!(
+                                "embedded peer {peer} still waited in a host call at the call's deadline"
+                            )));
+                        }
+                        // An unpark that came early, or a stale one, only costs a loop.
+                        std::thread::park_timeout(left);
+                    }
+                    Poll::Ready(done) => return Err(self.ended(peer, done)),
+                }
             }
-            Poll::Ready(Err(e)) if e.downcast_ref::<DeadlinePassed>().is_some() => {
-                Err(CallError::Timeout(format!("embedded peer {peer} still ran at the call's deadline")))
+        })
+    }
+
+    /// Why a run that ended before parking again failed the call.
+    fn ended(&self, peer: &str, done: wasmtime::Result<()>) -> CallError {
+        match done {
+            Ok(()) => CallError::PeerFailed(format!("embedded peer {peer} returned instead of serving")),
+            Err(e) if e.downcast_ref::<DeadlinePassed>().is_some() => {
+                CallError::Timeout(format!("embedded peer {peer} still ran at the call's deadline"))
             }
-            Poll::Ready(Err(e)) => Err(CallError::PeerFailed(match e.downcast_ref::<I32Exit>() {
+            Err(e) => CallError::PeerFailed(match e.downcast_ref::<I32Exit>() {
                 Some(exit) => format!("embedded peer {peer} exited with status {}", exit.0),
                 None => match self.denied.explain(&self.memory) {
                     Some(why) => format!("embedded peer {peer} exceeded its memory limit: {why}; it trapped: {e}"),
                     None => format!("embedded peer {peer} trapped: {e:?}"),
                 },
-            })),
+            }),
         }
     }
 }
@@ -101,6 +150,36 @@ pub(crate) struct WasmtimeEmbedded {
     hosts: Arc<PeerHosts>,
     idle: IdlePeers<ParkedPeer>,
     ticker: EpochTicker,
+    io: PeerIo,
+}
+
+/// Runs the timers and blocking file work of the peers' host calls.
+struct PeerIo(Option<tokio::runtime::Runtime>);
+
+impl PeerIo {
+    fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cwasi-peer-io")
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("starting the embedded peers' I/O runtime: {e}"))?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("taken only in drop").handle()
+    }
+}
+
+impl Drop for PeerIo {
+    fn drop(&mut self) {
+        // Never waits: a peer dropped at its deadline may have left a thread
+        // blocked for good (a read of a pipe nobody writes).
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl WasmtimeEmbedded {
@@ -115,7 +194,7 @@ impl WasmtimeEmbedded {
         hosts: Arc<PeerHosts>,
     ) -> anyhow::Result<Self> {
         let mut linker: Linker<PeerState> = Linker::new(engine);
-        p1::add_to_linker_sync(&mut linker, |state: &mut PeerState| &mut state.wasi)?;
+        p1::add_to_linker_async(&mut linker, |state: &mut PeerState| &mut state.wasi)?;
         crate::host_api::add_to_linker(&mut linker, |state: &mut PeerState| &mut state.host, Waiting::Parks)?;
         let mut templates = HashMap::new();
         for peer in peers {
@@ -129,7 +208,8 @@ impl WasmtimeEmbedded {
             templates.insert(peer.name.clone(), template);
         }
         let ticker = EpochTicker::start(engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
-        Ok(Self { engine: engine.clone(), templates, memory, hosts, idle: IdlePeers::default(), ticker })
+        let io = PeerIo::start()?;
+        Ok(Self { engine: engine.clone(), templates, memory, hosts, idle: IdlePeers::default(), ticker, io })
     }
 
     /// A new instance of `peer`, not started: its first resume instantiates
@@ -150,7 +230,9 @@ impl WasmtimeEmbedded {
             .envs(&template.module.env)
             .inherit_stdout()
             .inherit_stderr()
-            .allow_blocking_current_thread(true);
+            // A sleep or a file read would otherwise block the caller's
+            // thread, out of reach of the call's deadline.
+            .allow_blocking_current_thread(false);
         for dir in template.dirs.iter() {
             crate::run::add_preopen(&mut wasi, dir.preopen())
                 .map_err(|e| CallError::PeerFailed(format!("embedded peer {peer}: {e:#}")))?;
@@ -190,8 +272,12 @@ impl EmbeddedPeers for WasmtimeEmbedded {
         };
         // `request` stays borrowed until the peer parked again (resume returned).
         parked.requests.offer(request, deadline, trace);
-        // A peer that trapped or exited is dropped here; the next call starts a new one.
-        parked.resume(peer)?;
+        if let Err(e) = parked.resume(peer, deadline, self.io.handle()) {
+            // It reads nothing of `request` from here on; dropped (trapped,
+            // exited or out of time), the next call starts a new one.
+            let _ = parked.requests.withdraw();
+            return Err(e);
+        }
         self.idle.answer(peer, parked)
     }
 }
