@@ -16,8 +16,28 @@ pub enum CallError {
     TooLarge(u64),
     #[error("the peer's handler failed: {0}")]
     PeerFailed(String),
-    #[error("redis: {0}")]
-    Redis(String),
+    /// Redis refused or failed an operation, or stayed unreachable past
+    /// the retry window; `context` says what was being done.
+    #[error("redis: {context}: {source}")]
+    Redis {
+        context: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The Redis settings cannot be used: a URL, a CA file.
+    #[error("Redis settings: {context}{}", cause(source.as_deref()))]
+    RedisSettings {
+        context: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The peer's queue holds the most requests cwasi lets wait.
+    #[error("{queued} requests already wait for {peer}, the most cwasi queues")]
+    QueueFull { peer: String, queued: String },
+    /// A failover lost the request and its body was too large to keep for
+    /// sending again.
+    #[error("Redis lost request {request} to {peer} (a failover?) and its body was too large to keep for a retry")]
+    RequestLost { peer: String, request: String },
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("protocol violation: {0}")]
@@ -42,8 +62,33 @@ impl CallError {
             CallError::TooLarge(_) => Status::TooLarge,
             CallError::PeerFailed(_) => Status::PeerFailed,
             CallError::Timeout(_) => Status::Timeout,
-            CallError::Protocol(_) | CallError::Io(_) | CallError::Redis(_) => Status::Transport,
+            CallError::Protocol(_)
+            | CallError::Io(_)
+            | CallError::Redis { .. }
+            | CallError::RedisSettings { .. }
+            | CallError::QueueFull { .. }
+            | CallError::RequestLost { .. } => Status::Transport,
         }
+    }
+}
+
+/// `: <cause>` when there is one, for messages that name their cause.
+fn cause(source: Option<&(dyn std::error::Error + Send + Sync)>) -> String {
+    source.map(|e| format!(": {e}")).unwrap_or_default()
+}
+
+impl CallError {
+    /// Redis failed while doing `context`.
+    pub(crate) fn redis(context: impl Into<String>, source: redis::RedisError) -> Self {
+        CallError::Redis { context: context.into(), source }
+    }
+
+    /// The Redis settings are unusable: `context` says which, `source` why.
+    pub(crate) fn redis_settings(
+        context: impl Into<String>,
+        source: impl Into<Option<Box<dyn std::error::Error + Send + Sync>>>,
+    ) -> Self {
+        CallError::RedisSettings { context: context.into(), source: source.into() }
     }
 }
 

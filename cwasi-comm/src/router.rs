@@ -36,7 +36,7 @@ pub struct Router {
     local: Mutex<HashMap<String, LocalPeer>>,
     embedded: OnceLock<Arc<dyn EmbeddedPeers>>,
     remote: Mutex<HashMap<String, Arc<RemoteChannel>>>,
-    redis: OnceLock<Result<Arc<LinkPool>, String>>,
+    redis: OnceLock<Arc<LinkPool>>,
     /// Per peer, the modes already logged at info (bit per mode).
     announced: Mutex<HashMap<String, u8>>,
 }
@@ -170,11 +170,13 @@ impl Router {
         let Some(url) = self.me.redis_url.as_deref() else {
             return Ok(None);
         };
-        self.redis
-            .get_or_init(|| LinkPool::new(url).map_err(|e| e.to_string()))
-            .clone()
-            .map(Some)
-            .map_err(CallError::Redis)
+        if let Some(pool) = self.redis.get() {
+            return Ok(Some(pool.clone()));
+        }
+        // A URL that cannot be used fails every call alike, with its cause
+        // (reading it again costs nothing next to the call it fails).
+        let pool = LinkPool::new(url)?;
+        Ok(Some(self.redis.get_or_init(|| pool).clone()))
     }
 
     fn remote_channel(&self, peer: &str, link: &Arc<LinkPool>) -> Result<Arc<RemoteChannel>, CallError> {

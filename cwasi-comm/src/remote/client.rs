@@ -142,7 +142,7 @@ impl Peer {
                 SERVER_GONE.as_secs()
             )),
             // Not `UnknownPeer`: the function lives, it does not keep up.
-            "full" => CallError::Redis(format!("{detail} requests already wait for {peer}, the most cwasi queues")),
+            "full" => CallError::QueueFull { peer: peer.to_owned(), queued: detail.to_owned() },
             _ => CallError::Protocol(format!("unexpected answer {status:?} from Redis sending to {peer}")),
         }
     }
@@ -358,7 +358,7 @@ impl RemotePending {
             Err(e) => {
                 // Out of step after an error in the middle: start afresh.
                 self.link.disconnect();
-                return Err(CallError::Redis(format!("sending to {}: {e}", self.peer.name)));
+                return Err(CallError::redis(format!("sending to {}", self.peer.name), e));
             }
         };
         let (sent, first) = (answers.next().unwrap_or(Value::Nil), answers.next().unwrap_or(Value::Nil));
@@ -411,10 +411,7 @@ impl RemotePending {
                     self.resend = Some(request);
                     sent
                 }
-                None => Err(CallError::Redis(format!(
-                    "Redis lost request {} to {} (a failover?) and its body was too large to keep for a retry",
-                    keys.id, peer.name
-                ))),
+                None => Err(CallError::RequestLost { peer: peer.name.clone(), request: keys.id.clone() }),
             },
             _ => Err(CallError::UnknownPeer(format!(
                 "{} (no server of it seen in namespace {} for over {} s while the call waited; the request was withdrawn)",

@@ -196,15 +196,15 @@ impl RedisLink {
                                 self.shown_url
                             )));
                         }
-                        return Err(CallError::Redis(format!(
-                            "Redis at {} unreachable for {retry_for:?} ({what}): {e}",
-                            self.shown_url
-                        )));
+                        return Err(CallError::redis(
+                            format!("Redis at {} unreachable for {retry_for:?} ({what})", self.shown_url),
+                            e,
+                        ));
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
-                Err(e) => return Err(CallError::Redis(format!("{what} at {}: {e}", self.shown_url))),
+                Err(e) => return Err(CallError::redis(format!("{what} at {}", self.shown_url), e)),
             }
         }
     }
@@ -350,7 +350,7 @@ impl RedisLink {
                             .map_err(|e| CallError::Protocol(format!("{what} at {}: {e}", self.shown_url)));
                     }
                     Err(e) if !transient(&e) => {
-                        return Err(CallError::Redis(format!("{what} at {}: {e}", self.shown_url)));
+                        return Err(CallError::redis(format!("{what} at {}", self.shown_url), e));
                     }
                     Err(_) => self.disconnect(),
                 }
@@ -485,13 +485,13 @@ pub fn cluster_seeds(url: &str) -> Option<Result<Vec<String>, CallError>> {
         .map(|host| format!("{scheme}://{credentials}{host}{tail}"))
         .collect();
     if seeds.is_empty() {
-        return Some(Err(CallError::Redis(format!("{} names no cluster node", redact(url)))));
+        return Some(Err(CallError::redis_settings(format!("{} names no cluster node", redact(url)), None)));
     }
     Some(Ok(seeds))
 }
 
 fn cluster_client(url: &str, seeds: &[String], ca_file: Option<PathBuf>) -> Result<ClusterClient, CallError> {
-    let bad_url = |e: RedisError| CallError::Redis(format!("bad Redis Cluster URL {}: {e}", redact(url)));
+    let bad_url = |e: RedisError| CallError::redis_settings(format!("bad Redis Cluster URL {}", redact(url)), boxed(e));
     let infos = seeds.iter().map(|seed| connection_info(seed)).collect::<RedisResult<Vec<_>>>().map_err(bad_url)?;
     let tls = infos.iter().any(|info| matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }));
     if tls {
@@ -510,6 +510,10 @@ fn cluster_client(url: &str, seeds: &[String], ca_file: Option<PathBuf>) -> Resu
     builder.build().map_err(bad_url)
 }
 
+fn boxed(e: impl std::error::Error + Send + Sync + 'static) -> Option<Box<dyn std::error::Error + Send + Sync>> {
+    Some(Box::new(e))
+}
+
 fn install_crypto_provider() {
     // rustls needs one crypto provider for the process; ring is the one
     // built in. An error only says one is installed already.
@@ -517,13 +521,14 @@ fn install_crypto_provider() {
 }
 
 fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, CallError> {
-    std::fs::read(path).map_err(|e| CallError::Redis(format!("cannot read {CA_FILE_ENV} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| CallError::redis_settings(format!("cannot read {CA_FILE_ENV} {}", path.display()), boxed(e)))
 }
 
 /// A client for `url`; a `rediss://` one trusts the PEM CA certificates in
 /// `ca_file` when given, else the system's CA store.
 fn client(url: &str, ca_file: Option<PathBuf>) -> Result<redis::Client, CallError> {
-    let bad_url = |e: RedisError| CallError::Redis(format!("bad Redis URL {}: {e}", redact(url)));
+    let bad_url = |e: RedisError| CallError::redis_settings(format!("bad Redis URL {}", redact(url)), boxed(e));
     let info = connection_info(url).map_err(bad_url)?;
     let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
     if tls {
@@ -533,8 +538,9 @@ fn client(url: &str, ca_file: Option<PathBuf>) -> Result<redis::Client, CallErro
         Some(path) if tls => {
             let root_cert = read_ca(&path)?;
             let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
-            redis::Client::build_with_tls(info, certificates)
-                .map_err(|e| CallError::Redis(format!("{CA_FILE_ENV} {} for {}: {e}", path.display(), redact(url))))
+            redis::Client::build_with_tls(info, certificates).map_err(|e| {
+                CallError::redis_settings(format!("{CA_FILE_ENV} {} for {}", path.display(), redact(url)), boxed(e))
+            })
         }
         _ => redis::Client::open(info).map_err(bad_url),
     }
@@ -600,7 +606,9 @@ mod tests {
         let Err(error) = client("rediss://127.0.0.1:6380", Some(missing.clone())) else {
             panic!("a missing CA file must be an error");
         };
-        assert!(matches!(error, CallError::Redis(ref m) if m.contains("/nonexistent/cwasi-ca.pem")), "{error}");
+        assert!(matches!(error, CallError::RedisSettings { .. }), "{error}");
+        assert!(error.to_string().contains("/nonexistent/cwasi-ca.pem"), "{error}");
+        assert!(std::error::Error::source(&error).is_some(), "the read's error is kept: {error:?}");
         assert!(client("redis://127.0.0.1:6379", Some(missing)).is_ok());
         assert!(client("rediss://127.0.0.1:6380", None).is_ok());
     }
@@ -613,7 +621,8 @@ mod tests {
         link.retry_for = Duration::from_millis(200);
         let started = Instant::now();
         let error = link.run("PING", |c| redis::cmd("PING").query::<String>(c)).unwrap_err();
-        assert!(matches!(error, CallError::Redis(ref m) if m.contains("unreachable")), "{error}");
+        assert!(matches!(error, CallError::Redis { ref context, .. } if context.contains("unreachable")), "{error}");
+        assert!(std::error::Error::source(&error).is_some(), "Redis's error is kept: {error:?}");
         assert!(started.elapsed() < Duration::from_secs(3));
     }
 }
