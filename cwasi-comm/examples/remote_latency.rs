@@ -6,8 +6,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use cwasi_comm::TraceContext;
 use cwasi_comm::remote::{RemoteChannel, RemoteListener};
-use cwasi_comm::{Channel, TraceContext};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

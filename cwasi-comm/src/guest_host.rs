@@ -10,7 +10,6 @@ use cwasi_abi::Status;
 
 use crate::in_process::InProcessSource;
 use crate::log_budget::LogBudget;
-use crate::peer_hosts::PeerHosts;
 use crate::stats::{CallCounter, FunctionStats, LastCounter};
 use crate::trace::TraceContext;
 use crate::{CallError, FunctionServer, IncomingRequest, Mode, PendingReply, Router};
@@ -96,7 +95,11 @@ impl Serving {
 impl GuestHost {
     /// `server` and `stats` are shared by every handler instance of a
     /// serving container.
-    pub fn new(router: Arc<Router>, server: Option<Arc<FunctionServer>>, stats: Option<Arc<FunctionStats>>) -> Self {
+    pub(crate) fn new(
+        router: Arc<Router>,
+        server: Option<Arc<FunctionServer>>,
+        stats: Option<Arc<FunctionStats>>,
+    ) -> Self {
         Self::with_requests(router, server.map_or(Requests::None, Requests::Server), stats)
     }
 
@@ -120,12 +123,6 @@ impl GuestHost {
             last_counter: LastCounter::default(),
             failures_logged: LogBudget::new(),
         }
-    }
-
-    /// What the engine needs to give each embedded peer instance a host of
-    /// its own.
-    pub fn peer_hosts(&self) -> Arc<PeerHosts> {
-        Arc::new(PeerHosts::new(self.router.clone(), self.stats.clone()))
     }
 
     /// Counts and logs a call that ended (once).
@@ -159,10 +156,6 @@ impl GuestHost {
     /// current request, else a new trace.
     fn trace_for_call(&self) -> TraceContext {
         TraceContext::new_span(self.current.as_ref().and_then(|serving| serving.trace.as_ref()))
-    }
-
-    pub fn router(&self) -> &Router {
-        &self.router
     }
 
     /// Starts a call; `timeout` overrides the function's deadline.

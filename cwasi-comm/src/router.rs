@@ -1,85 +1,48 @@
-//! The router: resolves where a peer runs and picks the channel for a call.
+//! The router: resolves where a peer runs and picks the transport for a call.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::local::LocalChannel;
-use crate::remote::{LinkPool, RemoteChannel};
+use crate::local::LocalTransport;
+use crate::remote::{RedisLinks, RemoteTransport};
 use crate::trace::TraceContext;
-use crate::{CallError, Channel, EmbeddedPeers, FunctionConfig, MAX_PAYLOAD, Mode, NodeRegistry, PendingReply};
+use crate::{CallError, FunctionConfig, MAX_PAYLOAD, Mode, NodeRegistry, PendingReply, Transport};
 
 /// Deadline of a call when neither the call nor `cwasi.io/timeout` nor the
 /// node (`CWASI_CALL_TIMEOUT_MS`) gives one.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a resolution of a peer's local instances is trusted: replicas
-/// that start are used within this time, without a directory scan per call.
-const RESOLVE_EVERY: Duration = Duration::from_secs(1);
-
-/// How many times one call is sent to a fresh local instance after the
-/// chosen one vanished without taking it (a rolling restart).
-const LOCAL_ATTEMPTS: usize = 4;
-
 /// Routes one function's calls to its peers.
 ///
-/// Mode choice: embedded if the peer ships in this image; else local if a
-/// live instance is registered on this node in the same namespace; else
-/// remote. `cwasi.io/mode` can force a mode per peer. Local replicas take
-/// calls in turn. A request that an instance never took (it was replaced,
-/// or died first) goes to another instance; only one it may have started
-/// ends in `PeerGone`.
+/// Mode choice: embedded if the peer ships in this image (its engine runs
+/// it); else local if a live instance is registered on this node in the
+/// same namespace; else remote. `cwasi.io/mode` can force a mode per peer.
+/// Local replicas take calls in turn. A request that an instance never took
+/// (it was replaced, or died first) goes to another instance; only one it
+/// may have started ends in `PeerGone`.
 pub struct Router {
     me: FunctionConfig,
-    registry: NodeRegistry,
-    local: Mutex<HashMap<String, LocalPeer>>,
-    embedded: OnceLock<Arc<dyn EmbeddedPeers>>,
-    remote: Mutex<HashMap<String, Arc<RemoteChannel>>>,
-    redis: OnceLock<Arc<LinkPool>>,
+    /// In the order they are tried: embedded (when the engine runs peers),
+    /// local, remote.
+    transports: Vec<Arc<dyn Transport>>,
     /// Per peer, the modes already logged at info (bit per mode).
     announced: Mutex<HashMap<String, u8>>,
 }
 
-/// The live local instances of one peer, taken in turn.
-struct LocalPeer {
-    instances: Vec<Arc<LocalChannel>>,
-    next: usize,
-    resolved: Instant,
-}
-
 impl Router {
-    pub fn new(me: FunctionConfig, registry: NodeRegistry) -> Self {
-        Self {
-            me,
-            registry,
-            local: Mutex::new(HashMap::new()),
-            embedded: OnceLock::new(),
-            remote: Mutex::new(HashMap::new()),
-            redis: OnceLock::new(),
-            announced: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The engine hands over the peers it runs in-process (once, at start).
-    pub fn attach_embedded(&self, peers: Arc<dyn EmbeddedPeers>) {
-        if self.embedded.set(peers).is_err() {
-            tracing::warn!("embedded peers attached twice; keeping the first");
-        }
-    }
-
-    /// The router of embedded `peer`'s own calls: its name and allow-list
-    /// (`cwasi.io/embed.<peer>.peers`), this function's node, registry,
-    /// embedded peers and Redis links.
-    pub fn for_embedded_peer(&self, peer: &str) -> Router {
-        let router = Router::new(self.me.for_embedded_peer(peer), self.registry.clone());
-        if let Some(embedded) = self.embedded.get() {
-            let _ = router.embedded.set(embedded.clone());
-        }
-        if let Some(redis) = self.redis.get() {
-            let _ = router.redis.set(redis.clone());
-        }
-        router
+    /// The router of `me`'s calls: to the peers `embedded` runs in this
+    /// process, to instances on this node (`registry`), and through `links`.
+    pub(crate) fn new(
+        me: FunctionConfig,
+        registry: NodeRegistry,
+        embedded: Option<Arc<dyn Transport>>,
+        links: Arc<RedisLinks>,
+    ) -> Self {
+        let local: Arc<dyn Transport> = LocalTransport::new(&me.name, registry);
+        let remote: Arc<dyn Transport> = Arc::new(RemoteTransport::new(&me.name, &me.namespace, links));
+        let transports = embedded.into_iter().chain([local, remote]).collect();
+        Self { me, transports, announced: Mutex::new(HashMap::new()) }
     }
 
     /// The deadline of a call made now with `timeout` (else the function's).
@@ -90,7 +53,7 @@ impl Router {
     /// Sends `request` to `peer` as the call `trace` and returns the mode
     /// chosen and the call in flight; it ends at `deadline` at the latest.
     pub fn call(
-        self: &Arc<Self>,
+        &self,
         peer: &str,
         request: &[u8],
         deadline: Instant,
@@ -106,30 +69,15 @@ impl Router {
             return Err(CallError::TooLarge(request.len() as u64));
         }
         let forced = self.me.forced_modes.get(peer).copied();
-        if matches!(forced, None | Some(Mode::Embedded))
-            && let Some(module) = self.me.embed.get(peer)
-        {
-            let embedded = self
-                .embedded
-                .get()
-                .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (the engine runs no embedded peers)")))?;
-            let pending = embedded.call(peer, request, deadline, trace)?;
-            self.announce(peer, Mode::Embedded, || module.display().to_string());
-            return Ok((Mode::Embedded, pending));
-        }
-        if matches!(forced, None | Some(Mode::Local))
-            && let Some(pending) = self.call_local(peer, request, deadline, trace, LOCAL_ATTEMPTS)?
-        {
-            let routed = RoutedCall { router: self.clone(), peer: peer.to_owned(), deadline, trace, inner: pending };
-            return Ok((Mode::Local, Box::new(routed)));
-        }
-        if matches!(forced, None | Some(Mode::Remote))
-            && let Some(link) = self.redis_link()?
-        {
-            let channel = self.remote_channel(peer, &link)?;
-            let pending = channel.send(request, deadline, trace)?;
-            self.announce(peer, Mode::Remote, || link.url().to_owned());
-            return Ok((Mode::Remote, pending));
+        for transport in &self.transports {
+            let mode = transport.mode();
+            if forced.is_some_and(|forced| forced != mode) {
+                continue;
+            }
+            if let Some(pending) = transport.send(peer, request, deadline, trace)? {
+                self.announce(peer, mode, || transport.target(peer));
+                return Ok((mode, pending));
+            }
         }
         Err(CallError::UnknownPeer(format!(
             "{peer} (no instance serves it on node {} in namespace {}; mode forced to {})",
@@ -137,91 +85,6 @@ impl Router {
             self.me.namespace,
             forced.map(|m| m.to_string()).unwrap_or_default()
         )))
-    }
-
-    /// Sends to a local instance; `None` when none serves `peer` on this node.
-    fn call_local(
-        &self,
-        peer: &str,
-        request: &[u8],
-        deadline: Instant,
-        trace: TraceContext,
-        attempts: usize,
-    ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
-        for _ in 0..attempts {
-            let Some(channel) = self.local_channel(peer) else { return Ok(None) };
-            match channel.send(request, deadline, trace) {
-                Ok(pending) => {
-                    self.announce(peer, Mode::Local, || channel.socket_path().display().to_string());
-                    return Ok(Some(pending));
-                }
-                Err(CallError::Unreachable(reason)) => {
-                    tracing::info!(peer = %peer, %reason, "local instance unreachable; trying another");
-                    self.forget_local(peer, channel.socket_path());
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(CallError::PeerGone(format!("{peer} (every local instance went away before taking the request)")))
-    }
-
-    /// The shared Redis links, or `None` when remote mode is off (no URL).
-    fn redis_link(&self) -> Result<Option<Arc<LinkPool>>, CallError> {
-        let Some(url) = self.me.redis_url.as_deref() else {
-            return Ok(None);
-        };
-        if let Some(pool) = self.redis.get() {
-            return Ok(Some(pool.clone()));
-        }
-        // A URL that cannot be used fails every call alike, with its cause
-        // (reading it again costs nothing next to the call it fails).
-        let pool = LinkPool::new(url)?;
-        Ok(Some(self.redis.get_or_init(|| pool).clone()))
-    }
-
-    fn remote_channel(&self, peer: &str, link: &Arc<LinkPool>) -> Result<Arc<RemoteChannel>, CallError> {
-        let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(channel) = remote.get(peer) {
-            return Ok(channel.clone());
-        }
-        let channel = Arc::new(RemoteChannel::open(peer, &self.me.name, &self.me.namespace, link.clone())?);
-        remote.insert(peer.to_owned(), channel.clone());
-        Ok(channel)
-    }
-
-    /// The next local instance of `peer`, in turn.
-    fn local_channel(&self, peer: &str) -> Option<Arc<LocalChannel>> {
-        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = local.get(peer).is_some_and(|p| p.resolved.elapsed() < RESOLVE_EVERY && !p.instances.is_empty());
-        if !fresh {
-            let sockets = self.registry.lookup(peer);
-            if sockets.is_empty() {
-                local.remove(peer);
-                return None;
-            }
-            let (known, next) = local.remove(peer).map_or((Vec::new(), 0), |p| (p.instances, p.next));
-            // Keep the channels (and their pooled connections) of instances still there.
-            let instances = sockets
-                .into_iter()
-                .map(|socket| match known.iter().find(|c| c.socket_path() == socket) {
-                    Some(channel) => channel.clone(),
-                    None => Arc::new(LocalChannel::new(peer, &self.me.name, socket)),
-                })
-                .collect();
-            local.insert(peer.to_owned(), LocalPeer { instances, next, resolved: Instant::now() });
-        }
-        let entry = local.get_mut(peer)?;
-        let channel = entry.instances[entry.next % entry.instances.len()].clone();
-        entry.next = entry.next.wrapping_add(1);
-        Some(channel)
-    }
-
-    /// Drops an instance that went away; the next call looks again.
-    fn forget_local(&self, peer: &str, socket: &Path) {
-        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = local.get_mut(peer) {
-            entry.instances.retain(|c| c.socket_path() != socket);
-        }
     }
 
     /// Logs the first call to each peer in each mode.
@@ -250,47 +113,6 @@ impl Router {
     }
 }
 
-/// A local call that follows its request to another instance when the one
-/// it went to vanished without taking it.
-struct RoutedCall {
-    router: Arc<Router>,
-    peer: String,
-    deadline: Instant,
-    trace: TraceContext,
-    inner: Box<dyn PendingReply>,
-}
-
-impl PendingReply for RoutedCall {
-    fn wait(&mut self) -> Result<usize, CallError> {
-        for _ in 0..LOCAL_ATTEMPTS {
-            match self.inner.wait() {
-                Err(CallError::NotDelivered { peer, request }) => {
-                    tracing::info!(peer = %peer, "instance went away before taking the request; sending it to another");
-                    self.router.forget_stale(&self.peer);
-                    self.inner = self
-                        .router
-                        .call_local(&self.peer, &request, self.deadline, self.trace, LOCAL_ATTEMPTS)?
-                        .ok_or_else(|| CallError::PeerGone(format!("{peer} (no other instance serves it)")))?;
-                }
-                other => return other,
-            }
-        }
-        Err(CallError::PeerGone(format!("{} (instances kept going away)", self.peer)))
-    }
-
-    fn read_into(mut self: Box<Self>, out: &mut [u8]) -> Result<(), CallError> {
-        self.wait()?;
-        self.inner.read_into(out)
-    }
-}
-
-impl Router {
-    /// Forces a fresh resolution of `peer` at its next call.
-    fn forget_stale(&self, peer: &str) {
-        self.local.lock().unwrap_or_else(|e| e.into_inner()).remove(peer);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -316,25 +138,44 @@ mod tests {
         }
     }
 
-    impl EmbeddedPeers for FakeEmbedded {
-        fn call(
+    impl Transport for FakeEmbedded {
+        fn mode(&self) -> Mode {
+            Mode::Embedded
+        }
+
+        fn send(
             &self,
             peer: &str,
             request: &[u8],
             _: Instant,
             _: TraceContext,
-        ) -> Result<Box<dyn PendingReply>, CallError> {
+        ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
+            if peer != "sha" {
+                return Ok(None);
+            }
             self.calls.lock().unwrap().push((peer.to_owned(), request.to_vec()));
-            Ok(Box::new(Echo(request.to_vec())))
+            Ok(Some(Box::new(Echo(request.to_vec()))))
+        }
+
+        fn target(&self, _: &str) -> String {
+            "/sha.wasm".into()
         }
     }
 
-    fn router_with(annotations: &[(&str, &str)]) -> (Arc<Router>, tempfile::TempDir) {
+    fn router_with(annotations: &[(&str, &str)]) -> (Router, tempfile::TempDir) {
+        router_embedding(annotations, None)
+    }
+
+    fn router_embedding(
+        annotations: &[(&str, &str)],
+        embedded: Option<Arc<dyn Transport>>,
+    ) -> (Router, tempfile::TempDir) {
         let run = tempfile::tempdir().unwrap();
         let map: HashMap<String, String> = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let me = FunctionConfig::from_annotations(&map, "caller", "node").unwrap();
         let registry = NodeRegistry::new(run.path(), "node", "ns");
-        (Arc::new(Router::new(me, registry)), run)
+        let links = RedisLinks::new(me.redis_url.as_deref());
+        (Router::new(me, registry, embedded, links), run)
     }
 
     #[test]
@@ -353,9 +194,9 @@ mod tests {
 
     #[test]
     fn embedded_peers_go_to_the_engine_and_a_forced_mode_bypasses_it() {
-        let (router, _run) = router_with(&[("cwasi.io/peers", "*"), ("cwasi.io/embed", "sha=/sha.wasm")]);
         let fake = Arc::new(FakeEmbedded::default());
-        router.attach_embedded(fake.clone());
+        let annotations = [("cwasi.io/peers", "*"), ("cwasi.io/embed", "sha=/sha.wasm")];
+        let (router, _run) = router_embedding(&annotations, Some(fake.clone()));
         let (mode, mut pending) =
             router.call("sha", b"bytes", router.deadline(None), TraceContext::new_span(None)).unwrap();
         assert_eq!(mode, Mode::Embedded);
@@ -366,17 +207,28 @@ mod tests {
         assert_eq!(fake.calls.lock().unwrap().as_slice(), &[("sha".to_owned(), b"bytes".to_vec())]);
 
         // Forced to local: nothing serves `sha` on this node and remote mode is off.
-        let (router, _run) = router_with(&[
-            ("cwasi.io/peers", "*"),
-            ("cwasi.io/embed", "sha=/sha.wasm"),
-            ("cwasi.io/mode", "sha=local"),
-        ]);
-        router.attach_embedded(fake.clone());
+        let annotations =
+            [("cwasi.io/peers", "*"), ("cwasi.io/embed", "sha=/sha.wasm"), ("cwasi.io/mode", "sha=local")];
+        let (router, _run) = router_embedding(&annotations, Some(fake.clone()));
         assert!(matches!(
             router.call("sha", b"x", router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::UnknownPeer(_))
         ));
         assert_eq!(fake.calls.lock().unwrap().len(), 1, "the forced mode must not reach the engine");
+    }
+
+    #[test]
+    fn a_peer_the_engine_does_not_ship_goes_on_to_the_other_transports() {
+        let fake = Arc::new(FakeEmbedded::default());
+        let (router, _run) = router_embedding(&[("cwasi.io/peers", "*")], Some(fake.clone()));
+        // Nothing serves `other` on this node and remote mode is off.
+        assert!(matches!(
+            router.call("other", b"x", router.deadline(None), TraceContext::new_span(None)),
+            Err(CallError::UnknownPeer(_))
+        ));
+        assert!(fake.calls.lock().unwrap().is_empty());
+        let (mode, _) = router.call("sha", b"x", router.deadline(None), TraceContext::new_span(None)).unwrap();
+        assert_eq!(mode, Mode::Embedded);
     }
 
     #[test]

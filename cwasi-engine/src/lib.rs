@@ -13,7 +13,7 @@ mod pinned_dir;
 mod spec;
 
 pub use cache::{CachedArtifact, ModuleCache};
-pub use cwasi_comm::GuestHost;
+pub use cwasi_comm::{GuestHost, HostParts};
 pub use memory_budget::{MemoryBudget, MemoryShare};
 pub use pinned_dir::PinnedDir;
 pub use spec::{EmbeddedModule, GuestExit, GuestSpec, Preopen};
@@ -23,11 +23,12 @@ pub trait Engine {
     /// Short name used in logs and cache paths (`wasmtime`, `wasmedge`).
     fn name(&self) -> &'static str;
 
-    /// Runs the guest to completion on the calling thread. `host` serves the
-    /// guest's `cwasi` imports (calling peers, serving requests).
+    /// Runs the guest to completion on the calling thread. The host built
+    /// from `host` (with the embedded peers the engine runs, if any) serves
+    /// the guest's `cwasi` imports (calling peers, serving requests).
     ///
     /// An `Err` means the guest could not be started (unreadable or invalid
     /// module, missing export); everything the guest itself does, traps
     /// included, is a [`GuestExit`].
-    fn run(&self, guest: &GuestSpec, host: GuestHost) -> anyhow::Result<GuestExit>;
+    fn run(&self, guest: &GuestSpec, host: HostParts) -> anyhow::Result<GuestExit>;
 }

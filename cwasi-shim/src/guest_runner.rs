@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cwasi_comm::{FunctionConfig, FunctionServer, GuestHost, NodeRegistry, Router, stats};
+use cwasi_comm::{FunctionConfig, FunctionServer, HostParts, NodeRegistry, stats};
 use cwasi_engine::{Engine, GuestExit, GuestSpec};
 use serde::{Deserialize, Serialize};
 
@@ -128,7 +128,7 @@ pub fn main() -> i32 {
 /// Connects each handler instance to its peers: a router for its calls and,
 /// for a serving function, the function's one registration on this node.
 /// Also makes a stop signal drain the function first.
-fn guest_hosts(launch: &GuestLaunch, stop: instances::StopSignals) -> anyhow::Result<Vec<GuestHost>> {
+fn guest_hosts(launch: &GuestLaunch, stop: instances::StopSignals) -> anyhow::Result<Vec<HostParts>> {
     let function = &launch.function;
     let registry = NodeRegistry::new(&launch.run_dir, &function.node, &function.namespace);
     let server = if function.serve {
@@ -149,15 +149,10 @@ fn guest_hosts(launch: &GuestLaunch, stop: instances::StopSignals) -> anyhow::Re
             None
         }
     };
-    Ok((0..count)
-        .map(|_| {
-            let router = Arc::new(Router::new(function.clone(), registry.clone()));
-            GuestHost::new(router, server.clone(), stats.clone())
-        })
-        .collect())
+    Ok((0..count).map(|_| HostParts::new(function.clone(), registry.clone(), server.clone(), stats.clone())).collect())
 }
 
-fn run(guest: &GuestSpec, host: GuestHost) -> i32 {
+fn run(guest: &GuestSpec, host: HostParts) -> i32 {
     let result = SelectedEngine::new().and_then(|engine| engine.run(guest, host));
     match result {
         Ok(exit) => {

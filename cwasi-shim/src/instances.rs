@@ -1,7 +1,7 @@
 //! The handler instances of one guest process and how they stop.
 //!
 //! A serving container runs `cwasi.io/concurrency` instances of its module,
-//! each on its own thread with its own store, memory and `GuestHost`, all
+//! each on its own thread with its own store, memory and host, all
 //! fed by one shared [`FunctionServer`]; they draw on one memory budget,
 //! the container's limit (an engine that cannot refuse a growth by what the
 //! others hold gives each an equal part), so together they stay inside it. The first
@@ -15,7 +15,7 @@
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use cwasi_comm::{FunctionServer, GuestHost};
+use cwasi_comm::{FunctionServer, HostParts};
 use cwasi_engine::{GuestSpec, MemoryBudget};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -24,7 +24,7 @@ const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Runs one instance per host, each on its own thread; returns the exit
 /// status of the first to end.
-pub fn run_all(guest: &GuestSpec, hosts: Vec<GuestHost>, run: fn(&GuestSpec, GuestHost) -> i32) -> i32 {
+pub fn run_all(guest: &GuestSpec, hosts: Vec<HostParts>, run: fn(&GuestSpec, HostParts) -> i32) -> i32 {
     if hosts.len() == 1 {
         let host = hosts.into_iter().next().expect("one host");
         return run(guest, host);

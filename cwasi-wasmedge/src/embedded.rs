@@ -20,53 +20,62 @@ use std::time::{Duration, Instant};
 
 use cwasi_comm::idle_peers::{IdlePeers, InstanceSlot, PeerInstance};
 use cwasi_comm::in_process::InProcessSource;
-use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
+use cwasi_comm::{CallError, GuestHost, Mode, PeerHosts, PendingReply, TraceContext, Transport};
 use cwasi_engine::{EmbeddedModule, PinnedDir};
 use wasmedge_sdk::vm::SyncInst;
 use wasmedge_sdk::wasi::WasiModule;
 use wasmedge_sdk::{ImportObject, Module, Store, Vm};
 
 use crate::async_run::{AsyncRun, Ran};
-use crate::run::config;
+use crate::setup::config;
 
 /// How often a call waiting for a peer checks that its run has not ended
 /// (a trap or an exit): the peer parking wakes it at once.
 const RUN_CHECK: Duration = Duration::from_millis(20);
 
 pub(crate) struct WasmEdgeEmbedded {
-    peers: HashMap<String, Peer>,
+    peers: LoadedPeers,
     memory_limit: Option<u64>,
-    hosts: Arc<PeerHosts>,
+    hosts: PeerHosts,
     idle: IdlePeers<RunningPeer>,
 }
+
+/// Every peer's module, read and validated, by name.
+pub(crate) struct LoadedPeers(HashMap<String, Peer>);
 
 /// A peer's validated module, and its environment and directories as
 /// libwasmedge takes them.
 struct Peer {
     module: Module,
+    path: std::path::PathBuf,
     env: Vec<String>,
     /// Its directories through their descriptors, opened at start (held in `_dirs`).
     preopens: Vec<String>,
     _dirs: Vec<PinnedDir>,
 }
 
-impl WasmEdgeEmbedded {
+impl LoadedPeers {
     /// Reads and validates every peer's module up front (once).
-    pub(crate) fn new(
-        peers: &[EmbeddedModule],
-        memory_limit: Option<u64>,
-        hosts: Arc<PeerHosts>,
-    ) -> anyhow::Result<Self> {
+    pub(crate) fn load(peers: &[EmbeddedModule], memory_limit: Option<u64>) -> anyhow::Result<Self> {
         let mut loaded = HashMap::new();
         for peer in peers {
             let module = Module::from_file(Some(&config(memory_limit)?), &peer.module)
                 .map_err(|e| anyhow::anyhow!("embedded peer {} ({}): {e}", peer.name, peer.module.display()))?;
             let env = peer.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let dirs = peer.preopens.iter().map(PinnedDir::open).collect::<anyhow::Result<Vec<_>>>()?;
-            let preopens = dirs.iter().map(|dir| crate::run::preopen(dir.preopen())).collect::<anyhow::Result<_>>()?;
-            loaded.insert(peer.name.clone(), Peer { module, env, preopens, _dirs: dirs });
+            let preopens =
+                dirs.iter().map(|dir| crate::setup::preopen(dir.preopen())).collect::<anyhow::Result<_>>()?;
+            let path = peer.module.clone();
+            loaded.insert(peer.name.clone(), Peer { module, path, env, preopens, _dirs: dirs });
         }
-        Ok(Self { peers: loaded, memory_limit, hosts, idle: IdlePeers::default() })
+        Ok(Self(loaded))
+    }
+}
+
+impl WasmEdgeEmbedded {
+    /// Runs `peers`, each instance capped at `memory_limit`, with a host from `hosts`.
+    pub(crate) fn new(peers: LoadedPeers, memory_limit: Option<u64>, hosts: PeerHosts) -> Self {
+        Self { peers, memory_limit, hosts, idle: IdlePeers::default() }
     }
 }
 
@@ -74,14 +83,21 @@ fn failed(peer: &str, what: impl std::fmt::Display) -> CallError {
     CallError::PeerFailed(format!("embedded peer {peer}: {what}"))
 }
 
-impl EmbeddedPeers for WasmEdgeEmbedded {
-    fn call(
+impl Transport for WasmEdgeEmbedded {
+    fn mode(&self) -> Mode {
+        Mode::Embedded
+    }
+
+    fn send(
         &self,
         peer: &str,
         request: &[u8],
         deadline: Instant,
         trace: TraceContext,
-    ) -> Result<Box<dyn PendingReply>, CallError> {
+    ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
+        if !self.peers.0.contains_key(peer) {
+            return Ok(None);
+        }
         let mut instance = match self.idle.take(peer) {
             Some(instance) => instance,
             None => self.new_instance(peer)?,
@@ -119,7 +135,11 @@ impl EmbeddedPeers for WasmEdgeEmbedded {
                 )));
             }
         }
-        self.idle.answer(peer, instance)
+        self.idle.answer(peer, instance).map(Some)
+    }
+
+    fn target(&self, peer: &str) -> String {
+        self.peers.0.get(peer).map(|p| p.path.display().to_string()).unwrap_or_default()
     }
 }
 
@@ -141,6 +161,7 @@ impl WasmEdgeEmbedded {
         let slot = self.idle.reserve(name)?;
         let peer = self
             .peers
+            .0
             .get(name)
             .ok_or_else(|| CallError::UnknownPeer(format!("{name} (not embedded in this image)")))?;
         let config = config(self.memory_limit).map_err(|e| failed(name, e))?;

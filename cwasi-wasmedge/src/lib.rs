@@ -20,5 +20,6 @@ mod embedded;
 mod grow_refusals;
 mod host_api;
 mod run;
+mod setup;
 
 pub use run::WasmEdgeEngine;

@@ -1,20 +1,17 @@
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use anyhow::Context;
-use cwasi_engine::{Engine, GuestExit, GuestHost, GuestSpec, Preopen};
-use wasmedge_sdk::config::{CommonConfigOptions, Config, ConfigBuilder, RuntimeConfigOptions};
+use cwasi_engine::{Engine, GuestExit, GuestSpec, HostParts};
 use wasmedge_sdk::error::{CoreCommonError, CoreError, WasmEdgeError};
 use wasmedge_sdk::vm::SyncInst;
 use wasmedge_sdk::wasi::WasiModule;
 use wasmedge_sdk::{AsInstance, Module, Store, Vm};
 
-use crate::embedded::WasmEdgeEmbedded;
+use crate::embedded::{LoadedPeers, WasmEdgeEmbedded};
+use crate::setup::{PAGE, config, preopen};
 
 /// Runs WASI preview-1 guests on WasmEdge.
 pub struct WasmEdgeEngine;
-
-const PAGE: u64 = 65536;
 
 impl WasmEdgeEngine {
     pub fn new() -> anyhow::Result<Self> {
@@ -24,18 +21,6 @@ impl WasmEdgeEngine {
         crate::grow_refusals::watch();
         Ok(Self)
     }
-}
-
-/// A WasmEdge configuration whose memories stop at `memory_limit`.
-pub(crate) fn config(memory_limit: Option<u64>) -> anyhow::Result<Config> {
-    let mut runtime = RuntimeConfigOptions::default();
-    if let Some(limit) = memory_limit {
-        runtime = runtime.max_memory_pages(u32::try_from(limit / PAGE).unwrap_or(u32::MAX).max(1));
-    }
-    ConfigBuilder::new(CommonConfigOptions::default())
-        .with_runtime_config(runtime)
-        .build()
-        .map_err(|e| anyhow::anyhow!("configuring WasmEdge: {e}"))
 }
 
 pub(crate) fn wasmedge_error(e: Box<WasmEdgeError>) -> anyhow::Error {
@@ -51,7 +36,7 @@ impl Engine for WasmEdgeEngine {
         "wasmedge"
     }
 
-    fn run(&self, guest: &GuestSpec, host: GuestHost) -> anyhow::Result<GuestExit> {
+    fn run(&self, guest: &GuestSpec, host: HostParts) -> anyhow::Result<GuestExit> {
         // libwasmedge has no hook on a memory's growth: each instance is
         // capped on its own, at an equal part of the container's limit.
         let memory_limit = guest.memory_budget().fair_share();
@@ -59,13 +44,12 @@ impl Engine for WasmEdgeEngine {
         let module = Module::from_file(Some(&config), &guest.module)
             .map_err(wasmedge_error)
             .with_context(|| format!("loading module {}", guest.module.display()))?;
-        if !guest.embedded.is_empty() {
-            host.router().attach_embedded(Arc::new(WasmEdgeEmbedded::new(
-                &guest.embedded,
-                memory_limit,
-                host.peer_hosts(),
-            )?));
-        }
+        let host = if guest.embedded.is_empty() {
+            host.into_host()
+        } else {
+            let loaded = LoadedPeers::load(&guest.embedded, memory_limit)?;
+            host.into_host_with_embedded(|hosts| WasmEdgeEmbedded::new(loaded, memory_limit, hosts))
+        };
 
         let args: Vec<&str> = guest.args.iter().map(String::as_str).collect();
         let envs: Vec<String> = guest.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -107,23 +91,6 @@ impl Engine for WasmEdgeEngine {
     }
 }
 
-/// A preopen as libwasmedge takes it: `GUEST:HOST`, with `:readonly` for a
-/// read-only one (without it the guest could write into a read-only mount:
-/// WASI's rights are the only thing between them). A `:` in either path
-/// would be read as a separator, so such a path is refused.
-pub(crate) fn preopen(preopen: &Preopen) -> anyhow::Result<String> {
-    let host = preopen.host_path.to_str().filter(|host| !host.contains(':'));
-    let (Some(host), false) = (host, preopen.guest_path.contains(':')) else {
-        anyhow::bail!(
-            "WasmEdge cannot preopen {} as {}: its paths may not contain ':' (nor be other than UTF-8)",
-            preopen.host_path.display(),
-            preopen.guest_path
-        );
-    };
-    let mode = if preopen.read_only { ":readonly" } else { "" };
-    Ok(format!("{}:{host}{mode}", preopen.guest_path))
-}
-
 /// A trap after a refused growth is the memory limit's doing (the guest
 /// asked for more, got -1 and aborted); so is one with the memory within a
 /// quarter of its limit.
@@ -138,22 +105,5 @@ fn trapped(error: &WasmEdgeError, growth_refused: bool, memory_bytes: Option<u64
             memory_limit_hit: true,
         },
         _ => GuestExit::Trapped { message: error.to_string(), memory_limit_hit: false },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dir(host: &str, guest: &str, read_only: bool) -> Preopen {
-        Preopen { host_path: host.into(), guest_path: guest.into(), read_only }
-    }
-
-    #[test]
-    fn read_only_preopens_say_so_and_separators_in_paths_are_refused() {
-        assert_eq!(preopen(&dir("/run/c/rootfs", "/", true)).unwrap(), "/:/run/c/rootfs:readonly");
-        assert_eq!(preopen(&dir("/srv/data", "/data", false)).unwrap(), "/data:/srv/data");
-        assert!(preopen(&dir("/srv/a:readonly", "/data", false)).is_err());
-        assert!(preopen(&dir("/srv/data", "/da:ta", true)).is_err());
     }
 }

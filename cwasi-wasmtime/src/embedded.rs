@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use cwasi_comm::idle_peers::{IdlePeers, InstanceSlot, PeerInstance};
 use cwasi_comm::in_process::InProcessSource;
-use cwasi_comm::{CallError, EmbeddedPeers, GuestHost, PeerHosts, PendingReply, TraceContext};
+use cwasi_comm::{CallError, GuestHost, Mode, PeerHosts, PendingReply, TraceContext, Transport};
 use cwasi_engine::{EmbeddedModule, MemoryBudget, PinnedDir};
 use wasmtime::{Engine, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
@@ -141,16 +141,21 @@ struct PeerTemplate {
     dirs: Arc<Vec<PinnedDir>>,
 }
 
-/// The embedded peers of one guest.
-pub(crate) struct WasmtimeEmbedded {
+/// The embedded peers of one guest, compiled and ready to instantiate.
+pub(crate) struct LoadedPeers {
     engine: Engine,
     templates: HashMap<String, PeerTemplate>,
-    /// The container's memory budget, shared with the guest.
-    memory: MemoryBudget,
-    hosts: Arc<PeerHosts>,
-    idle: IdlePeers<ParkedPeer>,
     ticker: EpochTicker,
     io: PeerIo,
+}
+
+/// The embedded peers of one guest, running.
+pub(crate) struct WasmtimeEmbedded {
+    loaded: LoadedPeers,
+    /// The container's memory budget, shared with the guest.
+    memory: MemoryBudget,
+    hosts: PeerHosts,
+    idle: IdlePeers<ParkedPeer>,
 }
 
 /// Runs the timers and blocking file work of the peers' host calls.
@@ -182,16 +187,14 @@ impl Drop for PeerIo {
     }
 }
 
-impl WasmtimeEmbedded {
+impl LoadedPeers {
     /// Compiles (or loads from the cache) every peer's module up front, so a
     /// missing or broken peer is reported at start, not at the first call.
-    pub(crate) fn new(
+    pub(crate) fn load(
         engine: &Engine,
         compat: &str,
         peers: &[EmbeddedModule],
         cache_dir: Option<&std::path::Path>,
-        memory: MemoryBudget,
-        hosts: Arc<PeerHosts>,
     ) -> anyhow::Result<Self> {
         let mut linker: Linker<PeerState> = Linker::new(engine);
         p1::add_to_linker_async(&mut linker, |state: &mut PeerState| &mut state.wasi)?;
@@ -209,7 +212,15 @@ impl WasmtimeEmbedded {
         }
         let ticker = EpochTicker::start(engine).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
         let io = PeerIo::start()?;
-        Ok(Self { engine: engine.clone(), templates, memory, hosts, idle: IdlePeers::default(), ticker, io })
+        Ok(Self { engine: engine.clone(), templates, ticker, io })
+    }
+}
+
+impl WasmtimeEmbedded {
+    /// Runs `loaded`'s peers within the container's `memory`, each instance
+    /// with a host from `hosts`.
+    pub(crate) fn new(loaded: LoadedPeers, memory: MemoryBudget, hosts: PeerHosts) -> Self {
+        Self { loaded, memory, hosts, idle: IdlePeers::default() }
     }
 
     /// A new instance of `peer`, not started: its first resume instantiates
@@ -218,6 +229,7 @@ impl WasmtimeEmbedded {
     fn new_instance(&self, peer: &str) -> Result<ParkedPeer, CallError> {
         let slot = self.idle.reserve(peer)?;
         let template = self
+            .loaded
             .templates
             .get(peer)
             .ok_or_else(|| CallError::UnknownPeer(format!("{peer} (not embedded in this image)")))?
@@ -234,7 +246,7 @@ impl WasmtimeEmbedded {
             // thread, out of reach of the call's deadline.
             .allow_blocking_current_thread(false);
         for dir in template.dirs.iter() {
-            crate::run::add_preopen(&mut wasi, dir.preopen())
+            crate::preopen::add_preopen(&mut wasi, dir.preopen())
                 .map_err(|e| CallError::PeerFailed(format!("embedded peer {peer}: {e:#}")))?;
         }
         let requests = Arc::new(InProcessSource::default());
@@ -242,7 +254,7 @@ impl WasmtimeEmbedded {
         let denied = limiter.denied().clone();
         let host = self.hosts.host(peer, requests.clone());
         let state = PeerState { wasi: wasi.build_p1(), limiter, host, requests: requests.clone() };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.loaded.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_callback(deadline::check_every_tick(|state: &PeerState| state.requests.deadline()));
         store.set_epoch_deadline(1);
@@ -256,28 +268,39 @@ impl WasmtimeEmbedded {
     }
 }
 
-impl EmbeddedPeers for WasmtimeEmbedded {
-    fn call(
+impl Transport for WasmtimeEmbedded {
+    fn mode(&self) -> Mode {
+        Mode::Embedded
+    }
+
+    fn send(
         &self,
         peer: &str,
         request: &[u8],
         deadline: Instant,
         trace: TraceContext,
-    ) -> Result<Box<dyn PendingReply>, CallError> {
+    ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
+        if !self.loaded.templates.contains_key(peer) {
+            return Ok(None);
+        }
         // Deadlines are checked at epoch ticks, which run only around calls.
-        let _ticking = self.ticker.running();
+        let _ticking = self.loaded.ticker.running();
         let mut parked = match self.idle.take(peer) {
             Some(parked) => parked,
             None => self.new_instance(peer)?,
         };
         // `request` stays borrowed until the peer parked again (resume returned).
         parked.requests.offer(request, deadline, trace);
-        if let Err(e) = parked.resume(peer, deadline, self.io.handle()) {
+        if let Err(e) = parked.resume(peer, deadline, self.loaded.io.handle()) {
             // It reads nothing of `request` from here on; dropped (trapped,
             // exited or out of time), the next call starts a new one.
             let _ = parked.requests.withdraw();
             return Err(e);
         }
-        self.idle.answer(peer, parked)
+        self.idle.answer(peer, parked).map(Some)
+    }
+
+    fn target(&self, peer: &str) -> String {
+        self.loaded.templates.get(peer).map(|t| t.module.module.display().to_string()).unwrap_or_default()
     }
 }

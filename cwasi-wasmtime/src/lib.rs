@@ -10,6 +10,7 @@ mod embedded;
 mod host_api;
 mod limits;
 mod module_loader;
+mod preopen;
 mod run;
 
 pub use run::WasmtimeEngine;

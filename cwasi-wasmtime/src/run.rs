@@ -1,13 +1,15 @@
 use anyhow::Context as _;
-use cwasi_engine::{Engine, GuestExit, GuestHost, GuestSpec, Preopen};
+use cwasi_engine::{Engine, GuestExit, GuestHost, GuestSpec, HostParts};
 use wasmtime::error::Context as _;
 use wasmtime::{Config, Linker, Store, Val};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
+use crate::embedded::{LoadedPeers, WasmtimeEmbedded};
 use crate::host_api::Waiting;
 use crate::limits::GuestLimiter;
 use crate::module_loader::{self, ModuleSource};
+use crate::preopen::add_preopen;
 
 /// Runs WASI preview-1 guests on wasmtime.
 pub struct WasmtimeEngine {
@@ -56,21 +58,12 @@ impl WasmtimeEngine {
     }
 }
 
-/// Shows the guest (or an embedded peer) `preopen`, read-only if it says so.
-pub(crate) fn add_preopen(wasi: &mut WasiCtxBuilder, preopen: &Preopen) -> anyhow::Result<()> {
-    let perms = if preopen.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-    wasi.preopened_dir(&preopen.host_path, &preopen.guest_path, perms)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("preopening {} as {}", preopen.host_path.display(), preopen.guest_path))?;
-    Ok(())
-}
-
 impl Engine for WasmtimeEngine {
     fn name(&self) -> &'static str {
         "wasmtime"
     }
 
-    fn run(&self, guest: &GuestSpec, host: GuestHost) -> anyhow::Result<GuestExit> {
+    fn run(&self, guest: &GuestSpec, host: HostParts) -> anyhow::Result<GuestExit> {
         let (module, source) =
             module_loader::load(&self.engine, &self.compat, &guest.module, guest.cache_dir.as_deref())?;
         tracing::info!(
@@ -81,17 +74,13 @@ impl Engine for WasmtimeEngine {
 
         // The guest and its embedded peers draw on one budget.
         let memory = guest.memory_budget();
-        if !guest.embedded.is_empty() {
-            let embedded = crate::embedded::WasmtimeEmbedded::new(
-                &self.engine,
-                &self.compat,
-                &guest.embedded,
-                guest.cache_dir.as_deref(),
-                memory.clone(),
-                host.peer_hosts(),
-            )?;
-            host.router().attach_embedded(std::sync::Arc::new(embedded));
-        }
+        let host = if guest.embedded.is_empty() {
+            host.into_host()
+        } else {
+            let cache_dir = guest.cache_dir.as_deref();
+            let loaded = LoadedPeers::load(&self.engine, &self.compat, &guest.embedded, cache_dir)?;
+            host.into_host_with_embedded(|hosts| WasmtimeEmbedded::new(loaded, memory.clone(), hosts))
+        };
 
         let state = GuestState { wasi: Self::wasi_context(guest)?, limiter: GuestLimiter::new(&memory), host };
         let mut store = Store::new(&self.engine, state);
@@ -154,10 +143,10 @@ fn trapped(error: wasmtime::Error, limiter: &GuestLimiter) -> GuestExit {
 mod tests {
     use super::*;
 
-    fn test_host() -> GuestHost {
+    fn test_host() -> HostParts {
         let config = cwasi_comm::FunctionConfig::from_annotations(&Default::default(), "t", "node").unwrap();
         let registry = cwasi_comm::NodeRegistry::new(std::path::Path::new("/nonexistent"), "node", "ns");
-        GuestHost::new(std::sync::Arc::new(cwasi_comm::Router::new(config, registry)), None, None)
+        HostParts::new(config, registry, None, None)
     }
 
     fn run_wat(wat: &str, memory_limit: Option<u64>) -> GuestExit {

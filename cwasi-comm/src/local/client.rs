@@ -11,7 +11,7 @@ use super::listener::{MAX_FAILURE_MESSAGE, STATUS_HANDLER_FAILED, hung_up};
 use super::ring::MessageHeader;
 use super::segment::{Doorbell, Segment};
 use crate::trace::TraceContext;
-use crate::{CallError, Channel, MAX_PAYLOAD, Mode, PendingReply};
+use crate::{CallError, MAX_PAYLOAD, PendingReply};
 
 /// Slot geometry of a connection's rings: 4 slots of 1 MiB per direction, so
 /// a large payload streams with copies on both sides overlapping.
@@ -83,12 +83,15 @@ impl LocalChannel {
     }
 }
 
-impl Channel for LocalChannel {
-    fn mode(&self) -> Mode {
-        Mode::Local
-    }
-
-    fn send(&self, request: &[u8], deadline: Instant, trace: TraceContext) -> Result<Box<dyn PendingReply>, CallError> {
+impl LocalChannel {
+    /// Sends `request` with the call's `trace` context; the call ends with
+    /// [`CallError::Timeout`] at `deadline` at the latest.
+    pub fn send(
+        &self,
+        request: &[u8],
+        deadline: Instant,
+        trace: TraceContext,
+    ) -> Result<Box<dyn PendingReply>, CallError> {
         let connection = self.connection()?;
         let ring = connection.segment.request();
         let start = ring.head();

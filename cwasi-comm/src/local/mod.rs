@@ -15,8 +15,10 @@ mod handshake;
 mod listener;
 mod ring;
 mod segment;
+mod transport;
 
 pub use client::LocalChannel;
 pub use futex::SPIN_ENV;
 pub(crate) use futex::spin_for;
 pub use listener::{LocalListener, LocalRequest};
+pub use transport::LocalTransport;

@@ -16,7 +16,7 @@ use redis::Value;
 use super::keys::{FunctionKeys, INLINE_BODY_MAX, KEEP_SECONDS, MAX_QUEUED, REPLY_FAILED, REPLY_OK, SERVER_GONE};
 use super::link::{LinkPool, PooledLink};
 use crate::trace::TraceContext;
-use crate::{CallError, Channel, Mode, PendingReply};
+use crate::{CallError, PendingReply};
 
 /// How long one blocking read of the reply list lasts, so that a dead
 /// connection is noticed.
@@ -197,12 +197,15 @@ impl Request {
     }
 }
 
-impl Channel for RemoteChannel {
-    fn mode(&self) -> Mode {
-        Mode::Remote
-    }
-
-    fn send(&self, request: &[u8], deadline: Instant, trace: TraceContext) -> Result<Box<dyn PendingReply>, CallError> {
+impl RemoteChannel {
+    /// Sends `request` with the call's `trace` context; the call ends with
+    /// [`CallError::Timeout`] at `deadline` at the latest.
+    pub fn send(
+        &self,
+        request: &[u8],
+        deadline: Instant,
+        trace: TraceContext,
+    ) -> Result<Box<dyn PendingReply>, CallError> {
         let peer = &self.peer;
         let id = new_request_id(&peer.caller);
         let inline = request.len() <= INLINE_BODY_MAX;

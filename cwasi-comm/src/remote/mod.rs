@@ -55,9 +55,11 @@ mod keys;
 mod link;
 mod listener;
 mod request;
+mod transport;
 
 pub use client::RemoteChannel;
 pub use endpoint::{Endpoint, EndpointError};
 pub use link::{CA_FILE_ENV, LinkPool, RETRY_ENV, RedisLink, cluster_seeds, connection_info};
 pub use listener::{LocalCallers, RemoteListener};
 pub use request::RemoteRequest;
+pub use transport::{RedisLinks, RemoteTransport};

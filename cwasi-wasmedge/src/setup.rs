@@ -1,0 +1,54 @@
+//! What libwasmedge is given for a guest or an embedded peer: its
+//! configuration (the memory cap) and its preopens.
+
+use cwasi_engine::Preopen;
+use wasmedge_sdk::config::{CommonConfigOptions, Config, ConfigBuilder, RuntimeConfigOptions};
+
+/// A WebAssembly page, in bytes.
+pub(crate) const PAGE: u64 = 65536;
+
+/// A WasmEdge configuration whose memories stop at `memory_limit`.
+pub(crate) fn config(memory_limit: Option<u64>) -> anyhow::Result<Config> {
+    let mut runtime = RuntimeConfigOptions::default();
+    if let Some(limit) = memory_limit {
+        runtime = runtime.max_memory_pages(u32::try_from(limit / PAGE).unwrap_or(u32::MAX).max(1));
+    }
+    ConfigBuilder::new(CommonConfigOptions::default())
+        .with_runtime_config(runtime)
+        .build()
+        .map_err(|e| anyhow::anyhow!("configuring WasmEdge: {e}"))
+}
+
+/// A preopen as libwasmedge takes it: `GUEST:HOST`, with `:readonly` for a
+/// read-only one (without it the guest could write into a read-only mount:
+/// WASI's rights are the only thing between them). A `:` in either path
+/// would be read as a separator, so such a path is refused.
+pub(crate) fn preopen(preopen: &Preopen) -> anyhow::Result<String> {
+    let host = preopen.host_path.to_str().filter(|host| !host.contains(':'));
+    let (Some(host), false) = (host, preopen.guest_path.contains(':')) else {
+        anyhow::bail!(
+            "WasmEdge cannot preopen {} as {}: its paths may not contain ':' (nor be other than UTF-8)",
+            preopen.host_path.display(),
+            preopen.guest_path
+        );
+    };
+    let mode = if preopen.read_only { ":readonly" } else { "" };
+    Ok(format!("{}:{host}{mode}", preopen.guest_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(host: &str, guest: &str, read_only: bool) -> Preopen {
+        Preopen { host_path: host.into(), guest_path: guest.into(), read_only }
+    }
+
+    #[test]
+    fn read_only_preopens_say_so_and_separators_in_paths_are_refused() {
+        assert_eq!(preopen(&dir("/run/c/rootfs", "/", true)).unwrap(), "/:/run/c/rootfs:readonly");
+        assert_eq!(preopen(&dir("/srv/data", "/data", false)).unwrap(), "/data:/srv/data");
+        assert!(preopen(&dir("/srv/a:readonly", "/data", false)).is_err());
+        assert!(preopen(&dir("/srv/data", "/da:ta", true)).is_err());
+    }
+}
