@@ -104,7 +104,8 @@ impl InProcessSource {
 
     /// Wakes the other side, spinning or asleep (`state` is the locked state).
     fn changed(&self, state: &State) {
-        // Ordering: Release, paired with the Acquire in `spin_past`; the
+        // Ordering: Release, paired with the Acquire loads of the spinning
+        // side (`spin_past`, `wait_parked`); the
         // state itself is read under its lock.
         self.changes.fetch_add(1, Ordering::Release);
         if state.sleepers > 0 {
@@ -147,13 +148,26 @@ impl InProcessSource {
     /// Waits until the peer parked with the offered request answered (or
     /// not), at most until `until`; false when it did not park by then.
     pub fn wait_parked(&self, until: Instant) -> bool {
-        let mut state = self.lock();
-        if !(state.parked && state.taken) {
-            let seen = self.changes.load(Ordering::Acquire);
-            drop(state);
-            self.spin_past(seen);
-            state = self.lock();
+        // Spins until the peer parked, not only until the first change: the
+        // first is the peer taking the request, and sleeping then would cost
+        // a wake-up in every call.
+        let mut seen = self.changes.load(Ordering::Acquire);
+        if self.parked_with_answer() {
+            return true;
         }
+        let parked = crate::local::spin_for(|| {
+            let now = self.changes.load(Ordering::Acquire);
+            if now == seen {
+                return None;
+            }
+            seen = now;
+            let state = self.lock();
+            (state.parked && state.taken).then_some(())
+        });
+        if parked.is_some() {
+            return true;
+        }
+        let mut state = self.lock();
         while !(state.parked && state.taken) {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
