@@ -14,7 +14,7 @@ mod spec;
 
 pub use cache::{CachedArtifact, ModuleCache};
 pub use cwasi_comm::{GuestHost, HostParts};
-pub use memory_budget::{MemoryBudget, MemoryShare};
+pub use memory_budget::{DeniedGrowth, MemoryBudget, MemoryShare};
 pub use pinned_dir::PinnedDir;
 pub use spec::{EmbeddedModule, GuestExit, GuestSpec, Preopen};
 

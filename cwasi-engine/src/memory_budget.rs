@@ -22,18 +22,13 @@ pub struct MemoryBudget {
 struct Shared {
     /// `None`: no limit.
     limit: Option<u64>,
-    /// Instances the budget was planned for (engines that can only cap
-    /// each memory on its own give each an equal part).
-    instances: u64,
     used: AtomicU64,
 }
 
 impl MemoryBudget {
-    /// A budget of `limit` bytes (`None`: unlimited) for `instances`
-    /// handler instances.
-    pub fn new(limit: Option<u64>, instances: u32) -> Self {
-        let instances = u64::from(instances.max(1));
-        Self { shared: Arc::new(Shared { limit, instances, used: AtomicU64::new(0) }) }
+    /// A budget of `limit` bytes (`None`: unlimited).
+    pub fn new(limit: Option<u64>) -> Self {
+        Self { shared: Arc::new(Shared { limit, used: AtomicU64::new(0) }) }
     }
 
     pub fn limit(&self) -> Option<u64> {
@@ -45,15 +40,9 @@ impl MemoryBudget {
         self.shared.used.load(Ordering::Acquire)
     }
 
-    /// An equal part of the limit per handler instance: the cap for an
-    /// engine that cannot refuse a growth by what the others hold.
-    pub fn fair_share(&self) -> Option<u64> {
-        self.shared.limit.map(|limit| limit / self.shared.instances)
-    }
-
     /// A new instance's account.
     pub fn share(&self) -> MemoryShare {
-        MemoryShare { budget: self.clone(), held: 0, pending: 0 }
+        MemoryShare { budget: self.clone(), held: 0, pending: 0, denied: DeniedGrowth::default() }
     }
 
     fn take(&self, bytes: u64) -> bool {
@@ -83,6 +72,29 @@ pub struct MemoryShare {
     /// Taken for the last growth allowed, until the engine reports that it
     /// failed after all.
     pending: u64,
+    denied: DeniedGrowth,
+}
+
+/// The size an instance asked for when the budget refused it (0: never),
+/// readable after the instance is gone: the trap that usually follows a
+/// refusal (an allocator aborting) can then be reported as what it is.
+#[derive(Debug, Clone, Default)]
+pub struct DeniedGrowth(Arc<AtomicU64>);
+
+impl DeniedGrowth {
+    pub fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Acquire)).filter(|&wanted| wanted > 0)
+    }
+
+    /// Why a trap after a refused growth happened, or `None`.
+    pub fn explain(&self, budget: &MemoryBudget) -> Option<String> {
+        let (wanted, limit) = (self.get()?, budget.limit()?);
+        Some(format!(
+            "it asked for {wanted} bytes of linear memory while the container's instances held {} \
+             of its {limit}-byte limit (linux.resources.memory.limit)",
+            budget.used()
+        ))
+    }
 }
 
 impl MemoryShare {
@@ -91,6 +103,7 @@ impl MemoryShare {
     pub fn grow(&mut self, current: u64, desired: u64) -> bool {
         let more = desired.saturating_sub(current);
         if !self.budget.take(more) {
+            self.denied.0.store(desired, Ordering::Release);
             return false;
         }
         self.held += more;
@@ -108,6 +121,11 @@ impl MemoryShare {
     pub fn budget(&self) -> &MemoryBudget {
         &self.budget
     }
+
+    /// The growth the budget refused this instance, if it did.
+    pub fn denied(&self) -> &DeniedGrowth {
+        &self.denied
+    }
 }
 
 impl Drop for MemoryShare {
@@ -124,7 +142,7 @@ mod tests {
 
     #[test]
     fn instances_share_one_limit_and_give_back_when_they_end() {
-        let budget = MemoryBudget::new(Some(64 * MIB), 1);
+        let budget = MemoryBudget::new(Some(64 * MIB));
         let (mut guest, mut peer_a, mut peer_b) = (budget.share(), budget.share(), budget.share());
         assert!(guest.grow(0, 2 * MIB));
         assert!(peer_a.grow(0, 26 * MIB));
@@ -133,6 +151,9 @@ mod tests {
         // A third of 26 MiB does not fit, whoever asks.
         let mut peer_c = budget.share();
         assert!(!peer_c.grow(0, 26 * MIB));
+        assert_eq!(peer_c.denied().get(), Some(26 * MIB));
+        assert!(peer_c.denied().explain(&budget).unwrap().contains("of its 67108864-byte limit"));
+        assert_eq!(peer_a.denied().get(), None);
         assert!(!guest.grow(2 * MIB, 28 * MIB));
         assert!(peer_c.grow(0, 10 * MIB));
         assert_eq!(budget.used(), 64 * MIB);
@@ -143,7 +164,7 @@ mod tests {
 
     #[test]
     fn a_growth_the_engine_failed_is_given_back() {
-        let budget = MemoryBudget::new(Some(10 * MIB), 1);
+        let budget = MemoryBudget::new(Some(10 * MIB));
         let mut share = budget.share();
         assert!(share.grow(0, MIB));
         assert!(share.grow(MIB, 9 * MIB));
@@ -155,10 +176,10 @@ mod tests {
     }
 
     #[test]
-    fn no_limit_counts_without_refusing_and_fair_shares_split_the_limit() {
-        let budget = MemoryBudget::new(None, 4);
-        assert!(budget.share().grow(0, u64::MAX / 2));
-        assert_eq!(budget.fair_share(), None);
-        assert_eq!(MemoryBudget::new(Some(64 * MIB), 4).fair_share(), Some(16 * MIB));
+    fn no_limit_counts_without_refusing() {
+        let budget = MemoryBudget::new(None);
+        let mut share = budget.share();
+        assert!(share.grow(0, u64::MAX / 2));
+        assert_eq!(budget.used(), u64::MAX / 2);
     }
 }

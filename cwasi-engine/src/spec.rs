@@ -33,7 +33,7 @@ impl GuestSpec {
     /// the one shared with the container's other handler instances, else
     /// its own, of `memory_limit`.
     pub fn memory_budget(&self) -> MemoryBudget {
-        self.shared_memory.clone().unwrap_or_else(|| MemoryBudget::new(self.memory_limit, 1))
+        self.shared_memory.clone().unwrap_or_else(|| MemoryBudget::new(self.memory_limit))
     }
 }
 

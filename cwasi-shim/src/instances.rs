@@ -3,8 +3,7 @@
 //! A serving container runs `cwasi.io/concurrency` instances of its module,
 //! each on its own thread with its own store, memory and host, all
 //! fed by one shared [`FunctionServer`]; they draw on one memory budget,
-//! the container's limit (an engine that cannot refuse a growth by what the
-//! others hold gives each an equal part), so together they stay inside it. The first
+//! the container's limit, so together they stay inside it. The first
 //! instance to end ends the process (and the container) with its status.
 //!
 //! SIGTERM (a container stop, a rolling restart) drains a serving function:
@@ -30,7 +29,7 @@ pub fn run_all(guest: &GuestSpec, hosts: Vec<HostParts>, run: fn(&GuestSpec, Hos
         return run(guest, host);
     }
     let mut share = guest.clone();
-    share.shared_memory = Some(MemoryBudget::new(guest.memory_limit, hosts.len() as u32));
+    share.shared_memory = Some(MemoryBudget::new(guest.memory_limit));
     let (ended, first) = mpsc::channel();
     for (index, host) in hosts.into_iter().enumerate() {
         let (share, ended) = (share.clone(), ended.clone());

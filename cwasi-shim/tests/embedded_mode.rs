@@ -220,10 +220,6 @@ fn an_embedded_peer_sees_its_environment_and_reads_its_directories_only() {
 /// is refused (its growth fails, it traps) with a message that says why, and
 /// the caller and the other peers go on.
 #[test]
-#[cfg_attr(
-    feature = "wasmedge",
-    ignore = "libwasmedge has no hook on a memory's growth: each instance is capped alone"
-)]
 fn embedded_peers_share_the_containers_memory_limit() {
     let (ctd, image) = containerd_with(test_image_with_peers("caller", &["echo-server"]).unwrap());
     let limit = (64u64 << 20).to_string();

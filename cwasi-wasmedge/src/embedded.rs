@@ -1,6 +1,7 @@
 //! Embedded mode on WasmEdge: peers shipped in the caller's image run in the
-//! caller's process, each instance with its own memory (capped at the
-//! container's limit), WASI context and `GuestHost`.
+//! caller's process, each instance with its own memory (drawn from the
+//! container's budget through the growth gate), WASI context and
+//! `GuestHost`.
 //!
 //! A peer is an ordinary serving module, served by the same `GuestHost` and
 //! the same `cwasi` imports as a container's guest, from an
@@ -18,15 +19,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use cwasi_comm::idle_peers::{IdlePeers, InstanceSlot, PeerInstance};
 use cwasi_comm::in_process::InProcessSource;
 use cwasi_comm::{CallError, GuestHost, Mode, PeerHosts, PendingReply, TraceContext, Transport};
-use cwasi_engine::{EmbeddedModule, PinnedDir};
+use cwasi_engine::{DeniedGrowth, EmbeddedModule, MemoryBudget, MemoryShare, PinnedDir};
+use wasmedge_sdk::config::Config;
 use wasmedge_sdk::vm::SyncInst;
 use wasmedge_sdk::wasi::WasiModule;
 use wasmedge_sdk::{ImportObject, Module, Store, Vm};
 
 use crate::async_run::{AsyncRun, Ran};
+use crate::growth_gate::{self, LoadedModule};
 use crate::setup::config;
 
 /// How often a call waiting for a peer checks that its run has not ended
@@ -35,7 +40,8 @@ const RUN_CHECK: Duration = Duration::from_millis(20);
 
 pub(crate) struct WasmEdgeEmbedded {
     peers: LoadedPeers,
-    memory_limit: Option<u64>,
+    /// The container's memory budget, shared with the guest.
+    memory: MemoryBudget,
     hosts: PeerHosts,
     idle: IdlePeers<RunningPeer>,
 }
@@ -46,7 +52,7 @@ pub(crate) struct LoadedPeers(HashMap<String, Peer>);
 /// A peer's validated module, and its environment and directories as
 /// libwasmedge takes them.
 struct Peer {
-    module: Module,
+    module: LoadedModule,
     path: std::path::PathBuf,
     env: Vec<String>,
     /// Its directories through their descriptors, opened at start (held in `_dirs`).
@@ -56,11 +62,11 @@ struct Peer {
 
 impl LoadedPeers {
     /// Reads and validates every peer's module up front (once).
-    pub(crate) fn load(peers: &[EmbeddedModule], memory_limit: Option<u64>) -> anyhow::Result<Self> {
+    pub(crate) fn load(peers: &[EmbeddedModule], config: &Config) -> anyhow::Result<Self> {
         let mut loaded = HashMap::new();
         for peer in peers {
-            let module = Module::from_file(Some(&config(memory_limit)?), &peer.module)
-                .map_err(|e| anyhow::anyhow!("embedded peer {} ({}): {e}", peer.name, peer.module.display()))?;
+            let module = growth_gate::load(&peer.module, config)
+                .with_context(|| format!("embedded peer {} ({})", peer.name, peer.module.display()))?;
             let env = peer.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let dirs = peer.preopens.iter().map(PinnedDir::open).collect::<anyhow::Result<Vec<_>>>()?;
             let preopens =
@@ -73,9 +79,10 @@ impl LoadedPeers {
 }
 
 impl WasmEdgeEmbedded {
-    /// Runs `peers`, each instance capped at `memory_limit`, with a host from `hosts`.
-    pub(crate) fn new(peers: LoadedPeers, memory_limit: Option<u64>, hosts: PeerHosts) -> Self {
-        Self { peers, memory_limit, hosts, idle: IdlePeers::default() }
+    /// Runs `peers` within the container's `memory`, each instance with a
+    /// host from `hosts`.
+    pub(crate) fn new(peers: LoadedPeers, memory: MemoryBudget, hosts: PeerHosts) -> Self {
+        Self { peers, memory, hosts, idle: IdlePeers::default() }
     }
 }
 
@@ -113,7 +120,12 @@ impl Transport for WasmEdgeEmbedded {
             if let Some(ran) = instance.run.ended(0) {
                 let _ = instance.requests.withdraw();
                 let growth_refused = crate::grow_refusals::count() > refusals_before;
+                let over_budget = instance.denied.explain(&self.memory);
                 return Err(match ran {
+                    Ran::Trapped(e) if over_budget.is_some() => CallError::PeerFailed(format!(
+                        "embedded peer {peer} exceeded its memory limit: {}; it trapped: {e}",
+                        over_budget.unwrap_or_default()
+                    )),
                     Ran::Trapped(e) if growth_refused => {
                         failed(peer, format!("trapped after its memory limit refused a growth: {e}"))
                     }
@@ -164,7 +176,7 @@ impl WasmEdgeEmbedded {
             .0
             .get(name)
             .ok_or_else(|| CallError::UnknownPeer(format!("{name} (not embedded in this image)")))?;
-        let config = config(self.memory_limit).map_err(|e| failed(name, e))?;
+        let config = config(self.memory.limit()).map_err(|e| failed(name, e))?;
         fn strs(list: &[String]) -> Vec<&str> {
             list.iter().map(String::as_str).collect()
         }
@@ -173,8 +185,12 @@ impl WasmEdgeEmbedded {
         let requests = Arc::new(InProcessSource::default());
         let host = self.hosts.host(name, requests.clone());
         let cwasi = crate::host_api::import_object(host).map_err(|e| failed(name, e))?;
-        let mut instance = RunningPeer::new(requests, wasi, cwasi, slot);
-        instance.start(&config, peer.module.clone()).map_err(|e| failed(name, format!("{e:#}")))?;
+        let share = self.memory.share();
+        let denied = share.denied().clone();
+        let gate = growth_gate::admit(share, &peer.module, &format!("embedded peer {name}"))
+            .map_err(|e| CallError::PeerFailed(format!("{e:#}")))?;
+        let mut instance = RunningPeer::new(requests, Imports { wasi, cwasi, gate }, slot, denied);
+        instance.start(&config, peer.module.module.clone()).map_err(|e| failed(name, format!("{e:#}")))?;
         tracing::debug!(peer = name, "embedded peer instantiated");
         Ok(instance)
     }
@@ -188,9 +204,18 @@ struct RunningPeer {
     /// Refers to `wasi` and `cwasi`, which it borrows for `'static`: they
     /// are boxed here and freed only after it (see `Drop`).
     vm: Option<Vm<'static, dyn SyncInst>>,
-    wasi: *mut WasiModule,
-    cwasi: *mut ImportObject<GuestHost>,
+    imports: *mut Imports,
+    /// The growth its memory gate refused, if one was.
+    denied: DeniedGrowth,
     _slot: InstanceSlot,
+}
+
+/// What a peer instance imports besides its module: WASI, `cwasi` and the
+/// memory gate.
+struct Imports {
+    wasi: WasiModule,
+    cwasi: ImportObject<GuestHost>,
+    gate: ImportObject<MemoryShare>,
 }
 
 /// The run, once started.
@@ -224,30 +249,26 @@ impl PeerInstance for RunningPeer {
 }
 
 impl RunningPeer {
-    fn new(
-        requests: Arc<InProcessSource>,
-        wasi: WasiModule,
-        cwasi: ImportObject<GuestHost>,
-        slot: InstanceSlot,
-    ) -> Self {
+    fn new(requests: Arc<InProcessSource>, imports: Imports, slot: InstanceSlot, denied: DeniedGrowth) -> Self {
         Self {
             _slot: slot,
             requests,
             run: AsyncRunSlot(None),
             vm: None,
-            wasi: Box::into_raw(Box::new(wasi)),
-            cwasi: Box::into_raw(Box::new(cwasi)),
+            imports: Box::into_raw(Box::new(imports)),
+            denied,
         }
     }
 
     fn start(&mut self, config: &wasmedge_sdk::config::Config, module: Module) -> anyhow::Result<()> {
-        // SAFETY: both were boxed by `new` and are freed only in `Drop`, after
-        // `vm` (which borrows them) and the run (which uses them) are gone;
-        // nothing else touches them meanwhile.
-        let (wasi, cwasi) = unsafe { (&mut *self.wasi, &mut *self.cwasi) };
+        // SAFETY: boxed by `new` and freed only in `Drop`, after `vm` (which
+        // borrows them) and the run (which uses them) are gone; nothing else
+        // touches them meanwhile.
+        let Imports { wasi, cwasi, gate } = unsafe { &mut *self.imports };
         let mut instances: HashMap<String, &'static mut dyn SyncInst> = HashMap::new();
         instances.insert(wasi.name().to_string(), wasi.as_mut());
         instances.insert(cwasi_abi::MODULE.to_string(), cwasi);
+        instances.insert(growth_gate::MODULE.to_string(), gate);
         let store = Store::new(Some(config), instances).map_err(|e| anyhow::anyhow!("{e}"))?;
         let vm = self.vm.insert(Vm::new(store));
         vm.register_module(None, module).map_err(|e| anyhow::anyhow!("instantiating: {e}"))?;
@@ -271,9 +292,6 @@ impl Drop for RunningPeer {
         drop(self.run.0.take());
         drop(self.vm.take());
         // SAFETY: boxed by `new`; the run and the vm that used them are gone.
-        unsafe {
-            drop(Box::from_raw(self.wasi));
-            drop(Box::from_raw(self.cwasi));
-        }
+        unsafe { drop(Box::from_raw(self.imports)) };
     }
 }

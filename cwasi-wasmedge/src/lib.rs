@@ -11,13 +11,15 @@
 //! of libwasmedge's asynchronous invocation and parks between calls in
 //! `serve_next` on that thread (wasmtime suspends a fiber instead), so that
 //! a call's deadline can stop it (`async_run`); as WasmEdge has no
-//! resource-limiter callback, each instance's memory is capped on its own
-//! and a denied memory growth is read from libwasmedge's log
+//! resource-limiter callback, each module's `memory.grow` is routed through
+//! an import that asks the container's memory budget (`growth_gate`), and a
+//! growth the engine itself refuses is read from libwasmedge's log
 //! (`grow_refusals`).
 
 mod async_run;
 mod embedded;
 mod grow_refusals;
+mod growth_gate;
 mod host_api;
 mod run;
 mod setup;

@@ -5,9 +5,10 @@ use cwasi_engine::{Engine, GuestExit, GuestSpec, HostParts};
 use wasmedge_sdk::error::{CoreCommonError, CoreError, WasmEdgeError};
 use wasmedge_sdk::vm::SyncInst;
 use wasmedge_sdk::wasi::WasiModule;
-use wasmedge_sdk::{AsInstance, Module, Store, Vm};
+use wasmedge_sdk::{AsInstance, Store, Vm};
 
 use crate::embedded::{LoadedPeers, WasmEdgeEmbedded};
+use crate::growth_gate;
 use crate::setup::{PAGE, config, preopen};
 
 /// Runs WASI preview-1 guests on WasmEdge.
@@ -37,18 +38,20 @@ impl Engine for WasmEdgeEngine {
     }
 
     fn run(&self, guest: &GuestSpec, host: HostParts) -> anyhow::Result<GuestExit> {
-        // libwasmedge has no hook on a memory's growth: each instance is
-        // capped on its own, at an equal part of the container's limit.
-        let memory_limit = guest.memory_budget().fair_share();
+        // The guest and its embedded peers draw on one budget, through the
+        // growth gate; the engine's own cap is the whole limit.
+        let memory = guest.memory_budget();
+        let memory_limit = memory.limit();
         let config = config(memory_limit)?;
-        let module = Module::from_file(Some(&config), &guest.module)
-            .map_err(wasmedge_error)
-            .with_context(|| format!("loading module {}", guest.module.display()))?;
+        let module = growth_gate::load(&guest.module, &config)?;
+        let share = memory.share();
+        let denied = share.denied().clone();
+        let mut gate = growth_gate::admit(share, &module, "the guest")?;
         let host = if guest.embedded.is_empty() {
             host.into_host()
         } else {
-            let loaded = LoadedPeers::load(&guest.embedded, memory_limit)?;
-            host.into_host_with_embedded(|hosts| WasmEdgeEmbedded::new(loaded, memory_limit, hosts))
+            let loaded = LoadedPeers::load(&guest.embedded, &config)?;
+            host.into_host_with_embedded(|hosts| WasmEdgeEmbedded::new(loaded, memory.clone(), hosts))
         };
 
         let args: Vec<&str> = guest.args.iter().map(String::as_str).collect();
@@ -66,8 +69,9 @@ impl Engine for WasmEdgeEngine {
         let mut instances: HashMap<String, &mut dyn SyncInst> = HashMap::new();
         instances.insert(wasi.name().to_string(), wasi.as_mut());
         instances.insert(cwasi_abi::MODULE.to_string(), &mut cwasi);
+        instances.insert(growth_gate::MODULE.to_string(), &mut gate);
         let mut vm = Vm::new(Store::new(Some(&config), instances).map_err(wasmedge_error)?);
-        vm.register_module(None, module).map_err(wasmedge_error).context("instantiating the module")?;
+        vm.register_module(None, module.module).map_err(wasmedge_error).context("instantiating the module")?;
         let entry = guest.entry.as_deref().unwrap_or("_start");
         if guest.entry.is_some() && vm.active_module().is_some_and(|m| m.get_func("_initialize").is_ok()) {
             vm.run_func(None, "_initialize", []).map_err(wasmedge_error).context("calling _initialize")?;
@@ -86,7 +90,13 @@ impl Engine for WasmEdgeEngine {
                 None => GuestExit::Exited(wasi.exit_code() as i32),
             },
             Err(e) if is_termination(&e) => GuestExit::Exited(wasi.exit_code() as i32),
-            Err(e) => trapped(&e, growth_refused, memory_bytes, memory_limit),
+            Err(e) => match denied.explain(&memory) {
+                Some(why) => GuestExit::Trapped {
+                    message: format!("guest exceeded its memory limit: {why}\ncaused by: {e}"),
+                    memory_limit_hit: true,
+                },
+                None => trapped(&e, growth_refused, memory_bytes, memory_limit),
+            },
         })
     }
 }

@@ -30,14 +30,14 @@ use std::time::Instant;
 use cwasi_comm::idle_peers::{IdlePeers, InstanceSlot, PeerInstance};
 use cwasi_comm::in_process::InProcessSource;
 use cwasi_comm::{CallError, GuestHost, Mode, PeerHosts, PendingReply, TraceContext, Transport};
-use cwasi_engine::{EmbeddedModule, MemoryBudget, PinnedDir};
+use cwasi_engine::{DeniedGrowth, EmbeddedModule, MemoryBudget, PinnedDir};
 use wasmtime::{Engine, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::deadline::{self, DeadlinePassed, EpochTicker};
 use crate::host_api::Waiting;
-use crate::limits::{DeniedGrowth, GuestLimiter};
+use crate::limits::GuestLimiter;
 use crate::module_loader;
 
 /// Store data of an embedded peer.

@@ -1,7 +1,4 @@
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use cwasi_engine::{MemoryBudget, MemoryShare};
+use cwasi_engine::{DeniedGrowth, MemoryBudget, MemoryShare};
 use wasmtime::ResourceLimiter;
 
 /// Draws an instance's linear memory from its container's budget and
@@ -10,37 +7,15 @@ use wasmtime::ResourceLimiter;
 #[derive(Debug)]
 pub(crate) struct GuestLimiter {
     share: MemoryShare,
-    denied: DeniedGrowth,
-}
-
-/// The size an instance asked for when it was refused (0: never refused),
-/// readable after its store is gone (a peer's store lives in its future).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct DeniedGrowth(Arc<AtomicU64>);
-
-impl DeniedGrowth {
-    pub(crate) fn get(&self) -> Option<u64> {
-        Some(self.0.load(Ordering::Acquire)).filter(|&wanted| wanted > 0)
-    }
-
-    /// Why a trap after a refused growth happened, or `None`.
-    pub(crate) fn explain(&self, budget: &MemoryBudget) -> Option<String> {
-        let (wanted, limit) = (self.get()?, budget.limit()?);
-        Some(format!(
-            "it asked for {wanted} bytes of linear memory while the container's instances held {} \
-             of its {limit}-byte limit (linux.resources.memory.limit)",
-            budget.used()
-        ))
-    }
 }
 
 impl GuestLimiter {
     pub(crate) fn new(budget: &MemoryBudget) -> Self {
-        Self { share: budget.share(), denied: DeniedGrowth::default() }
+        Self { share: budget.share() }
     }
 
     pub(crate) fn denied(&self) -> &DeniedGrowth {
-        &self.denied
+        self.share.denied()
     }
 
     pub(crate) fn budget(&self) -> &MemoryBudget {
@@ -54,11 +29,7 @@ impl ResourceLimiter for GuestLimiter {
             // The engine refuses it anyway: take nothing from the budget.
             return Ok(false);
         }
-        if self.share.grow(current as u64, desired as u64) {
-            return Ok(true);
-        }
-        self.denied.0.store(desired as u64, Ordering::Release);
-        Ok(false)
+        Ok(self.share.grow(current as u64, desired as u64))
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
