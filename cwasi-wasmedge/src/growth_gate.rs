@@ -5,9 +5,10 @@
 //! an import, [`MODULE`].[`GROW`], which asks the instance's
 //! [`MemoryShare`] of the container's budget before it grows the memory.
 //! The guest sees what `memory.grow` would give it: the old size in pages,
-//! or -1 when the budget (or the engine) refuses. A module whose memory 0
-//! is 64-bit, or that never grows it, is left as it is (its instances are
-//! then capped by the engine alone, at the whole limit).
+//! or -1 when the budget (or the engine) refuses. The engine's
+//! configuration refuses a second memory and a 64-bit one (`setup`), so
+//! memory 0 is all a module can grow; one that never grows it is left as
+//! it is.
 //!
 //! A guest importing the function itself gains nothing: it grows its own
 //! memory, through the same budget.

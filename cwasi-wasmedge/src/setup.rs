@@ -7,13 +7,15 @@ use wasmedge_sdk::config::{CommonConfigOptions, Config, ConfigBuilder, RuntimeCo
 /// A WebAssembly page, in bytes.
 pub(crate) const PAGE: u64 = 65536;
 
-/// A WasmEdge configuration whose memories stop at `memory_limit`.
+/// A WasmEdge configuration whose memories stop at `memory_limit`. A module
+/// may have one memory, 32-bit: the only one whose growths the container's
+/// budget sees (`growth_gate`); a second could grow past it.
 pub(crate) fn config(memory_limit: Option<u64>) -> anyhow::Result<Config> {
     let mut runtime = RuntimeConfigOptions::default();
     if let Some(limit) = memory_limit {
         runtime = runtime.max_memory_pages(u32::try_from(limit / PAGE).unwrap_or(u32::MAX).max(1));
     }
-    ConfigBuilder::new(CommonConfigOptions::default())
+    ConfigBuilder::new(CommonConfigOptions::default().multi_memories(false).memory64(false))
         .with_runtime_config(runtime)
         .build()
         .map_err(|e| anyhow::anyhow!("configuring WasmEdge: {e}"))
@@ -50,5 +52,14 @@ mod tests {
         assert_eq!(preopen(&dir("/srv/data", "/data", false)).unwrap(), "/data:/srv/data");
         assert!(preopen(&dir("/srv/a:readonly", "/data", false)).is_err());
         assert!(preopen(&dir("/srv/data", "/da:ta", true)).is_err());
+    }
+
+    #[test]
+    fn a_second_memory_or_a_64_bit_one_is_refused_at_load() {
+        let config = config(Some(64 << 20)).unwrap();
+        let load = |wat: &str| wasmedge_sdk::Module::from_bytes(Some(&config), wat::parse_str(wat).unwrap());
+        assert!(load("(module (memory 1))").is_ok());
+        assert!(load("(module (memory 1) (memory 1))").is_err());
+        assert!(load("(module (memory i64 1))").is_err());
     }
 }
