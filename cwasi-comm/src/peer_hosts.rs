@@ -63,10 +63,11 @@ impl Transport for WeakEmbedded {
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
-        // Gone only as the container ends: nothing of it to call then.
+        // Gone only as the container ends; an embedded peer must not turn
+        // into a local or remote call meanwhile.
         match self.0.upgrade() {
             Some(embedded) => embedded.send(peer, request, deadline, trace),
-            None => Ok(None),
+            None => Err(CallError::PeerGone(format!("{peer} (its container's embedded peers have ended)"))),
         }
     }
 

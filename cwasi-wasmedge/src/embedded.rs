@@ -37,6 +37,8 @@ use crate::setup::config;
 /// How often a call waiting for a peer checks that its run has not ended
 /// (a trap or an exit): the peer parking wakes it at once.
 const RUN_CHECK: Duration = Duration::from_millis(20);
+/// How long a stop waits at a time for a run it cancelled.
+const STOP_POLL_MS: u64 = 1000;
 
 pub(crate) struct WasmEdgeEmbedded {
     peers: LoadedPeers,
@@ -155,12 +157,12 @@ impl Transport for WasmEdgeEmbedded {
     }
 }
 
-/// Drops `instance` (closes its requests, cancels its run) on a thread of
-/// its own: a run waiting in a host call (a sleep) only ends when that call
-/// returns, which the caller past its deadline must not wait for. Its slot
-/// counts against the peer's instances until it is gone.
+/// Stops `instance` on a thread of its own, which waits as long as its run
+/// takes to end: a run waiting in a host call (a sleep) only ends when that
+/// call returns, which the caller past its deadline must not wait for, and
+/// its memory (budget) and instance slot are given back only then.
 fn stop_aside(instance: RunningPeer) {
-    let stopping = std::thread::Builder::new().name("cwasi-peer-stop".into()).spawn(move || drop(instance));
+    let stopping = std::thread::Builder::new().name("cwasi-peer-stop".into()).spawn(move || instance.stop());
     if let Err(e) = stopping {
         // The instance went down with the closure: stopped here, after all.
         tracing::warn!("no thread to stop an embedded peer aside: {e}");
@@ -249,6 +251,18 @@ impl PeerInstance for RunningPeer {
 }
 
 impl RunningPeer {
+    /// Ends the run, waiting for it as long as it takes, then drops all.
+    fn stop(mut self) {
+        self.requests.close();
+        self.run.cancel();
+        while !self.run.is_ended() {
+            if self.run.ended(STOP_POLL_MS).is_some() {
+                break;
+            }
+        }
+        drop(self);
+    }
+
     fn new(requests: Arc<InProcessSource>, imports: Imports, slot: InstanceSlot, denied: DeniedGrowth) -> Self {
         Self {
             _slot: slot,

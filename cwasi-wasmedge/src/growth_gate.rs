@@ -43,9 +43,9 @@ pub(crate) fn route_growths(wasm: Vec<u8>) -> anyhow::Result<GatedModule> {
     if !shape.grows || shape.memory64 {
         return Ok(GatedModule { wasm, initial_memory });
     }
-    let mut router = Router { shape };
+    let mut rewriter = GrowthRewriter { shape };
     let mut module = wasm_encoder::Module::new();
-    router
+    rewriter
         .parse_core_module(&mut module, Parser::new(0), &wasm)
         .map_err(|e| anyhow::anyhow!("routing the module's memory growths: {e:?}"))?;
     Ok(GatedModule { wasm: module.finish(), initial_memory })
@@ -120,11 +120,11 @@ impl Shape {
 
 /// Re-encodes a module with the gate imported last among its functions:
 /// defined functions move up one index.
-struct Router {
+struct GrowthRewriter {
     shape: Shape,
 }
 
-impl Router {
+impl GrowthRewriter {
     fn gate(&self) -> u32 {
         self.shape.imported_functions
     }
@@ -142,7 +142,7 @@ impl Router {
     }
 }
 
-impl Reencode for Router {
+impl Reencode for GrowthRewriter {
     type Error = std::convert::Infallible;
 
     fn function_index(&mut self, func: u32) -> Result<u32, reencode::Error> {

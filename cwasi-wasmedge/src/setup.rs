@@ -2,6 +2,7 @@
 //! configuration (the memory cap) and its preopens.
 
 use cwasi_engine::Preopen;
+use wasmedge_sdk::RunMode;
 use wasmedge_sdk::config::{CommonConfigOptions, Config, ConfigBuilder, RuntimeConfigOptions};
 
 /// A WebAssembly page, in bytes.
@@ -9,13 +10,17 @@ pub(crate) const PAGE: u64 = 65536;
 
 /// A WasmEdge configuration whose memories stop at `memory_limit`. A module
 /// may have one memory, 32-bit: the only one whose growths the container's
-/// budget sees (`growth_gate`); a second could grow past it.
+/// budget sees (`growth_gate`); a second could grow past it, and so could
+/// the GC proposal's heap objects, which are off too. The interpreter runs
+/// the module as the gate rewrote it (an AOT section in it is ignored).
 pub(crate) fn config(memory_limit: Option<u64>) -> anyhow::Result<Config> {
     let mut runtime = RuntimeConfigOptions::default();
     if let Some(limit) = memory_limit {
         runtime = runtime.max_memory_pages(u32::try_from(limit / PAGE).unwrap_or(u32::MAX).max(1));
     }
-    ConfigBuilder::new(CommonConfigOptions::default().multi_memories(false).memory64(false))
+    let proposals =
+        CommonConfigOptions::default().multi_memories(false).memory64(false).gc(false).run_mode(RunMode::Interpreter);
+    ConfigBuilder::new(proposals)
         .with_runtime_config(runtime)
         .build()
         .map_err(|e| anyhow::anyhow!("configuring WasmEdge: {e}"))
@@ -55,11 +60,13 @@ mod tests {
     }
 
     #[test]
-    fn a_second_memory_or_a_64_bit_one_is_refused_at_load() {
+    fn a_second_memory_a_64_bit_one_or_gc_heap_objects_are_refused_at_load() {
         let config = config(Some(64 << 20)).unwrap();
         let load = |wat: &str| wasmedge_sdk::Module::from_bytes(Some(&config), wat::parse_str(wat).unwrap());
         assert!(load("(module (memory 1))").is_ok());
         assert!(load("(module (memory 1) (memory 1))").is_err());
         assert!(load("(module (memory i64 1))").is_err());
+        // A GC array: heap the memory budget would not see.
+        assert!(load("(module (type (array (mut i8))) (func (drop (array.new_default 0 (i32.const 1)))))").is_err());
     }
 }

@@ -196,4 +196,17 @@ mod tests {
         assert!(message.contains("memory limit"), "{message}");
         assert!(message.contains("131072"), "{message}");
     }
+
+    #[test]
+    fn a_table_growth_past_the_memory_limit_is_refused() {
+        // 100 M function references are 800 MB of host memory.
+        let exit = run_wat(
+            r#"(module (table 1 funcref) (memory 1)
+                (func (export "_start")
+                  (if (i32.ne (table.grow (ref.null func) (i32.const 100000000)) (i32.const -1))
+                    (then unreachable))))"#,
+            Some(64 << 20),
+        );
+        assert_eq!(exit, GuestExit::Exited(0));
+    }
 }

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use super::keys::INLINE_BODY_MAX;
 
-/// Ids remembered at most, and for at most this long: a failover ends,
-/// and the requests it brings back are read again, well within both.
-const REMEMBERED: usize = 4096;
+/// Ids remembered at most (a few MiB of them), and for at most this long:
+/// the requests a failover brings back are read again within seconds, or
+/// claimed one a second; at thousands of answers a second, 65 536 still
+/// cover the tens of seconds that takes.
+const REMEMBERED: usize = 65_536;
 const REMEMBER_FOR: Duration = Duration::from_secs(300);
 /// Answer bodies kept at most, in bytes: past it the oldest answers are
 /// remembered without their body, as is any answer too large to go inline.
@@ -40,6 +42,9 @@ struct Inner {
     by_id: HashMap<String, PastAnswer>,
     /// Ids oldest first, with when they were answered.
     order: VecDeque<(Instant, String)>,
+    /// Ids whose body may still be kept, oldest first: the bodies to drop
+    /// for a new one, without walking past those dropped already.
+    with_body: VecDeque<String>,
     kept_bytes: usize,
 }
 
@@ -58,6 +63,9 @@ impl Answered {
         }
         let answer = PastAnswer { status, body: keep.then(|| body.to_vec()) };
         inner.kept_bytes += answer.body.as_ref().map_or(0, Vec::len);
+        if keep {
+            inner.with_body.push_back(id.to_owned());
+        }
         if let Some(earlier) = inner.by_id.insert(id.to_owned(), answer) {
             inner.kept_bytes -= earlier.body.map_or(0, |b| b.len());
         } else {
@@ -84,17 +92,24 @@ impl Inner {
             if let Some(answer) = self.by_id.remove(&id) {
                 self.kept_bytes -= answer.body.map_or(0, |b| b.len());
             }
+            // Both are in the order of answers: the oldest goes from both.
+            if self.with_body.front() == Some(&id) {
+                self.with_body.pop_front();
+            }
+        }
+        // Bounded even if an id was answered twice (pushed twice here).
+        while self.with_body.len() > REMEMBERED {
+            self.with_body.pop_front();
         }
     }
 
     /// Drops the bodies of the oldest answers until `bytes` more fit: the
     /// newest are the likeliest to come back.
     fn make_room(&mut self, bytes: usize) {
-        for (_, id) in &self.order {
-            if self.kept_bytes + bytes <= KEPT_BYTES {
-                return;
-            }
-            if let Some(body) = self.by_id.get_mut(id).and_then(|a| a.body.take()) {
+        while self.kept_bytes + bytes > KEPT_BYTES {
+            let Some(id) = self.with_body.pop_front() else { return };
+            // Forgotten already, or answered again since: nothing to drop.
+            if let Some(body) = self.by_id.get_mut(&id).and_then(|a| a.body.take()) {
                 self.kept_bytes -= body.len();
             }
         }
@@ -104,6 +119,17 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_answers_keep_the_books_bounded() {
+        let answered = Answered::default();
+        for i in 0..REMEMBERED * 2 {
+            answered.remember(&i.to_string(), 0, b"");
+        }
+        let inner = answered.lock();
+        assert_eq!((inner.order.len(), inner.by_id.len()), (REMEMBERED, REMEMBERED));
+        assert!(inner.with_body.len() <= REMEMBERED, "{}", inner.with_body.len());
+    }
 
     #[test]
     fn remembers_small_answers_whole_and_large_ones_without_their_body() {
@@ -116,17 +142,18 @@ mod tests {
     }
 
     #[test]
-    fn forgets_the_oldest_past_the_count_and_keeps_the_byte_budget() {
+    fn keeps_the_byte_budget_by_dropping_the_oldest_bodies() {
         let answered = Answered::default();
-        for i in 0..REMEMBERED + 10 {
-            answered.remember(&i.to_string(), 0, &vec![0; INLINE_BODY_MAX]);
+        let answers = KEPT_BYTES / INLINE_BODY_MAX + 10;
+        let body = vec![0; INLINE_BODY_MAX];
+        for i in 0..answers {
+            answered.remember(&i.to_string(), 0, &body);
         }
-        assert_eq!(answered.get("0"), None);
-        let newest = answered.get(&(REMEMBERED + 9).to_string()).unwrap();
+        assert_eq!(answered.get("0"), Some(PastAnswer { status: 0, body: None }), "remembered, without its body");
+        let newest = answered.get(&(answers - 1).to_string()).unwrap();
         assert_eq!(newest.body.map(|b| b.len()), Some(INLINE_BODY_MAX), "the newest answer keeps its body");
         let inner = answered.lock();
         assert!(inner.kept_bytes <= KEPT_BYTES, "{}", inner.kept_bytes);
-        assert_eq!(inner.by_id.len(), inner.order.len());
         let kept: usize = inner.by_id.values().map(|a| a.body.as_ref().map_or(0, Vec::len)).sum();
         assert_eq!(kept, inner.kept_bytes);
     }

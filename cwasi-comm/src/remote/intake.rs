@@ -70,7 +70,7 @@ impl Intake {
                 .query(c)
         })?;
         let Some(mut entry) = first_claimed_entry(&claimed) else { return Ok(None) };
-        if self.in_flight.contains(&entry.stream_id) {
+        if self.in_flight.handles(&entry.stream_id, None) {
             return Ok(None);
         }
         let stream = &self.stream;
@@ -103,9 +103,11 @@ impl Intake {
             self.refuse(&mut link, &entry, &reason, Some(&id), own_reply, None);
             return None;
         }
-        // Brought back by a failover while its handler still runs here: the
-        // handler's answer acknowledges it.
-        if self.in_flight.contains(&entry.stream_id) {
+        // Brought back by a failover (or sent again by its caller) while its
+        // handler still runs here: the handler's answer acknowledges the
+        // same entry; a new one stays pending, is claimed again, and is
+        // answered from `answered` by then.
+        if self.in_flight.handles(&entry.stream_id, Some(&id)) {
             return None;
         }
         if let Some(past) = self.answered.get(&id) {
@@ -151,7 +153,10 @@ impl Intake {
                 Err(_) => return None,
             },
         };
-        self.in_flight.insert(&entry.stream_id);
+        if !self.in_flight.insert(&entry.stream_id, &id) {
+            // Another thread took it meanwhile.
+            return None;
+        }
         Some(RemoteRequest {
             stream_entry: entry.stream_id,
             id,
@@ -186,7 +191,7 @@ impl Intake {
             Some(body) => (past.status, body.as_slice()),
             None => {
                 lost = format!(
-                    "{} handled request {id}, but Redis lost its answer (a failover or a restart?), which was too large to keep for sending again; the request was not handled twice",
+                    "{} handled request {id}, but Redis lost its answer (a failover or a restart?), which this server no longer keeps (too large, or dropped for newer answers); the request was not handled twice",
                     self.function
                 );
                 (REPLY_FAILED, lost.as_bytes())

@@ -1,6 +1,6 @@
 //! A remote request being served, and its answer.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -36,37 +36,56 @@ end
 return 1
 ";
 
-/// The stream entries being handled in this process: the listener's
-/// heartbeat keeps them ours, and recovery never hands them out again.
+/// The requests being handled in this process, by stream entry (the
+/// listener's heartbeat keeps them ours, and recovery never hands them out
+/// again) and by request id (a request its caller sent again after a
+/// failover, under a new entry, waits for the first handling to end).
 #[derive(Default)]
 pub(crate) struct InFlight {
-    entries: Mutex<BTreeSet<String>>,
+    handling: Mutex<Handling>,
     finished: Condvar,
     /// Threads in `wait_finished`: without one, a finish wakes nobody (no
     /// system call per request).
     waiters: std::sync::atomic::AtomicUsize,
 }
 
+#[derive(Default)]
+struct Handling {
+    entries: BTreeSet<String>,
+    ids: HashSet<String>,
+}
+
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Handling> {
+        self.handling.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn insert(&self, entry: &str) {
-        self.lock().insert(entry.to_owned());
+    /// Takes `entry` of request `id` for this process; false when either
+    /// is being handled here already.
+    pub fn insert(&self, entry: &str, id: &str) -> bool {
+        let mut handling = self.lock();
+        if handling.entries.contains(entry) || handling.ids.contains(id) {
+            return false;
+        }
+        handling.entries.insert(entry.to_owned());
+        handling.ids.insert(id.to_owned());
+        true
     }
 
-    pub fn contains(&self, entry: &str) -> bool {
-        self.lock().contains(entry)
+    /// Whether `entry`, or another entry of request `id`, is being handled here.
+    pub fn handles(&self, entry: &str, id: Option<&str>) -> bool {
+        let handling = self.lock();
+        handling.entries.contains(entry) || id.is_some_and(|id| handling.ids.contains(id))
     }
 
     pub fn all(&self) -> Vec<String> {
-        self.lock().iter().cloned().collect()
+        self.lock().entries.iter().cloned().collect()
     }
 
-    fn remove(&self, entry: &str) {
-        let mut entries = self.lock();
-        entries.remove(entry);
+    fn remove(&self, entry: &str, id: &str) {
+        let mut handling = self.lock();
+        handling.entries.remove(entry);
+        handling.ids.remove(id);
         // Read under the lock that waiters count themselves under.
         if self.waiters.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             self.finished.notify_all();
@@ -80,10 +99,10 @@ impl InFlight {
         self.waiters.fetch_add(1, Relaxed);
         let (guard, _) = self
             .finished
-            .wait_timeout_while(guard, timeout, |entries| entries.contains(entry))
+            .wait_timeout_while(guard, timeout, |handling| handling.entries.contains(entry))
             .unwrap_or_else(|e| e.into_inner());
         self.waiters.fetch_sub(1, Relaxed);
-        !guard.contains(entry)
+        !guard.entries.contains(entry)
     }
 }
 
@@ -180,13 +199,14 @@ impl RemoteRequest {
 }
 
 /// How long an answer keeps being retried while Redis is unreachable (or a
-/// cluster fails over or moves the slot): past it the request is handled
-/// again by whoever claims it.
+/// cluster fails over or moves the slot): past it the request is claimed
+/// again, and answered from this server's memory of its answers (another
+/// server that claims it first handles it again).
 const ANSWER_RETRY: Duration = Duration::from_secs(60);
 
 impl Drop for RemoteRequest {
     fn drop(&mut self) {
-        self.in_flight.remove(&self.stream_entry);
+        self.in_flight.remove(&self.stream_entry, &self.id);
     }
 }
 
@@ -267,5 +287,24 @@ impl Answer<'_> {
         let command = self.command(status, body);
         link.run_within("answering", ANSWER_RETRY, |c| command.query::<i64>(c))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_sent_again_under_a_new_entry_waits_for_its_first_handling() {
+        let in_flight = InFlight::default();
+        assert!(in_flight.insert("1-0", "req-a"));
+        assert!(in_flight.handles("2-0", Some("req-a")), "the same request under a new entry");
+        assert!(!in_flight.insert("2-0", "req-a"));
+        assert!(!in_flight.insert("1-0", "req-b"), "the same entry");
+        assert!(!in_flight.handles("2-0", None));
+        in_flight.remove("1-0", "req-a");
+        assert!(!in_flight.handles("1-0", Some("req-a")));
+        assert!(in_flight.insert("2-0", "req-a"));
+        assert!(in_flight.wait_finished("1-0", Duration::ZERO));
     }
 }
