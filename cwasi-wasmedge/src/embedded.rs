@@ -16,7 +16,7 @@
 //! cancelled and the instance replaced.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -191,22 +191,24 @@ impl WasmEdgeEmbedded {
         let denied = share.denied().clone();
         let gate = growth_gate::admit(share, &peer.module, &format!("embedded peer {name}"))
             .map_err(|e| CallError::PeerFailed(format!("{e:#}")))?;
-        let mut instance = RunningPeer::new(requests, Imports { wasi, cwasi, gate }, slot, denied);
-        instance.start(&config, peer.module.module.clone()).map_err(|e| failed(name, format!("{e:#}")))?;
+        let imports = Imports { wasi, cwasi, gate };
+        let instance = RunningPeer::start(config, peer.module.module.clone(), imports, requests, slot, denied)
+            .map_err(|e| failed(name, format!("{e:#}")))?;
         tracing::debug!(peer = name, "embedded peer instantiated");
         Ok(instance)
     }
 }
 
-/// One running instance of a peer and everything its run uses.
+/// One running instance of a peer. Its VM and imports belong to a thread
+/// of their own ([`own`]), which holds them as plain locals for as long as
+/// the run may use them.
 struct RunningPeer {
     requests: Arc<InProcessSource>,
-    /// Dropped (cancelled) first: it runs on `vm`.
-    run: AsyncRunSlot,
-    /// Refers to `wasi` and `cwasi`, which it borrows for `'static`: they
-    /// are boxed here and freed only after it (see `Drop`).
-    vm: Option<Vm<'static, dyn SyncInst>>,
-    imports: *mut Imports,
+    /// Dropped before `release`: the run ends (or is abandoned) first.
+    run: AsyncRun,
+    /// Dropping it lets the owner thread free the VM and imports; it is
+    /// forgotten instead while the run may still use them.
+    release: Option<mpsc::Sender<()>>,
     /// The growth its memory gate refused, if one was.
     denied: DeniedGrowth,
     _slot: InstanceSlot,
@@ -220,30 +222,6 @@ struct Imports {
     gate: ImportObject<MemoryShare>,
 }
 
-/// The run, once started.
-struct AsyncRunSlot(Option<AsyncRun>);
-
-impl AsyncRunSlot {
-    fn ended(&mut self, wait_ms: u64) -> Option<Ran> {
-        self.0.as_mut().and_then(|run| run.ended(wait_ms))
-    }
-
-    fn cancel(&mut self) {
-        if let Some(run) = self.0.as_mut() {
-            run.cancel();
-        }
-    }
-
-    fn is_ended(&self) -> bool {
-        self.0.as_ref().is_none_or(AsyncRun::is_ended)
-    }
-}
-
-// SAFETY: the instance moves between the threads of its callers (one at a
-// time, through the idle pool); the raw parts are owned by it alone, and
-// the thread of its run only uses them through libwasmedge.
-unsafe impl Send for RunningPeer {}
-
 impl PeerInstance for RunningPeer {
     fn requests(&self) -> &InProcessSource {
         &self.requests
@@ -251,6 +229,23 @@ impl PeerInstance for RunningPeer {
 }
 
 impl RunningPeer {
+    /// Instantiates `module` with `imports` on its owner thread and starts
+    /// its run.
+    fn start(
+        config: Config,
+        module: Module,
+        imports: Imports,
+        requests: Arc<InProcessSource>,
+        slot: InstanceSlot,
+        denied: DeniedGrowth,
+    ) -> anyhow::Result<Self> {
+        let (started, run) = mpsc::sync_channel(1);
+        let (release, released) = mpsc::channel();
+        cwasi_comm::threads::spawn("cwasi-peer-own", move || own(config, module, imports, started, released))?;
+        let run = run.recv().map_err(|_| anyhow::anyhow!("the peer's owner thread ended before its run started"))??;
+        Ok(Self { requests, run, release: Some(release), denied, _slot: slot })
+    }
+
     /// Ends the run, waiting for it as long as it takes, then drops all.
     fn stop(mut self) {
         self.requests.close();
@@ -262,33 +257,36 @@ impl RunningPeer {
         }
         drop(self);
     }
+}
 
-    fn new(requests: Arc<InProcessSource>, imports: Imports, slot: InstanceSlot, denied: DeniedGrowth) -> Self {
-        Self {
-            _slot: slot,
-            requests,
-            run: AsyncRunSlot(None),
-            vm: None,
-            imports: Box::into_raw(Box::new(imports)),
-            denied,
+/// The owner thread of a peer instance: makes its VM from `imports`, hands
+/// the started run over through `started`, and keeps it all until
+/// `released` says (or its sender is gone) that the run no longer uses it.
+fn own(
+    config: Config,
+    module: Module,
+    mut imports: Imports,
+    started: mpsc::SyncSender<anyhow::Result<AsyncRun>>,
+    released: mpsc::Receiver<()>,
+) {
+    let Imports { wasi, cwasi, gate } = &mut imports;
+    let mut instances: HashMap<String, &mut dyn SyncInst> = HashMap::new();
+    instances.insert(wasi.name().to_string(), wasi.as_mut());
+    instances.insert(cwasi_abi::MODULE.to_string(), cwasi);
+    instances.insert(growth_gate::MODULE.to_string(), gate);
+    let mut vm = match Store::new(Some(&config), instances) {
+        Ok(store) => Vm::new(store),
+        Err(e) => {
+            let _ = started.send(Err(anyhow::anyhow!("{e}")));
+            return;
         }
-    }
-
-    fn start(&mut self, config: &wasmedge_sdk::config::Config, module: Module) -> anyhow::Result<()> {
-        // SAFETY: boxed by `new` and freed only in `Drop`, after `vm` (which
-        // borrows them) and the run (which uses them) are gone; nothing else
-        // touches them meanwhile.
-        let Imports { wasi, cwasi, gate } = unsafe { &mut *self.imports };
-        let mut instances: HashMap<String, &'static mut dyn SyncInst> = HashMap::new();
-        instances.insert(wasi.name().to_string(), wasi.as_mut());
-        instances.insert(cwasi_abi::MODULE.to_string(), cwasi);
-        instances.insert(growth_gate::MODULE.to_string(), gate);
-        let store = Store::new(Some(config), instances).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let vm = self.vm.insert(Vm::new(store));
-        vm.register_module(None, module).map_err(|e| anyhow::anyhow!("instantiating: {e}"))?;
-        let instance = vm.active_module_mut().ok_or_else(|| anyhow::anyhow!("no active module"))?;
-        self.run.0 = Some(AsyncRun::start(instance)?);
-        Ok(())
+    };
+    let run = match vm.register_module(None, module) {
+        Ok(vm) => vm.active_module_mut().ok_or_else(|| anyhow::anyhow!("no active module")).and_then(AsyncRun::start),
+        Err(e) => Err(anyhow::anyhow!("instantiating: {e}")),
+    };
+    if started.send(run).is_ok() {
+        let _ = released.recv();
     }
 }
 
@@ -299,13 +297,9 @@ impl Drop for RunningPeer {
         self.requests.close();
         self.run.cancel();
         if !self.run.is_ended() {
-            // Its run still uses all of it: leave it be (the run logged why).
-            std::mem::forget(self.vm.take());
-            return;
+            // Its run still uses the VM and imports: their owner thread
+            // keeps them (the run logged why).
+            std::mem::forget(self.release.take());
         }
-        drop(self.run.0.take());
-        drop(self.vm.take());
-        // SAFETY: boxed by `new`; the run and the vm that used them are gone.
-        unsafe { drop(Box::from_raw(self.imports)) };
     }
 }
