@@ -162,7 +162,7 @@ impl Transport for WasmEdgeEmbedded {
 /// call returns, which the caller past its deadline must not wait for, and
 /// its memory (budget) and instance slot are given back only then.
 fn stop_aside(instance: RunningPeer) {
-    let stopping = std::thread::Builder::new().name("cwasi-peer-stop".into()).spawn(move || instance.stop());
+    let stopping = cwasi_comm::threads::spawn("cwasi-peer-stop", move || instance.stop());
     if let Err(e) = stopping {
         // The instance went down with the closure: stopped here, after all.
         tracing::warn!("no thread to stop an embedded peer aside: {e}");
