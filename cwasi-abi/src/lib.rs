@@ -14,6 +14,7 @@
 //! | `call_wait` | `(handle, reply_len_out_ptr) -> status` | waits for the reply; writes its length (`u32`) |
 //! | `call_read` | `(handle, buf_ptr, buf_len) -> status` | copies the reply (`buf_len` must be its length) and ends the call |
 //! | `call_start_timeout` | `(peer_ptr, peer_len, req_ptr, req_len, timeout_ms, handle_out_ptr) -> status` | like `call_start`, with this call's deadline in milliseconds (`0`: the function's default) |
+//! | `call_start_owned` | `(peer_ptr, peer_len, req_ptr, req_len, timeout_ms, handle_out_ptr) -> status` | like `call_start_timeout`, and the caller gives the request's buffer up (below) |
 //!
 //! Every call has a deadline: the per-call value, else the function's
 //! `cwasi.io/timeout`, else the node's default. Past it, `call_wait` answers
@@ -27,6 +28,18 @@
 //! | `serve_read` | `(buf_ptr, buf_len) -> status` | copies the request (`buf_len` must be its length) |
 //! | `serve_reply` | `(buf_ptr, buf_len) -> status` | sends the reply and finishes the request; the host may read `buf` until the next `serve_next` returns, so keep it unchanged until then |
 //! | `serve_fail` | `(msg_ptr, msg_len) -> status` | finishes the request with an error the caller sees as [`Status::PeerFailed`] |
+//! | `serve_reply_owned` | `(buf_ptr, buf_len) -> status` | like `serve_reply`, and the handler gives the reply's buffer up (below) |
+//!
+//! Giving a buffer up (move semantics): when the receiver runs in the same
+//! process (embedded mode), the host may *move* the buffer's whole pages
+//! into the receiver's buffer (`serve_read`, `call_read`) instead of copying
+//! them; those pages then read as zeros in the giver's buffer. Only pages
+//! that lie whole inside both buffers move, so both should start at the
+//! same offset within a page (the guest SDK's `PageBuf` starts on one); the
+//! bytes around them, small payloads and other modes are copied, and copied
+//! bytes stay as they were. Until `call_wait` returns (a request) or the
+//! next `serve_next` (a reply), the giver must not touch the buffer; after,
+//! it is its own again, whatever it reads.
 
 #![no_std]
 
@@ -48,10 +61,12 @@ macro_rules! for_each_import {
             call_wait(handle, len_out);
             call_read(handle, buf, buf_len);
             call_start_timeout(peer, peer_len, req, req_len, timeout_ms, handle_out);
+            call_start_owned(peer, peer_len, req, req_len, timeout_ms, handle_out);
             serve_next(len_out);
             serve_read(buf, buf_len);
             serve_reply(buf, buf_len);
             serve_fail(msg, msg_len);
+            serve_reply_owned(buf, buf_len);
         }
     };
 }
@@ -175,7 +190,7 @@ mod tests {
     #[test]
     fn the_import_list_names_each_import_once() {
         let names = for_each_import!(names);
-        assert_eq!(names.len(), 8);
+        assert_eq!(names.len(), 10);
         assert!(names.contains(&SERVE_NEXT));
         for (i, name) in names.iter().enumerate() {
             assert!(!names[i + 1..].contains(name), "{name} twice");

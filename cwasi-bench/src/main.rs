@@ -16,6 +16,7 @@ mod baseline;
 mod cli;
 mod machine;
 mod matrix;
+mod page_moves;
 mod report;
 mod rig;
 mod start_time;

@@ -1,6 +1,7 @@
 //! The mode × payload × shape matrix of BENCH.md.
 
 use crate::baseline;
+use crate::page_moves::PageMove;
 use crate::rig::{BenchMode, CallTimings, Rig, Shape};
 
 const KIB: usize = 1 << 10;
@@ -48,6 +49,8 @@ pub struct Matrix {
     pub raw_redis: Vec<RawRedis>,
     /// What counting one call for the node tool costs (ns).
     pub stats_cost_ns: u64,
+    /// Moving pages against copying, in one process, by size.
+    pub page_moves: Vec<PageMove>,
 }
 
 fn iterations(payload: usize, quick: bool) -> (usize, f64) {
@@ -75,6 +78,13 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
             for mode in BenchMode::ALL {
                 cells.push((mode, shape, payload));
             }
+        }
+    }
+    // Pages move only within a process (embedded); local mode copies a
+    // given payload, shown beside it.
+    for &payload in payloads.iter().filter(|&&p| p >= MIB) {
+        for mode in [BenchMode::Embedded, BenchMode::Local] {
+            cells.push((mode, Shape::SequentialGiven, payload));
         }
     }
     for mode in BenchMode::ALL {
@@ -107,7 +117,11 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
         })
         .collect::<anyhow::Result<_>>()?;
     let stats_cost_ns = baseline::stats_cost_ns()?;
-    Ok(Matrix { rows, raw_redis, stats_cost_ns })
+    let page_moves = crate::page_moves::measure(
+        &[256 * KIB, MIB, 2 * MIB, 4 * MIB, 16 * MIB, 100 * MIB],
+        if quick { 5 } else { 11 },
+    )?;
+    Ok(Matrix { rows, raw_redis, stats_cost_ns, page_moves })
 }
 
 pub use cwasi_testkit::human_bytes as human;

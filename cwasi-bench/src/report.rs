@@ -8,6 +8,7 @@ use cwasi_testkit::human_latency as latency;
 use plotters::prelude::*;
 
 use crate::matrix::{Matrix, Row, human};
+use crate::page_moves::PageMove;
 use crate::rig::{BenchMode, CallTimings, Shape};
 use crate::start_time::StartTimes;
 use crate::topologies::TopologyRow;
@@ -97,6 +98,9 @@ impl Report {
                 let cells = references.cells(Some(&row.sequential), row.round_trip.as_ref());
                 let _ = writeln!(md, "| {} | {} | {cells} |", row.topology.name(), human(row.payload));
             }
+        }
+        if let Some(matrix) = &self.matrix {
+            page_moves_markdown(&mut md, &matrix.page_moves);
         }
         if let Some(matrix) = &self.matrix
             && let Some(local) = find(matrix, BenchMode::Local, Shape::RoundTrip, 1 << 10)
@@ -308,4 +312,33 @@ fn plot(matrix: &Matrix, path: &Path) -> anyhow::Result<()> {
     }
     root.present()?;
     Ok(())
+}
+
+/// The table of moving pages against copying, and where moving pays.
+fn page_moves_markdown(md: &mut String, rows: &[PageMove]) {
+    let _ = writeln!(
+        md,
+        "\nMoving pages against copying in one process (what embedded mode does with a given payload), median: \
+         the move (to a buffer holding an earlier payload's pages, as a reused receive buffer does), a copy between \
+         resident buffers, and the giver writing its buffer again afterwards (fresh zero pages fault in) against \
+         the same write to resident memory. cwasi moves from {} of whole pages.\n",
+        human(cwasi_comm::pages::MOVE_AT_LEAST)
+    );
+    let _ = writeln!(md, "| bytes | move | copy | move / copy | giver's rewrite after a move | rewrite, resident |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for row in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.3} | {} | {} |",
+            human(row.bytes),
+            latency(row.move_ns),
+            latency(row.copy_ns),
+            row.x_copy(),
+            latency(row.refill_ns),
+            latency(row.rewrite_ns)
+        );
+    }
+    if let Some(first) = rows.iter().find(|r| r.move_ns < r.copy_ns) {
+        let _ = writeln!(md, "\nMoving beat copying from {} on in this run.", human(first.bytes));
+    }
 }

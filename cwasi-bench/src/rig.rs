@@ -14,6 +14,9 @@ pub fn functions(shape: Shape) -> &'static [&'static str] {
 pub enum Shape {
     /// A sends to a sink and waits for its (empty) answer.
     Sequential,
+    /// As `Sequential`, with each request given up (`call_start_owned`):
+    /// embedded mode moves its pages instead of copying them.
+    SequentialGiven,
     /// A sends to four sinks at once and waits for all four.
     FanOut4,
     /// A sends to an echo and gets the same bytes back.
@@ -27,6 +30,7 @@ impl Shape {
     pub fn name(self) -> &'static str {
         match self {
             Shape::Sequential => "sequential",
+            Shape::SequentialGiven => "sequential, given",
             Shape::FanOut4 => "fan-out 4",
             Shape::RoundTrip => "round trip",
             Shape::FanOut4ToOne => "fan-out 4 to one",
@@ -36,7 +40,7 @@ impl Shape {
     /// Payload bytes moved per operation, for GB/s and memcpy ratios.
     pub fn bytes_moved(self, payload: usize) -> usize {
         match self {
-            Shape::Sequential => payload,
+            Shape::Sequential | Shape::SequentialGiven => payload,
             Shape::FanOut4 | Shape::FanOut4ToOne => 4 * payload,
             Shape::RoundTrip => 2 * payload,
         }
@@ -45,7 +49,7 @@ impl Shape {
     /// The functions one operation calls (at once).
     pub fn functions(self) -> &'static [&'static str] {
         match self {
-            Shape::Sequential => &["sink"],
+            Shape::Sequential | Shape::SequentialGiven => &["sink"],
             Shape::FanOut4 => &["sink-1", "sink-2", "sink-3", "sink-4"],
             Shape::RoundTrip => &["echo"],
             Shape::FanOut4ToOne => &["sink-x4", "sink-x4", "sink-x4", "sink-x4"],
@@ -87,7 +91,11 @@ impl Rig {
         iterations: usize,
         max_seconds: f64,
     ) -> anyhow::Result<CallTimings> {
-        let id = format!("bench-{}-{}-{size}", mode.name(), shape.name().replace(' ', ""));
-        Ok(self.nodes.bench_call(&id, mode, shape.functions(), size, iterations, max_seconds)?.timings)
+        let id = format!("bench-{}-{}-{size}", mode.name(), shape.name().replace([' ', ','], ""));
+        let measured = match shape {
+            Shape::SequentialGiven => self.nodes.bench_call_given(&id, mode, "sink", size, iterations, max_seconds)?,
+            _ => self.nodes.bench_call(&id, mode, shape.functions(), size, iterations, max_seconds)?,
+        };
+        Ok(measured.timings)
     }
 }

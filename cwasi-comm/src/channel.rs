@@ -1,7 +1,7 @@
 use std::time::Instant;
 
 use crate::trace::TraceContext;
-use crate::{CallError, Mode};
+use crate::{CallError, Mode, Payload};
 
 /// One way of reaching peers: embedded (the caller's engine runs the peer),
 /// local (an instance on this node) or remote (through Redis). The router
@@ -9,7 +9,8 @@ use crate::{CallError, Mode};
 pub trait Transport: Send + Sync {
     fn mode(&self) -> Mode;
 
-    /// Sends `request` (read straight from the caller's memory) to `peer`
+    /// Sends `request` (read straight from the caller's memory, or its pages
+    /// taken when given and the peer runs in this process) to `peer`
     /// with the call's `trace` context and returns the call in flight, which
     /// ends with [`CallError::Timeout`] at `deadline` at the latest; `None`
     /// when `peer` cannot be reached this way (not shipped in the image, no
@@ -17,7 +18,7 @@ pub trait Transport: Send + Sync {
     fn send(
         &self,
         peer: &str,
-        request: &[u8],
+        request: Payload<'_>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError>;

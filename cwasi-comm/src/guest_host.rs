@@ -12,7 +12,7 @@ use crate::in_process::InProcessSource;
 use crate::log_budget::LogBudget;
 use crate::stats::{CallCounter, FunctionStats, LastCounter};
 use crate::trace::TraceContext;
-use crate::{CallError, FunctionServer, IncomingRequest, Mode, PendingReply, Router};
+use crate::{CallError, FunctionServer, IncomingRequest, Mode, Payload, PendingReply, Router};
 
 /// The `tracing` target of the `call` and `served` events (debug level): one
 /// per call made and per request served, with trace ids, outcome and time.
@@ -159,7 +159,7 @@ impl GuestHost {
     }
 
     /// Starts a call; `timeout` overrides the function's deadline.
-    pub fn call_start(&mut self, peer: &[u8], request: &[u8], timeout: Option<Duration>) -> Result<u32, Status> {
+    pub fn call_start(&mut self, peer: &[u8], request: Payload<'_>, timeout: Option<Duration>) -> Result<u32, Status> {
         // A name no function can have is refused before it reaches a log line.
         let peer = std::str::from_utf8(peer).ok().filter(|p| crate::annotations::is_function_name(p));
         let peer = peer.ok_or(Status::BadName)?;
@@ -169,13 +169,14 @@ impl GuestHost {
         let serving_until = self.current.as_ref().and_then(|serving| serving.request.deadline());
         let deadline = serving_until.map_or(deadline, |until| deadline.min(until));
         let trace = self.trace_for_call();
+        let bytes_out = request.len();
         let (mode, pending) = match self.router.call(peer, request, deadline, trace) {
             Ok(routed) => routed,
             Err(e) => {
                 let status = self.report("call", peer, Some(&trace), e);
                 if let Some(stats) = &self.stats {
                     let counter = self.last_counter.get(stats, peer, None);
-                    stats.record_call(counter, status, request.len(), 0, started.elapsed());
+                    stats.record_call(counter, status, bytes_out, 0, started.elapsed());
                 }
                 return Err(status);
             }
@@ -184,7 +185,7 @@ impl GuestHost {
         let logged_peer = calls_logged().then(|| peer.into());
         let handle = self.next_handle;
         self.next_handle = self.next_handle.checked_add(1).unwrap_or(1);
-        let call = Call { pending, counter, started, bytes_out: request.len(), mode, trace, logged_peer, ended: false };
+        let call = Call { pending, counter, started, bytes_out, mode, trace, logged_peer, ended: false };
         self.calls.insert(handle, call);
         Ok(handle)
     }
@@ -311,9 +312,10 @@ impl GuestHost {
         Ok(())
     }
 
-    pub fn serve_reply(&mut self, reply: &[u8]) -> Result<(), Status> {
+    pub fn serve_reply(&mut self, reply: Payload<'_>) -> Result<(), Status> {
         let (request, ended) = self.current.take().ok_or(Status::NoRequest)?.end();
-        self.answered(ended, true, reply.len(), request.reply(reply))
+        let bytes = reply.len();
+        self.answered(ended, true, bytes, request.reply(reply))
     }
 
     pub fn serve_fail(&mut self, message: &[u8]) -> Result<(), Status> {

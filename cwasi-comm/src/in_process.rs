@@ -30,14 +30,18 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crate::CallError;
 use crate::trace::TraceContext;
+use crate::{CallError, Payload, pages};
 
 /// Bytes in some linear memory, valid only under the rules above.
 #[derive(Debug, Clone, Copy)]
 struct RawBytes {
-    ptr: *const u8,
+    /// Written (its pages taken) only when `given`: then it came from a
+    /// `&mut` borrow of the giver's memory.
+    ptr: *mut u8,
     len: usize,
+    /// Its guest gave it up: its whole pages may move to the reader.
+    given: bool,
 }
 
 // SAFETY: a RawBytes is a plain address; it is dereferenced only under the
@@ -45,8 +49,30 @@ struct RawBytes {
 unsafe impl Send for RawBytes {}
 
 impl RawBytes {
-    fn new(bytes: &[u8]) -> Self {
-        Self { ptr: bytes.as_ptr(), len: bytes.len() }
+    fn new(payload: Payload<'_>) -> Self {
+        match payload {
+            Payload::Lent(bytes) => Self { ptr: bytes.as_ptr().cast_mut(), len: bytes.len(), given: false },
+            Payload::Given(bytes) => Self { ptr: bytes.as_mut_ptr(), len: bytes.len(), given: true },
+        }
+    }
+
+    /// Puts these bytes into `out` (as long): their whole pages move when
+    /// they were given, else they are copied.
+    ///
+    /// # Safety
+    /// The bytes are readable now, under the module's rules, and nothing
+    /// else touches them or `out` meanwhile; `out` lies in another memory.
+    unsafe fn deliver(self, out: &mut [u8]) {
+        debug_assert_eq!(self.len, out.len());
+        if self.given {
+            // SAFETY: given bytes came from a `&mut` borrow of a linear
+            // memory (a private mapping) whose guest waits; `out` is another
+            // linear memory's, in the host call that receives.
+            unsafe { pages::hand_over(self.ptr, out.as_mut_ptr(), self.len) };
+        } else {
+            // SAFETY: as promised by the caller; distinct memories.
+            unsafe { std::ptr::copy_nonoverlapping(self.ptr, out.as_mut_ptr(), self.len) };
+        }
     }
 }
 
@@ -132,7 +158,7 @@ impl InProcessSource {
     /// Offers `request` to the peer. The caller must then keep `request`
     /// borrowed until the peer parks again ([`InProcessSource::wait_parked`],
     /// or the engine's poll returned) and [`InProcessSource::withdraw`].
-    pub fn offer(&self, request: &[u8], deadline: Instant, trace: TraceContext) {
+    pub fn offer(&self, request: Payload<'_>, deadline: Instant, trace: TraceContext) {
         let mut state = self.lock();
         let generation = state.generation + 1;
         let offered = Some(Offer { request: RawBytes::new(request), deadline, trace, generation });
@@ -205,7 +231,8 @@ impl InProcessSource {
         }
     }
 
-    /// Copies the parked peer's reply into `out` (its exact length).
+    /// Puts the parked peer's reply into `out` (its exact length): copied,
+    /// or its pages moved when the peer gave it up.
     pub fn read_reply(&self, out: &mut [u8]) -> Result<(), CallError> {
         let state = self.lock();
         let (Some(reply), true) = (state.reply, state.parked) else {
@@ -218,7 +245,7 @@ impl InProcessSource {
         // (checked above, under the lock that offering takes): it cannot run,
         // write or grow its memory until the next offer; `out` is the
         // caller's memory, another instance's, so they do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(reply.ptr, out.as_mut_ptr(), out.len()) };
+        unsafe { reply.deliver(out) };
         Ok(())
     }
 
@@ -301,7 +328,8 @@ impl InProcessRequest {
         }
     }
 
-    /// Copies the request from the caller's memory into `out` (its length).
+    /// Puts the request from the caller's memory into `out` (its length):
+    /// copied, or its pages moved when the caller gave it up.
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
         let request = self.offer.request;
         if out.len() != request.len {
@@ -309,17 +337,18 @@ impl InProcessRequest {
         }
         let standing = self.standing()?;
         // SAFETY: the offer stands (checked under the lock held until the
-        // copy ends), and its caller withdraws it, under that lock, before
-        // `request` can go away; `out` is the peer's memory, another
-        // instance's, so they do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(request.ptr, out.as_mut_ptr(), out.len()) };
+        // delivery ends), and its caller withdraws it, under that lock,
+        // before `request` can go away (it waits in its call meanwhile);
+        // `out` is the peer's memory, another instance's, so they do not
+        // overlap.
+        unsafe { request.deliver(out) };
         drop(standing);
         Ok(())
     }
 
     /// Keeps where the reply lies: the caller reads it once the peer parks
     /// (the ABI has the peer leave it unchanged until its next request).
-    pub fn reply(self, reply: &[u8]) -> Result<(), CallError> {
+    pub fn reply(self, reply: Payload<'_>) -> Result<(), CallError> {
         self.standing()?.reply = Some(RawBytes::new(reply));
         Ok(())
     }
@@ -345,13 +374,13 @@ mod tests {
         // Nothing offered: the peer parks.
         assert!(source.poll_next().is_pending());
         let request = b"ping".to_vec();
-        source.offer(&request, deadline, a_trace());
+        source.offer(Payload::Lent(&request), deadline, a_trace());
         let Poll::Ready(taken) = source.poll_next() else { panic!("the offer was not taken") };
         let mut peer_memory = [0u8; 4];
         taken.read_into(&mut peer_memory).unwrap();
         assert_eq!(&peer_memory, b"ping");
         let reply = b"pong!".to_vec();
-        taken.reply(&reply).unwrap();
+        taken.reply(Payload::Lent(&reply)).unwrap();
         // Running: the reply cannot be read yet.
         assert!(source.read_reply(&mut [0; 5]).is_err());
         assert!(source.poll_next().is_pending());
@@ -376,13 +405,13 @@ mod tests {
                 if bytes == b"fail" {
                     request.fail("asked to").unwrap();
                 } else {
-                    request.reply(&reply).unwrap();
+                    request.reply(Payload::Lent(&reply)).unwrap();
                 }
             }
         });
         let deadline = Instant::now() + Duration::from_secs(5);
         for (request, expected) in [(&b"x"[..], Some(4)), (b"fail", None), (b"y", Some(4))] {
-            source.offer(request, deadline, a_trace());
+            source.offer(Payload::Lent(request), deadline, a_trace());
             assert!(source.wait_parked(deadline));
             match source.withdraw() {
                 Answer::Reply(len) => assert_eq!(Some(len), expected),
@@ -396,13 +425,13 @@ mod tests {
     fn a_request_whose_caller_gave_up_reads_and_answers_nothing() {
         let source = Arc::new(InProcessSource::default());
         let request = b"gone soon".to_vec();
-        source.offer(&request, Instant::now() + Duration::from_secs(5), a_trace());
+        source.offer(Payload::Lent(&request), Instant::now() + Duration::from_secs(5), a_trace());
         let Poll::Ready(taken) = source.poll_next() else { panic!("the offer was not taken") };
         // The caller's deadline passed: it withdraws, then its request may go away.
         assert!(matches!(source.withdraw(), Answer::None));
         drop(request);
         assert!(matches!(taken.read_into(&mut [0; 9]), Err(CallError::Timeout(_))));
-        assert!(matches!(taken.reply(b"late"), Err(CallError::Timeout(_))));
+        assert!(matches!(taken.reply(Payload::Lent(b"late")), Err(CallError::Timeout(_))));
         assert!(matches!(source.withdraw(), Answer::None), "a stale reply is not kept");
     }
 
@@ -420,9 +449,39 @@ mod tests {
     fn a_peer_that_never_parks_is_given_up_on_at_the_deadline() {
         let source = InProcessSource::default();
         let request = b"slow".to_vec();
-        source.offer(&request, Instant::now(), a_trace());
+        source.offer(Payload::Lent(&request), Instant::now(), a_trace());
         let started = Instant::now();
         assert!(!source.wait_parked(Instant::now() + Duration::from_millis(50)));
         assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    /// A given request's pages move into the peer's memory and a given
+    /// reply's into the caller's; lent bytes are copied and stay.
+    #[test]
+    fn given_bytes_move_and_lent_bytes_are_copied() {
+        const LEN: usize = 2 << 20;
+        let source = Arc::new(InProcessSource::default());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut caller = memmap2::MmapMut::map_anon(LEN).unwrap();
+        let mut peer = memmap2::MmapMut::map_anon(2 * LEN).unwrap();
+        caller.fill(3);
+        source.offer(Payload::Given(&mut caller[..]), deadline, a_trace());
+        let Poll::Ready(taken) = source.poll_next() else { panic!("the offer was not taken") };
+        let (request_buffer, reply) = peer.split_at_mut(LEN);
+        taken.read_into(request_buffer).unwrap();
+        assert!(request_buffer.iter().all(|&b| b == 3));
+        reply.fill(4);
+        taken.reply(Payload::Given(reply)).unwrap();
+        assert!(source.poll_next().is_pending());
+        assert!(matches!(source.withdraw(), Answer::Reply(LEN)));
+        source.read_reply(&mut caller[..]).unwrap();
+        assert!(caller.iter().all(|&b| b == 4), "the reply's pages came over");
+        assert!(peer[LEN..].iter().all(|&b| b == 0), "and left zero pages behind");
+
+        let lent = vec![5u8; LEN];
+        source.offer(Payload::Lent(&lent), deadline, a_trace());
+        let Poll::Ready(taken) = source.poll_next() else { panic!("the offer was not taken") };
+        taken.read_into(&mut peer[..LEN]).unwrap();
+        assert!(peer[..LEN].iter().all(|&b| b == 5) && lent.iter().all(|&b| b == 5));
     }
 }

@@ -8,7 +8,7 @@ use crate::in_process::InProcessSource;
 use crate::remote::RedisLinks;
 use crate::stats::FunctionStats;
 use crate::trace::TraceContext;
-use crate::{CallError, FunctionConfig, GuestHost, Mode, NodeRegistry, PendingReply, Router, Transport};
+use crate::{CallError, FunctionConfig, GuestHost, Mode, NodeRegistry, Payload, PendingReply, Router, Transport};
 
 /// Makes the [`GuestHost`] of each embedded peer instance: its own calls go
 /// through a router of its own (one per peer, made at its first instance),
@@ -59,7 +59,7 @@ impl Transport for WeakEmbedded {
     fn send(
         &self,
         peer: &str,
-        request: &[u8],
+        request: Payload<'_>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError> {

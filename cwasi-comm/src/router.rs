@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::local::LocalTransport;
 use crate::remote::{RedisLinks, RemoteTransport};
 use crate::trace::TraceContext;
-use crate::{CallError, FunctionConfig, MAX_PAYLOAD, Mode, NodeRegistry, PendingReply, Transport};
+use crate::{CallError, FunctionConfig, MAX_PAYLOAD, Mode, NodeRegistry, Payload, PendingReply, Transport};
 
 /// Deadline of a call when neither the call nor `cwasi.io/timeout` nor the
 /// node (`CWASI_CALL_TIMEOUT_MS`) gives one.
@@ -55,7 +55,7 @@ impl Router {
     pub fn call(
         &self,
         peer: &str,
-        request: &[u8],
+        mut request: Payload<'_>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<(Mode, Box<dyn PendingReply>), CallError> {
@@ -74,7 +74,7 @@ impl Router {
             if forced.is_some_and(|forced| forced != mode) {
                 continue;
             }
-            if let Some(pending) = transport.send(peer, request, deadline, trace)? {
+            if let Some(pending) = transport.send(peer, request.reborrow(), deadline, trace)? {
                 self.announce(peer, mode, || transport.target(peer));
                 return Ok((mode, pending));
             }
@@ -146,15 +146,15 @@ mod tests {
         fn send(
             &self,
             peer: &str,
-            request: &[u8],
+            request: Payload<'_>,
             _: Instant,
             _: TraceContext,
         ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
             if peer != "sha" {
                 return Ok(None);
             }
-            self.calls.lock().unwrap().push((peer.to_owned(), request.to_vec()));
-            Ok(Some(Box::new(Echo(request.to_vec()))))
+            self.calls.lock().unwrap().push((peer.to_owned(), request.bytes().to_vec()));
+            Ok(Some(Box::new(Echo(request.bytes().to_vec()))))
         }
 
         fn target(&self, _: &str) -> String {
@@ -182,12 +182,12 @@ mod tests {
     fn peers_outside_the_allow_list_are_forbidden() {
         let (router, _run) = router_with(&[("cwasi.io/peers", "a,b")]);
         assert!(matches!(
-            router.call("c", b"x", router.deadline(None), TraceContext::new_span(None)),
+            router.call("c", Payload::Lent(b"x"), router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::Forbidden { .. })
         ));
         let (router, _run) = router_with(&[]);
         assert!(matches!(
-            router.call("a", b"x", router.deadline(None), TraceContext::new_span(None)),
+            router.call("a", Payload::Lent(b"x"), router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::Forbidden { .. })
         ));
     }
@@ -198,7 +198,7 @@ mod tests {
         let annotations = [("cwasi.io/peers", "*"), ("cwasi.io/embed", "sha=/sha.wasm")];
         let (router, _run) = router_embedding(&annotations, Some(fake.clone()));
         let (mode, mut pending) =
-            router.call("sha", b"bytes", router.deadline(None), TraceContext::new_span(None)).unwrap();
+            router.call("sha", Payload::Lent(b"bytes"), router.deadline(None), TraceContext::new_span(None)).unwrap();
         assert_eq!(mode, Mode::Embedded);
         assert_eq!(pending.wait().unwrap(), 5);
         let mut out = [0u8; 5];
@@ -211,7 +211,7 @@ mod tests {
             [("cwasi.io/peers", "*"), ("cwasi.io/embed", "sha=/sha.wasm"), ("cwasi.io/mode", "sha=local")];
         let (router, _run) = router_embedding(&annotations, Some(fake.clone()));
         assert!(matches!(
-            router.call("sha", b"x", router.deadline(None), TraceContext::new_span(None)),
+            router.call("sha", Payload::Lent(b"x"), router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::UnknownPeer(_))
         ));
         assert_eq!(fake.calls.lock().unwrap().len(), 1, "the forced mode must not reach the engine");
@@ -223,11 +223,12 @@ mod tests {
         let (router, _run) = router_embedding(&[("cwasi.io/peers", "*")], Some(fake.clone()));
         // Nothing serves `other` on this node and remote mode is off.
         assert!(matches!(
-            router.call("other", b"x", router.deadline(None), TraceContext::new_span(None)),
+            router.call("other", Payload::Lent(b"x"), router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::UnknownPeer(_))
         ));
         assert!(fake.calls.lock().unwrap().is_empty());
-        let (mode, _) = router.call("sha", b"x", router.deadline(None), TraceContext::new_span(None)).unwrap();
+        let (mode, _) =
+            router.call("sha", Payload::Lent(b"x"), router.deadline(None), TraceContext::new_span(None)).unwrap();
         assert_eq!(mode, Mode::Embedded);
     }
 
@@ -235,7 +236,7 @@ mod tests {
     fn a_serving_function_calling_itself_is_refused_at_once() {
         let (router, _run) = router_with(&[("cwasi.io/peers", "*"), ("cwasi.io/serve", "true")]);
         assert!(matches!(
-            router.call("caller", b"x", router.deadline(None), TraceContext::new_span(None)),
+            router.call("caller", Payload::Lent(b"x"), router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::SelfCall(_))
         ));
     }
@@ -254,7 +255,7 @@ mod tests {
     fn an_unknown_peer_without_remote_mode_is_unknown() {
         let (router, _run) = router_with(&[("cwasi.io/peers", "*")]);
         assert!(matches!(
-            router.call("nobody", b"", router.deadline(None), TraceContext::new_span(None)),
+            router.call("nobody", Payload::Lent(b""), router.deadline(None), TraceContext::new_span(None)),
             Err(CallError::UnknownPeer(_))
         ));
     }

@@ -9,7 +9,7 @@ use crate::in_process::InProcessRequest;
 use crate::local::{LocalListener, LocalRequest};
 use crate::remote::{RemoteListener, RemoteRequest};
 use crate::trace::TraceContext;
-use crate::{CallError, FunctionConfig, NodeRegistry, Registration};
+use crate::{CallError, FunctionConfig, NodeRegistry, Payload, Registration};
 
 /// A function that serves calls (`cwasi.io/serve: "true"`): from this node
 /// through shared memory and from other nodes through Redis, both fed to the
@@ -98,10 +98,10 @@ impl IncomingRequest {
         }
     }
 
-    pub fn reply(self, reply: &[u8]) -> Result<(), CallError> {
+    pub fn reply(self, reply: Payload<'_>) -> Result<(), CallError> {
         match self.source {
-            Source::Local(r) => r.reply(reply),
-            Source::Remote(r) => r.reply(reply),
+            Source::Local(r) => r.reply(reply.bytes()),
+            Source::Remote(r) => r.reply(reply.bytes()),
             Source::InProcess(r) => r.reply(reply),
         }
     }

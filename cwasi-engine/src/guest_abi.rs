@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use cwasi_abi::Status;
 
+use cwasi_comm::Payload;
+
 use crate::GuestHost;
 use crate::guest_memory::{guest_slice, guest_slice_mut, write_u32};
 
@@ -28,6 +30,13 @@ pub fn call_start(
     start(host, memory, peer, peer_len, req, req_len, None, handle_out)
 }
 
+fn timeout(timeout_ms: i32) -> Option<Duration> {
+    match timeout_ms as u32 {
+        0 => None,
+        ms => Some(Duration::from_millis(u64::from(ms))),
+    }
+}
+
 /// `call_start` with the call's own deadline; `0` ms means the function's.
 #[allow(clippy::too_many_arguments)] // the import's signature
 pub fn call_start_timeout(
@@ -40,11 +49,31 @@ pub fn call_start_timeout(
     timeout_ms: i32,
     handle_out: i32,
 ) -> i32 {
-    let timeout = match timeout_ms as u32 {
-        0 => None,
-        ms => Some(Duration::from_millis(u64::from(ms))),
-    };
-    start(host, memory, peer, peer_len, req, req_len, timeout, handle_out)
+    start(host, memory, peer, peer_len, req, req_len, timeout(timeout_ms), handle_out)
+}
+
+/// `call_start_timeout` of a request the caller gives up: its pages may
+/// move to the peer (`cwasi_comm::pages`).
+#[allow(clippy::too_many_arguments)] // the import's signature
+pub fn call_start_owned(
+    host: &mut GuestHost,
+    memory: &mut [u8],
+    peer: i32,
+    peer_len: i32,
+    req: i32,
+    req_len: i32,
+    timeout_ms: i32,
+    handle_out: i32,
+) -> i32 {
+    status((|| {
+        guest_slice(memory, handle_out, 4)?;
+        // The name is copied so that the request can be borrowed mutably
+        // from the same memory; it is short (a function name) or refused.
+        let peer = guest_slice(memory, peer, peer_len)?.to_vec();
+        let request = Payload::Given(guest_slice_mut(memory, req, req_len)?);
+        let handle = host.call_start(&peer, request, timeout(timeout_ms))?;
+        write_u32(memory, handle_out, handle)
+    })())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -61,8 +90,8 @@ fn start(
     status((|| {
         // Check the out-pointer before sending anything.
         guest_slice(memory, handle_out, 4)?;
-        let handle =
-            host.call_start(guest_slice(memory, peer, peer_len)?, guest_slice(memory, req, req_len)?, timeout)?;
+        let request = Payload::Lent(guest_slice(memory, req, req_len)?);
+        let handle = host.call_start(guest_slice(memory, peer, peer_len)?, request, timeout)?;
         write_u32(memory, handle_out, handle)
     })())
 }
@@ -104,7 +133,13 @@ pub fn serve_read(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i3
 }
 
 pub fn serve_reply(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i32) -> i32 {
-    status(guest_slice(memory, buf, buf_len).and_then(|reply| host.serve_reply(reply)))
+    status(guest_slice(memory, buf, buf_len).and_then(|reply| host.serve_reply(Payload::Lent(reply))))
+}
+
+/// `serve_reply` of a reply the handler gives up: its pages may move to
+/// the caller.
+pub fn serve_reply_owned(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i32) -> i32 {
+    status(guest_slice_mut(memory, buf, buf_len).and_then(|reply| host.serve_reply(Payload::Given(reply))))
 }
 
 pub fn serve_fail(host: &mut GuestHost, memory: &mut [u8], msg: i32, msg_len: i32) -> i32 {

@@ -11,12 +11,19 @@
 //!
 //! The host picks the transport (same engine, shared memory on this node, or
 //! Redis across nodes); the guest code is the same for all of them.
+//!
+//! Large payloads can be *given* instead of lent: [`call_owned`] and
+//! [`serve_pages`] hand over a [`PageBuf`], whose pages the host moves to a
+//! peer in the same process (embedded mode) instead of copying them.
 
 use std::fmt;
 use std::time::Duration;
 
 pub use cwasi_abi::Status;
 use raw::abi;
+
+mod page_buf;
+pub use page_buf::PageBuf;
 
 /// The `cwasi` imports as the host provides them (every value an `i32`),
 /// for code that needs the raw ABI; everything else uses the functions of
@@ -98,6 +105,9 @@ fn check(code: i32) -> Result<(), Error> {
 #[must_use = "a call's reply is only received by finish()"]
 pub struct Call {
     handle: u32,
+    /// A request given up: the host may take its pages until the reply
+    /// came, so it lives until then.
+    given: Option<PageBuf>,
 }
 
 impl Call {
@@ -115,7 +125,26 @@ impl Call {
                 abi(&raw mut handle),
             )
         })?;
-        Ok(Call { handle })
+        Ok(Call { handle, given: None })
+    }
+
+    /// Like [`Call::start`], giving `request` up: in embedded mode its whole
+    /// pages move to the peer instead of being copied.
+    pub fn start_owned(peer: &str, mut request: PageBuf) -> Result<Call, Error> {
+        let mut handle = 0u32;
+        // SAFETY: as in `start`; `request` is kept, untouched, until the
+        // reply came (the host may take its pages meanwhile).
+        check(unsafe {
+            raw::call_start_owned(
+                abi(peer.as_ptr()),
+                abi(peer.len()),
+                abi(request.as_mut_ptr()),
+                abi(request.len()),
+                abi(0u32),
+                abi(&raw mut handle),
+            )
+        })?;
+        Ok(Call { handle, given: Some(request) })
     }
 
     /// Like [`Call::start`], with a deadline for this call: past `timeout`
@@ -134,14 +163,32 @@ impl Call {
                 abi(&raw mut handle),
             )
         })?;
-        Ok(Call { handle })
+        Ok(Call { handle, given: None })
+    }
+
+    /// Waits for the reply; its length.
+    fn wait(&mut self) -> Result<u32, Error> {
+        let mut len = 0u32;
+        // SAFETY: `len` is a valid u32 for the host to write.
+        let waited = check(unsafe { raw::call_wait(abi(self.handle), abi(&raw mut len)) });
+        self.given = None;
+        waited.map(|()| len)
+    }
+
+    /// Waits for the reply and returns it on pages of its own: a reply its
+    /// peer gave up ([`serve_pages`]) moves there in embedded mode.
+    pub fn finish_pages(mut self) -> Result<PageBuf, Error> {
+        let len = self.wait()?;
+        PageBuf::filled_by(len as usize, |buf| {
+            // SAFETY: the buffer has room for `len` bytes; the host writes
+            // exactly `len` bytes or fails.
+            check(unsafe { raw::call_read(abi(self.handle), abi(buf), abi(len)) })
+        })
     }
 
     /// Waits for the reply and returns it.
-    pub fn finish(self) -> Result<Vec<u8>, Error> {
-        let mut len = 0u32;
-        // SAFETY: `len` is a valid u32 for the host to write.
-        check(unsafe { raw::call_wait(abi(self.handle), abi(&raw mut len)) })?;
+    pub fn finish(mut self) -> Result<Vec<u8>, Error> {
+        let len = self.wait()?;
         let mut reply = Vec::with_capacity(len as usize);
         // SAFETY: the buffer has capacity for `len` bytes; the host writes
         // exactly `len` bytes or fails.
@@ -152,9 +199,26 @@ impl Call {
     }
 }
 
+impl Drop for Call {
+    fn drop(&mut self) {
+        // A call dropped before its reply came keeps its given request: the
+        // host may still take its pages, so the memory is never reused.
+        if let Some(request) = self.given.take() {
+            std::mem::forget(request);
+        }
+    }
+}
+
 /// Calls `peer` with `request` and returns its reply.
 pub fn call(peer: &str, request: &[u8]) -> Result<Vec<u8>, Error> {
     Call::start(peer, request)?.finish()
+}
+
+/// Calls `peer` with `request`, giving it up: in embedded mode the whole
+/// pages of a large request (and of a reply its peer gives up) move instead
+/// of being copied. The reply comes on pages of its own.
+pub fn call_owned(peer: &str, request: PageBuf) -> Result<PageBuf, Error> {
+    Call::start_owned(peer, request)?.finish_pages()
 }
 
 /// Calls `peer` with `request`; gives up with [`Status::Timeout`] after `timeout`.
@@ -182,6 +246,15 @@ impl Request {
         Ok(Request { len })
     }
 
+    /// Reads the request onto pages of its own: a request its caller gave
+    /// up ([`call_owned`]) moves there in embedded mode.
+    pub fn read_pages(&self) -> Result<PageBuf, Error> {
+        PageBuf::filled_by(self.len as usize, |buf| {
+            // SAFETY: room for `len` bytes; the host writes exactly that or fails.
+            check(unsafe { raw::serve_read(abi(buf), abi(self.len)) })
+        })
+    }
+
     pub fn read(&self) -> Result<Vec<u8>, Error> {
         let mut body = Vec::with_capacity(self.len as usize);
         // SAFETY: capacity for `len` bytes; the host writes exactly that or fails.
@@ -194,6 +267,15 @@ impl Request {
     pub fn reply(self, reply: &[u8]) -> Result<(), Error> {
         // SAFETY: `reply` is valid for its length.
         check(unsafe { raw::serve_reply(abi(reply.as_ptr()), abi(reply.len())) })
+    }
+
+    /// Replies with `reply`, giving it up: its pages may move to the caller,
+    /// who may take them until the next [`Request::next`]; keep it, and
+    /// leave it untouched, till then ([`serve_pages`] does).
+    pub fn reply_given(self, reply: &mut PageBuf) -> Result<(), Error> {
+        // SAFETY: `reply` is valid for its length and kept, untouched, until
+        // the next request (the caller of this crate's loop does).
+        check(unsafe { raw::serve_reply_owned(abi(reply.as_mut_ptr()), abi(reply.len())) })
     }
 
     /// Ends the request with an error the caller sees as [`Status::PeerFailed`].
@@ -211,26 +293,43 @@ pub fn serve(mut handler: impl FnMut(&[u8]) -> Vec<u8>) -> Error {
 
 /// Like [`serve`], but the handler may fail; its message reaches the caller.
 pub fn serve_fallible<E: fmt::Display>(mut handler: impl FnMut(&[u8]) -> Result<Vec<u8>, E>) -> Error {
+    serve_each(
+        |request| request.read_pages().ok().map(|body| handler(&body)),
+        |request, reply: &mut Vec<u8>| request.reply(reply),
+    )
+}
+
+/// Serves requests forever with `handler`, which owns each request and
+/// gives its reply up: in embedded mode the whole pages of large ones move
+/// instead of being copied (a handler may answer with the request itself).
+pub fn serve_pages<E: fmt::Display>(mut handler: impl FnMut(PageBuf) -> Result<PageBuf, E>) -> Error {
+    serve_each(
+        |request| request.read_pages().ok().map(&mut handler),
+        |request, reply: &mut PageBuf| request.reply_given(reply),
+    )
+}
+
+/// The serving loop: `answer` reads and handles a request (`None`: it could
+/// not be read), `reply` sends an answer.
+fn serve_each<R, E: fmt::Display>(
+    mut answer: impl FnMut(&Request) -> Option<Result<R, E>>,
+    reply: impl Fn(Request, &mut R) -> Result<(), Error>,
+) -> Error {
     // The host may read a reply until the next request arrives (an embedded
-    // caller copies it straight out of this memory), so it lives until then.
-    let mut last_reply: Vec<u8> = Vec::new();
+    // caller copies it, or takes its pages, straight out of this memory), so
+    // it lives until then.
+    let mut last_reply: Option<R> = None;
     loop {
         let request = match Request::next() {
             Ok(request) => request,
             Err(e) => return e,
         };
-        drop(std::mem::take(&mut last_reply));
-        let body = match request.read() {
-            Ok(body) => body,
-            // The caller went away mid-request: serve the next one.
-            Err(_) => continue,
-        };
+        drop(last_reply.take());
+        // The caller went away mid-request: serve the next one.
+        let Some(answered) = answer(&request) else { continue };
         // A failed reply means the caller is gone; the next request may be fine.
-        let _ = match handler(&body) {
-            Ok(reply) => {
-                last_reply = reply;
-                request.reply(&last_reply)
-            }
+        let _ = match answered {
+            Ok(answer) => reply(request, last_reply.insert(answer)),
             Err(e) => request.fail(&e.to_string()),
         };
     }

@@ -205,6 +205,27 @@ impl TwoNodes {
         iterations: usize,
         max_seconds: f64,
     ) -> anyhow::Result<Measured> {
+        self.bench_run(id, route, functions, &[&size.to_string(), &iterations.to_string(), &max_seconds.to_string()])
+    }
+
+    /// Like [`TwoNodes::bench_call`] to one function, with each request
+    /// given up (`call_start_owned`): its pages move where the mode can.
+    pub fn bench_call_given(
+        &self,
+        id: &str,
+        route: Route,
+        function: &str,
+        size: usize,
+        iterations: usize,
+        max_seconds: f64,
+    ) -> anyhow::Result<Measured> {
+        let (size, iterations, seconds) = (size.to_string(), iterations.to_string(), max_seconds.to_string());
+        self.bench_run(id, route, &[function], &[&size, &iterations, &seconds, "given"])
+    }
+
+    /// Runs `bench-caller` on node A with the peers `functions` reached by
+    /// `route` and its other arguments `args`.
+    fn bench_run(&self, id: &str, route: Route, functions: &[&str], args: &[&str]) -> anyhow::Result<Measured> {
         let peers: Vec<String> = functions.iter().map(|f| route.peer(f)).collect();
         let peers = peers.join(",");
         let mut annotations = self.annotations_a.clone();
@@ -223,12 +244,10 @@ impl TwoNodes {
         }
         let mut flags = vec!["--rm"];
         flags.extend(annotations.iter().flat_map(|a| ["--annotation", a.as_str()]));
-        let (size, iterations, seconds) = (size.to_string(), iterations.to_string(), max_seconds.to_string());
-        let out = self
-            .node_a
-            .run(id, &self.caller, &flags, &["/bench-caller.wasm", &peers, &size, &iterations, &seconds])?
-            .ok()
-            .with_context(|| format!("bench-caller {id}"))?;
+        let mut command = vec!["/bench-caller.wasm", &peers];
+        command.extend(args);
+        let out =
+            self.node_a.run(id, &self.caller, &flags, &command)?.ok().with_context(|| format!("bench-caller {id}"))?;
         let line = out.stdout.lines().find(|l| l.starts_with("bench ")).context("no timings printed")?;
         let timings = parse_timings(line)?;
         let first_peer = peers.split(',').next().unwrap_or_default();

@@ -23,7 +23,7 @@ use anyhow::Context as _;
 
 use cwasi_comm::idle_peers::{IdlePeers, InstanceSlot, PeerInstance};
 use cwasi_comm::in_process::InProcessSource;
-use cwasi_comm::{CallError, GuestHost, Mode, PeerHosts, PendingReply, TraceContext, Transport};
+use cwasi_comm::{CallError, GuestHost, Mode, Payload, PeerHosts, PendingReply, TraceContext, Transport};
 use cwasi_engine::{DeniedGrowth, EmbeddedModule, MemoryBudget, MemoryShare, PinnedDir};
 use wasmedge_sdk::config::Config;
 use wasmedge_sdk::vm::SyncInst;
@@ -100,7 +100,7 @@ impl Transport for WasmEdgeEmbedded {
     fn send(
         &self,
         peer: &str,
-        request: &[u8],
+        request: Payload<'_>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError> {

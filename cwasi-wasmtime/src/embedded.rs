@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use cwasi_comm::idle_peers::{IdlePeers, InstanceSlot, PeerInstance};
 use cwasi_comm::in_process::InProcessSource;
-use cwasi_comm::{CallError, GuestHost, Mode, PeerHosts, PendingReply, TraceContext, Transport};
+use cwasi_comm::{CallError, GuestHost, Mode, Payload, PeerHosts, PendingReply, TraceContext, Transport};
 use cwasi_engine::{DeniedGrowth, EmbeddedModule, MemoryBudget, PinnedDir};
 use wasmtime::{Engine, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
@@ -276,7 +276,7 @@ impl Transport for WasmtimeEmbedded {
     fn send(
         &self,
         peer: &str,
-        request: &[u8],
+        request: Payload<'_>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::LocalChannel;
 use crate::trace::TraceContext;
-use crate::{CallError, Mode, NodeRegistry, PendingReply, Transport};
+use crate::{CallError, Mode, NodeRegistry, Payload, PendingReply, Transport};
 
 /// How long a resolution of a peer's local instances is trusted: replicas
 /// that start are used within this time, without a directory scan per call.
@@ -120,11 +120,11 @@ impl Transport for LocalTransport {
     fn send(
         &self,
         peer: &str,
-        request: &[u8],
+        request: Payload<'_>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
-        let Some(pending) = self.send_to_one(peer, request, deadline, trace)? else { return Ok(None) };
+        let Some(pending) = self.send_to_one(peer, request.bytes(), deadline, trace)? else { return Ok(None) };
         // Made only by `new`, inside an `Arc` that lives while its router can send.
         let transport = self.me.upgrade().expect("a LocalTransport lives in an Arc");
         let routed = RoutedCall { transport, peer: peer.to_owned(), deadline, trace, inner: pending };

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::{LinkPool, RemoteChannel};
 use crate::trace::TraceContext;
-use crate::{CallError, Mode, PendingReply, Transport};
+use crate::{CallError, Mode, Payload, PendingReply, Transport};
 
 /// A container's connections to its Redis, opened at the first remote call
 /// and shared by the guest's calls and its embedded peers'.
@@ -67,12 +67,12 @@ impl Transport for RemoteTransport {
     fn send(
         &self,
         peer: &str,
-        request: &[u8],
+        request: Payload<'_>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
         let Some(pool) = self.links.pool()? else { return Ok(None) };
-        self.channel(peer, pool)?.send(request, deadline, trace).map(Some)
+        self.channel(peer, pool)?.send(request.bytes(), deadline, trace).map(Some)
     }
 
     fn target(&self, _peer: &str) -> String {

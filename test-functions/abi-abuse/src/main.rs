@@ -52,6 +52,29 @@ fn main() {
         expect("serve_read buffer wrapping", raw::serve_read(-8, 16), Status::BadPointer);
         expect("serve_reply without a request", raw::serve_reply(out_ptr, 8), Status::NoRequest);
         expect("serve_fail message past the end", raw::serve_fail(end, 1), Status::BadPointer);
+        // Giving bytes up: the same checks before any page could move.
+        expect(
+            "call_start_owned request past the end",
+            raw::call_start_owned(name_ptr, name_len, end - 4096, 1 << 21, 0, out_ptr),
+            Status::BadPointer,
+        );
+        expect(
+            "call_start_owned request wrapping",
+            raw::call_start_owned(name_ptr, name_len, -4096, 1 << 21, 0, out_ptr),
+            Status::BadPointer,
+        );
+        expect(
+            "call_start_owned handle out past the end",
+            raw::call_start_owned(name_ptr, name_len, name_ptr, 1, 0, end),
+            Status::BadPointer,
+        );
+        expect(
+            "call_start_owned a name no function has",
+            raw::call_start_owned(out_ptr, 8, name_ptr, 1, 0, out_ptr),
+            Status::BadName,
+        );
+        expect("serve_reply_owned past the end", raw::serve_reply_owned(end - 8, 1 << 21), Status::BadPointer);
+        expect("serve_reply_owned without a request", raw::serve_reply_owned(out_ptr, 8), Status::NoRequest);
     }
     std::process::exit(if wrong == 0 { 0 } else { 1 });
 }
