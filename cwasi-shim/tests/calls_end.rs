@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use cwasi_testkit::{Containerd, TestImage, test_image_with_peers};
+use cwasi_testkit::{Containerd, TestImage, process, test_image_with_peers};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
 const READY: Duration = Duration::from_secs(30);
@@ -61,25 +61,6 @@ fn summary(stdout: &str) -> (u64, u64) {
     let line = stdout.lines().find(|l| l.starts_with("summary ")).unwrap_or_else(|| panic!("no summary in {stdout}"));
     let number = |key: &str| line.split(' ').find_map(|kv| kv.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap();
     (number("ok="), number("err="))
-}
-
-/// The pid of a running task, from `ctr task ls`.
-fn task_pid(ctd: &Containerd, id: &str) -> i32 {
-    let out = ctd.ctr(&["task", "ls"]).unwrap().ok().unwrap().stdout;
-    out.lines()
-        .find_map(|line| {
-            let mut cols = line.split_whitespace();
-            (cols.next()? == id).then(|| cols.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no task {id} in {out}"))
-}
-
-/// CPU time (user + system) of a process, in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 #[test]
@@ -308,10 +289,10 @@ fn a_caller_killed_while_streaming_a_large_request_costs_the_server_nothing() {
     drop(streamer.wait_with_output());
     assert!(busy.wait_with_output().unwrap().status.success());
 
-    let pid = task_pid(&ctd, "echo");
-    let before = cpu_ticks(pid);
+    let pid = ctd.task_pid("echo").unwrap();
+    let before = process::cpu_ticks(pid).unwrap();
     sleep(Duration::from_secs(3));
-    let used = cpu_ticks(pid) - before;
+    let used = process::cpu_ticks(pid).unwrap() - before;
     let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
     assert!(used * 100 < 5 * 3 * ticks_per_second, "the server used {used} ticks in 3 s after the caller died");
     let out = run_caller(&ctd, "after", &images[1], &[], &["/call-load.wasm", "echo=still here"]);
@@ -328,10 +309,10 @@ fn a_caller_killed_while_its_request_is_handled_costs_the_server_nothing() {
     ctd.ctr(&["task", "kill", "--signal", "SIGKILL", "doomed"]).unwrap().ok().unwrap();
     drop(caller.wait_with_output());
     // The handler sleeps on: the function has nothing to do until it returns.
-    let pid = task_pid(&ctd, "echo");
-    let before = cpu_ticks(pid);
+    let pid = ctd.task_pid("echo").unwrap();
+    let before = process::cpu_ticks(pid).unwrap();
     sleep(Duration::from_secs(2));
-    let used = cpu_ticks(pid) - before;
+    let used = process::cpu_ticks(pid).unwrap() - before;
     let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
     assert!(used * 100 < 5 * 2 * ticks_per_second, "the server used {used} ticks in 2 s while its caller was gone");
     let out = run_caller(&ctd, "after-doomed", &images[1], &[], &["/call-load.wasm", "echo=still here"]);

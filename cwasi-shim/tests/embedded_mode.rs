@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 
-use cwasi_testkit::{Containerd, TestImage, test_image_with_peers};
+use cwasi_testkit::{Containerd, TestImage, process, test_image_with_peers};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
 
@@ -262,30 +262,10 @@ fn ten_thousand_small_calls_leave_resident_memory_flat() {
     for line in BufReader::new(run.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         assert!(line.starts_with("round "), "{line}");
-        rss_after_round.push(resident_kib(task_pid(&ctd, "loop-embedded")));
+        rss_after_round.push(process::resident_kib(ctd.task_pid("loop-embedded").unwrap()).unwrap());
     }
     assert!(run.wait().unwrap().success());
     assert_eq!(rss_after_round.len(), 5, "{rss_after_round:?}");
     let (warm, last) = (rss_after_round[0] as f64, rss_after_round[4] as f64);
     assert!(last <= warm * 1.05, "resident memory grew from {warm} KiB to {last} KiB: {rss_after_round:?}");
-}
-
-/// The pid `ctr task ls` shows for `id` (the guest process).
-fn task_pid(ctd: &Containerd, id: &str) -> u32 {
-    let tasks = ctd.ctr(&["task", "ls"]).unwrap().ok().unwrap();
-    tasks
-        .stdout
-        .lines()
-        .find(|l| l.starts_with(id))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or_else(|| panic!("no task {id}: {tasks:?}"))
-}
-
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }

@@ -3,7 +3,9 @@
 //! the call neither side sees the other's writes; in local mode they are
 //! copied, correctly.
 
-use cwasi_testkit::Containerd;
+use std::io::{BufRead, BufReader};
+
+use cwasi_testkit::{Containerd, process};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1");
 
@@ -15,14 +17,20 @@ fn assert_saw(stdout: &str, expected: &[(&str, bool)]) {
     }
 }
 
-fn give_embedded(mib: usize) {
+const EMBEDDED: [&str; 5] =
+    ["--rm", "--annotation", "cwasi.io/embed=keeper=/page-keeper.wasm", "--annotation", "cwasi.io/peers=keeper"];
+
+fn containerd_with_giver() -> (Containerd, cwasi_testkit::TestImage) {
     let image = cwasi_testkit::test_image_with_peers("page-giver", &["page-keeper"]).unwrap();
     let ctd = Containerd::start(SHIM.as_ref(), &[]).expect("private containerd starts");
     ctd.import(&image).expect("image imports");
+    (ctd, image)
+}
+
+fn give_embedded(mib: usize) {
+    let (ctd, image) = containerd_with_giver();
     let id = format!("page-giver-embedded-{mib}");
-    let annotations = ["cwasi.io/embed=keeper=/page-keeper.wasm", "cwasi.io/peers=keeper"];
-    let flags = ["--rm", "--annotation", annotations[0], "--annotation", annotations[1]];
-    let out = ctd.run(&id, &image, &flags, &["/page-giver.wasm", "keeper", &mib.to_string()]).unwrap();
+    let out = ctd.run(&id, &image, &EMBEDDED, &["/page-giver.wasm", "keeper", &mib.to_string()]).unwrap();
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_saw(
         &out.stdout,
@@ -48,6 +56,43 @@ fn sixty_four_mib_given_to_an_embedded_peer_move_by_pages_both_ways() {
 #[test]
 fn two_hundred_fifty_six_mib_given_to_an_embedded_peer_move_by_pages_both_ways() {
     give_embedded(256);
+}
+
+/// Every move may split the receiver's mappings: 250 given calls, each way,
+/// into buffers the allocators place anew, leave the process's map count
+/// and resident memory flat (the receivers' old pages are freed off the
+/// call's path, by a thread that must keep up).
+#[test]
+fn five_hundred_moves_leave_the_map_count_and_resident_memory_flat() {
+    let (ctd, image) = containerd_with_giver();
+    let mut run = ctd
+        .ctr_command(&Containerd::run_args("page-rounds", &image, &EMBEDDED, &["/page-giver.wasm", "keeper", "4", "5"]))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut pid, mut after_round) = (None, Vec::new());
+    for line in BufReader::new(run.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        match pid {
+            // The giver pauses after each round: read it then.
+            Some(pid) if line.starts_with("round ") => {
+                after_round.push((process::map_count(pid).unwrap(), process::resident_kib(pid).unwrap()))
+            }
+            _ => {
+                assert!(line.starts_with("given_zeroed=true"), "{line}");
+                pid = Some(ctd.task_pid("page-rounds").unwrap());
+            }
+        }
+    }
+    assert!(run.wait().unwrap().success());
+    assert_eq!(after_round.len(), 5, "{after_round:?}");
+    let ((maps_first, rss_first), (maps_last, rss_last)) = (after_round[0], after_round[4]);
+    assert!(maps_last <= maps_first + 16, "mappings grew from {maps_first} to {maps_last}: {after_round:?}");
+    // A few 4 MiB buffers may be in flight to the reaper when sampled.
+    assert!(
+        rss_last <= rss_first + 32 * 1024,
+        "resident memory grew from {rss_first} KiB to {rss_last} KiB: {after_round:?}"
+    );
 }
 
 /// Local mode copies given payloads (moving pages across processes is not

@@ -208,6 +208,18 @@ state = "{state}"
         fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
+    /// The pid of the running task `id` (its guest process), from `ctr task ls`.
+    pub fn task_pid(&self, id: &str) -> anyhow::Result<u32> {
+        let tasks = self.ctr(&["task", "ls"])?.ok()?.stdout;
+        tasks
+            .lines()
+            .find_map(|line| {
+                let mut cols = line.split_whitespace();
+                (cols.next()? == id).then(|| cols.next()?.parse().ok())?
+            })
+            .with_context(|| format!("no task {id} in {tasks}"))
+    }
+
     /// Runs `ctr` against this containerd, in the test namespace.
     pub fn ctr(&self, args: &[&str]) -> anyhow::Result<CtrOutput> {
         self.ctr_in(NAMESPACE, args)

@@ -13,6 +13,7 @@ mod mounts;
 mod netns;
 mod node;
 mod place;
+pub mod process;
 mod redis_cluster;
 mod redis_server;
 mod teardown;

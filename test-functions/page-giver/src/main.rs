@@ -1,5 +1,8 @@
-//! `page-giver PEER MIB`: gives PEER (a `page-keeper`) MIB MiB through the
-//! move-semantics ABI and prints what each side saw, one `key=value` each:
+//! `page-giver PEER MIB [ROUNDS]`: gives PEER (a `page-keeper`) MIB MiB
+//! through the move-semantics ABI and prints what each side saw, one
+//! `key=value` each, then gives ROUNDS rounds of 50 more payloads (each a
+//! new buffer, the reply given back) with `call_owned`, printing `round N`
+//! and pausing 300 ms after each, for a test to look at the process:
 //! - `given_zeroed`: the given buffer reads as zeros after the call (its
 //!   pages moved; false when the mode copied);
 //! - `reply_ok`: the reply is word for word what the keeper gave;
@@ -63,10 +66,30 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let rounds: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(0);
     println!(
         "given_zeroed={given_zeroed} reply_ok={reply_ok} kept_match={} kept_intact={} reply_zeroed={}",
         kept.contains(&format!("digest={sent:016x} ")),
         kept.contains("intact=true"),
         kept.contains("reply_zeroed=true"),
     );
+    for round in 0..rounds {
+        for _ in 0..50 {
+            let request = PageBuf::zeroed(len);
+            match cwasi_guest::call_owned(peer, request) {
+                Ok(reply) if reply.len() == len => {}
+                Ok(reply) => {
+                    println!("error: a reply of {} bytes", reply.len());
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    println!("error: round {round}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        println!("round {round}");
+        // Still, for a test to read this process now.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }
