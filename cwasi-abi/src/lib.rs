@@ -29,6 +29,7 @@
 //! | `serve_reply` | `(buf_ptr, buf_len) -> status` | sends the reply and finishes the request; the host may read `buf` until the next `serve_next` returns, so keep it unchanged until then |
 //! | `serve_fail` | `(msg_ptr, msg_len) -> status` | finishes the request with an error the caller sees as [`Status::PeerFailed`] |
 //! | `serve_reply_owned` | `(buf_ptr, buf_len) -> status` | like `serve_reply`, and the handler gives the reply's buffer up (below) |
+//! | `pages_share` | `(buf_ptr, buf_len) -> status` | backs the buffer's whole pages with memory that can leave the process (below); they read as zeros after |
 //!
 //! Giving a buffer up (move semantics): when the receiver runs in the same
 //! process (embedded mode), the host may *move* the buffer's whole pages
@@ -39,7 +40,14 @@
 //! bytes around them, small payloads and other modes are copied, and copied
 //! bytes stay as they were. Until `call_wait` returns (a request) or the
 //! next `serve_next` (a reply), the giver must not touch the buffer; after,
-//! it is its own again, whatever it reads.
+//! it is its own again, whatever it reads. A given request whose call fails
+//! may be gone: its pages may have reached the peer.
+//!
+//! A request given to a function in another container on this node (local
+//! mode) moves by pages when its buffer was shared with `pages_share`
+//! before it was written (the SDK's large `PageBuf`s are): the pages then
+//! travel as a sealed file the peer maps privately. Only 2 MiB or more of
+//! whole pages is shared; smaller buffers and replies are copied.
 
 #![no_std]
 
@@ -67,6 +75,7 @@ macro_rules! for_each_import {
             serve_reply(buf, buf_len);
             serve_fail(msg, msg_len);
             serve_reply_owned(buf, buf_len);
+            pages_share(buf, buf_len);
         }
     };
 }
@@ -190,7 +199,7 @@ mod tests {
     #[test]
     fn the_import_list_names_each_import_once() {
         let names = for_each_import!(names);
-        assert_eq!(names.len(), 10);
+        assert_eq!(names.len(), 11);
         assert!(names.contains(&SERVE_NEXT));
         for (i, name) in names.iter().enumerate() {
             assert!(!names[i + 1..].contains(name), "{name} twice");

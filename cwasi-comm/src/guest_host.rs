@@ -10,6 +10,7 @@ use cwasi_abi::Status;
 
 use crate::in_process::InProcessSource;
 use crate::log_budget::LogBudget;
+use crate::pages::SharedTable;
 use crate::stats::{CallCounter, FunctionStats, LastCounter};
 use crate::trace::TraceContext;
 use crate::{CallError, FunctionServer, IncomingRequest, Mode, Payload, PendingReply, Router};
@@ -32,6 +33,8 @@ pub struct GuestHost {
     /// Failures logged: a guest looping on a refused call writes a few
     /// lines a second, with the count of those left out.
     failures_logged: LogBudget,
+    /// Buffers the guest shared to give to another process (`pages_share`).
+    shared_pages: SharedTable,
 }
 
 /// Where the guest's requests come from.
@@ -122,6 +125,7 @@ impl GuestHost {
             current: None,
             last_counter: LastCounter::default(),
             failures_logged: LogBudget::new(),
+            shared_pages: SharedTable::default(),
         }
     }
 
@@ -159,7 +163,15 @@ impl GuestHost {
     }
 
     /// Starts a call; `timeout` overrides the function's deadline.
-    pub fn call_start(&mut self, peer: &[u8], request: Payload<'_>, timeout: Option<Duration>) -> Result<u32, Status> {
+    pub fn call_start(
+        &mut self,
+        peer: &[u8],
+        mut request: Payload<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<u32, Status> {
+        if let Payload::Given { bytes, pages } = &mut request {
+            **pages = self.shared_pages.take(bytes);
+        }
         // A name no function can have is refused before it reaches a log line.
         let peer = std::str::from_utf8(peer).ok().filter(|p| crate::annotations::is_function_name(p));
         let peer = peer.ok_or(Status::BadName)?;
@@ -310,6 +322,20 @@ impl GuestHost {
             return Err(self.report("request", "", trace.as_ref(), e));
         }
         Ok(())
+    }
+
+    /// Backs `buf`'s whole pages with memory a peer in another process can
+    /// map (`pages_share`); `Transport` when they were not (too few, or the
+    /// system refused), which only means they will be copied.
+    pub fn pages_share(&mut self, buf: &mut [u8]) -> Result<(), Status> {
+        match self.shared_pages.share(buf) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Status::Transport),
+            Err(e) => {
+                tracing::debug!(error = %e, bytes = buf.len(), "buffer not shared; it will be copied");
+                Err(Status::Transport)
+            }
+        }
     }
 
     pub fn serve_reply(&mut self, reply: Payload<'_>) -> Result<(), Status> {

@@ -52,7 +52,7 @@ impl RawBytes {
     fn new(payload: Payload<'_>) -> Self {
         match payload {
             Payload::Lent(bytes) => Self { ptr: bytes.as_ptr().cast_mut(), len: bytes.len(), given: false },
-            Payload::Given(bytes) => Self { ptr: bytes.as_mut_ptr(), len: bytes.len(), given: true },
+            Payload::Given { bytes, .. } => Self { ptr: bytes.as_mut_ptr(), len: bytes.len(), given: true },
         }
     }
 
@@ -465,13 +465,13 @@ mod tests {
         let mut caller = memmap2::MmapMut::map_anon(LEN).unwrap();
         let mut peer = memmap2::MmapMut::map_anon(2 * LEN).unwrap();
         caller.fill(3);
-        source.offer(Payload::Given(&mut caller[..]), deadline, a_trace());
+        source.offer(Payload::Given { bytes: &mut caller[..], pages: &mut None }, deadline, a_trace());
         let Poll::Ready(taken) = source.poll_next() else { panic!("the offer was not taken") };
         let (request_buffer, reply) = peer.split_at_mut(LEN);
         taken.read_into(request_buffer).unwrap();
         assert!(request_buffer.iter().all(|&b| b == 3));
         reply.fill(4);
-        taken.reply(Payload::Given(reply)).unwrap();
+        taken.reply(Payload::Given { bytes: reply, pages: &mut None }).unwrap();
         assert!(source.poll_next().is_pending());
         assert!(matches!(source.withdraw(), Answer::Reply(LEN)));
         source.read_reply(&mut caller[..]).unwrap();

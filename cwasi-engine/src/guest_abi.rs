@@ -70,7 +70,9 @@ pub fn call_start_owned(
         // The name is copied so that the request can be borrowed mutably
         // from the same memory; it is short (a function name) or refused.
         let peer = guest_slice(memory, peer, peer_len)?.to_vec();
-        let request = Payload::Given(guest_slice_mut(memory, req, req_len)?);
+        // Filled by the host with the pages the guest shared for this request.
+        let mut pages = None;
+        let request = Payload::Given { bytes: guest_slice_mut(memory, req, req_len)?, pages: &mut pages };
         let handle = host.call_start(&peer, request, timeout(timeout_ms))?;
         write_u32(memory, handle_out, handle)
     })())
@@ -139,7 +141,16 @@ pub fn serve_reply(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i
 /// `serve_reply` of a reply the handler gives up: its pages may move to
 /// the caller.
 pub fn serve_reply_owned(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i32) -> i32 {
-    status(guest_slice_mut(memory, buf, buf_len).and_then(|reply| host.serve_reply(Payload::Given(reply))))
+    status(
+        guest_slice_mut(memory, buf, buf_len)
+            .and_then(|reply| host.serve_reply(Payload::Given { bytes: reply, pages: &mut None })),
+    )
+}
+
+/// Backs the whole pages of a buffer the guest will give with memory that
+/// can leave its process (`cwasi_comm::pages::SharedPages`).
+pub fn pages_share(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i32) -> i32 {
+    status(guest_slice_mut(memory, buf, buf_len).and_then(|buf| host.pages_share(buf)))
 }
 
 pub fn serve_fail(host: &mut GuestHost, memory: &mut [u8], msg: i32, msg_len: i32) -> i32 {

@@ -38,6 +38,16 @@ impl PageBuf {
         Ok(buf)
     }
 
+    /// `len` bytes that may be given to a function in another container:
+    /// their whole pages are shared with the host before anything is
+    /// written (`pages_share`), so that they can move there; true when they
+    /// were (they read zero then). Their content is unspecified until written.
+    fn to_give(len: usize) -> (PageBuf, bool) {
+        let buf = Self::allocate(len, alloc::alloc);
+        let shared = len >= LARGE && share(buf.ptr.as_ptr(), len);
+        (buf, shared)
+    }
+
     fn allocate(len: usize, allocate: unsafe fn(Layout) -> *mut u8) -> PageBuf {
         if len == 0 {
             return PageBuf { ptr: NonNull::dangling(), len };
@@ -51,16 +61,38 @@ impl PageBuf {
 
     /// `len` zero bytes.
     pub fn zeroed(len: usize) -> PageBuf {
-        Self::allocate(len, alloc::alloc_zeroed)
+        if len < LARGE {
+            return Self::allocate(len, alloc::alloc_zeroed);
+        }
+        let (mut buf, shared) = Self::to_give(len);
+        // Shared pages read zero already (and are not touched here, so not
+        // made resident); a large buffer starts on a page, its tail may not.
+        let zero_from = if shared { len / PAGE * PAGE } else { 0 };
+        buf[zero_from..].fill(0);
+        buf
     }
 
     /// A copy of `bytes`.
     pub fn from_slice(bytes: &[u8]) -> PageBuf {
-        let mut buf = Self::allocate(bytes.len(), alloc::alloc);
+        let (mut buf, _) = Self::to_give(bytes.len());
         // SAFETY: the buffer has room for `bytes` (its length) and is new.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.ptr.as_mut(), bytes.len()) };
         buf
     }
+}
+
+/// Asks the host to share `len` bytes at `at` (`pages_share`).
+#[cfg(target_arch = "wasm32")]
+fn share(at: *mut u8, len: usize) -> bool {
+    // SAFETY: a buffer of ours, `len` bytes, not yet handed out. A refusal
+    // only means its pages will be copied.
+    unsafe { crate::raw::pages_share(crate::raw::abi(at), crate::raw::abi(len)) == 0 }
+}
+
+/// Outside WebAssembly (this crate's own tests) there is no host to ask.
+#[cfg(not(target_arch = "wasm32"))]
+fn share(_: *mut u8, _: usize) -> bool {
+    false
 }
 
 impl Deref for PageBuf {

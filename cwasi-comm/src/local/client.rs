@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::given::{GivenRequest, STATUS_PAGES};
 use super::handshake;
 use super::listener::{MAX_FAILURE_MESSAGE, STATUS_HANDLER_FAILED, hung_up};
 use super::ring::MessageHeader;
 use super::segment::{Doorbell, Segment};
+use crate::pages::{SealedPages, SharedPages};
 use crate::trace::TraceContext;
-use crate::{CallError, MAX_PAYLOAD, PendingReply};
+use crate::{CallError, MAX_PAYLOAD, Payload, PendingReply};
 
 /// Slot geometry of a connection's rings: 4 slots of 1 MiB per direction, so
 /// a large payload streams with copies on both sides overlapping.
@@ -31,6 +33,8 @@ struct Connection {
     socket: OwnedFd,
     segment: Segment,
     doorbell: Doorbell,
+    /// Requests given as pages on this connection so far (their numbers).
+    given: u64,
 }
 
 impl Connection {
@@ -40,7 +44,7 @@ impl Connection {
         handshake::send_hello(&socket, caller, &segment_fd)?;
         let doorbell = Doorbell::open(handshake::recv_welcome(&socket)?)?;
         handshake::set_timeouts(&socket, None)?;
-        Ok(Self { socket, segment, doorbell })
+        Ok(Self { socket, segment, doorbell, given: 0 })
     }
 
     /// What every wait of a call checks: the deadline, then the peer.
@@ -85,14 +89,22 @@ impl LocalChannel {
 
 impl LocalChannel {
     /// Sends `request` with the call's `trace` context; the call ends with
-    /// [`CallError::Timeout`] at `deadline` at the latest.
+    /// [`CallError::Timeout`] at `deadline` at the latest. A request given
+    /// with shared pages goes as pages to a server that takes them.
     pub fn send(
         &self,
-        request: &[u8],
+        request: &mut Payload<'_>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Box<dyn PendingReply>, CallError> {
         let connection = self.connection()?;
+        if connection.segment.takes_pages()
+            && let Payload::Given { bytes, pages } = request
+            && let Some(shared) = pages.take()
+        {
+            return self.send_given(connection, bytes, shared, deadline, trace);
+        }
+        let request = request.bytes();
         let ring = connection.segment.request();
         let start = ring.head();
         ring.set_trace(Some(trace));
@@ -113,14 +125,55 @@ impl LocalChannel {
             }
             Err(e) => return Err(e),
         }
-        Ok(Box::new(LocalPending {
-            connection: Some(connection),
-            idle: self.idle.clone(),
-            peer: self.peer.clone(),
-            header: None,
-            start,
-            deadline,
-        }))
+        Ok(self.pending(connection, start, deadline, None))
+    }
+
+    /// The call whose request `connection` carries from `start` on.
+    fn pending(
+        &self,
+        connection: Connection,
+        start: u32,
+        deadline: Instant,
+        given: Option<(GivenRequest, SealedPages)>,
+    ) -> Box<dyn PendingReply> {
+        let idle = self.idle.clone();
+        let peer = self.peer.clone();
+        Box::new(LocalPending { connection: Some(connection), idle, peer, header: None, start, deadline, given })
+    }
+
+    /// Sends a request given as pages: the caller's pages are replaced with
+    /// zeros, sealed, sent over the socket, and the bytes around them
+    /// through the ring. From here on the request exists only as sent: a
+    /// failure is `PeerGone`, never the caller's bytes sent elsewhere (a
+    /// request no server took is rebuilt from the pages, see `fail`).
+    fn send_given(
+        &self,
+        mut connection: Connection,
+        bytes: &mut [u8],
+        shared: SharedPages,
+        deadline: Instant,
+        trace: TraceContext,
+    ) -> Result<Box<dyn PendingReply>, CallError> {
+        // SAFETY: `bytes` is the caller's memory, its guest waiting in this
+        // call; its host took `shared` for exactly these bytes.
+        let sealed = unsafe { shared.seal_given(bytes) }?;
+        connection.given += 1;
+        let seq = connection.given;
+        let message = GivenRequest::encode(seq, bytes, &sealed);
+        let gone =
+            |e: &dyn std::fmt::Display| CallError::PeerGone(format!("{} (given pages not sent: {e})", self.peer));
+        handshake::send_pages(&connection.socket, seq, &sealed.fd).map_err(|e| gone(&e))?;
+        let ring = connection.segment.request();
+        let start = ring.head();
+        ring.set_trace(Some(trace));
+        // Ordering: as in `send`.
+        ring.clear_taken();
+        ring.send(&message, STATUS_PAGES, &mut || connection.check(&self.peer, deadline), || {
+            connection.doorbell.counter().bump()
+        })
+        .map_err(|e| gone(&e))?;
+        let given = GivenRequest::parse(&message)?;
+        Ok(self.pending(connection, start, deadline, Some((given, sealed))))
     }
 }
 
@@ -132,6 +185,9 @@ struct LocalPending {
     /// Where the request starts in the request ring.
     start: u32,
     deadline: Instant,
+    /// A request given as pages, kept to send it elsewhere as bytes should
+    /// its server vanish before taking it.
+    given: Option<(GivenRequest, SealedPages)>,
 }
 
 impl LocalPending {
@@ -152,8 +208,14 @@ impl LocalPending {
     /// the peer so that the router can send it elsewhere.
     fn fail(&mut self, error: CallError) -> CallError {
         let connection = self.connection.take();
+        let undelivered = |connection: Connection| match &self.given {
+            None => connection.undelivered(self.start),
+            Some((given, sealed)) => {
+                (!connection.segment.request().was_taken()).then(|| given.rebuild(sealed).ok()).flatten()
+            }
+        };
         match (error, connection) {
-            (CallError::PeerGone(peer), Some(connection)) => match connection.undelivered(self.start) {
+            (CallError::PeerGone(peer), Some(connection)) => match undelivered(connection) {
                 Some(request) => CallError::NotDelivered { peer, request },
                 None => CallError::PeerGone(peer),
             },
@@ -204,5 +266,111 @@ impl PendingReply for LocalPending {
         }
         self.release();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::time::Duration;
+
+    use memmap2::MmapMut;
+    use nix::sys::memfd::{MemFdCreateFlag, memfd_create};
+
+    use super::*;
+    use crate::local::{LocalListener, LocalRequest};
+    use crate::pages::SharedTable;
+
+    const MIB: usize = 1 << 20;
+
+    fn listening() -> (tempfile::TempDir, LocalListener, LocalChannel) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.sock");
+        let listener = LocalListener::bind(&path, "server").unwrap();
+        let channel = LocalChannel::new("server", "caller", path);
+        (dir, listener, channel)
+    }
+
+    /// The next request the listener takes, waiting for it a while.
+    fn next_request(listener: &LocalListener) -> LocalRequest {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(request) = listener.take_request() {
+                return request;
+            }
+            assert!(Instant::now() < until, "no request came");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_request_given_as_pages_reaches_the_server_and_leaves_the_caller_zeros() {
+        let (_dir, listener, channel) = listening();
+        let mut caller = MmapMut::map_anon(8 * MIB).unwrap();
+        let bytes = &mut caller[100..100 + 5 * MIB];
+        let mut table = SharedTable::default();
+        assert!(table.share(bytes).unwrap());
+        bytes.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        let mut pages = table.take(bytes);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut request = Payload::Given { bytes, pages: &mut pages };
+        let _pending = channel.send(&mut request, deadline, TraceContext::new_span(None)).unwrap();
+        assert!(pages.is_none(), "the pages went");
+        let request = next_request(&listener);
+        assert_eq!(request.len(), 5 * MIB as u64);
+        let mut server = MmapMut::map_anon(8 * MIB).unwrap();
+        request.read_into(&mut server[100..100 + 5 * MIB]).unwrap();
+        assert!(server[100..100 + 5 * MIB].iter().enumerate().all(|(i, &b)| b == i as u8));
+        let whole_pages = &caller[4096..4096 + 5 * MIB - 4096];
+        assert!(whole_pages.iter().all(|&b| b == 0), "the caller's pages are zeros");
+    }
+
+    /// A caller that sends pages anyone can still write is refused: its
+    /// connection ends and nothing is mapped.
+    #[test]
+    fn given_pages_that_are_not_sealed_end_the_connection() {
+        let (_dir, listener, channel) = listening();
+        let connection = channel.connection().unwrap();
+        let fd = memfd_create(c"unsealed", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        File::from(fd.try_clone().unwrap()).set_len(2 * MIB as u64).unwrap();
+        handshake::send_pages(&connection.socket, 1, &fd).unwrap();
+        let message = [1u64, 0, 2 * MIB as u64].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+        let ring = connection.segment.request();
+        ring.send(&message, STATUS_PAGES, &mut || Ok(()), || connection.doorbell.counter().bump()).unwrap();
+        let request = next_request(&listener);
+        let mut server = vec![0u8; 2 * MIB];
+        let refused = request.read_into(&mut server);
+        assert!(matches!(refused, Err(CallError::Protocol(ref e)) if e.contains("refused")), "{refused:?}");
+        assert!(server.iter().all(|&b| b == 0));
+        // The listener goes on serving others.
+        let mut lent = Payload::Lent(b"after");
+        let _pending = channel.send(&mut lent, Instant::now() + Duration::from_secs(5), TraceContext::new_span(None));
+        let mut after = [0u8; 5];
+        next_request(&listener).read_into(&mut after).unwrap();
+        assert_eq!(&after, b"after");
+    }
+
+    /// A server gone before it took a given request: the call hands the
+    /// request back whole (rebuilt from its pages), to be sent elsewhere.
+    #[test]
+    fn a_given_request_no_server_took_comes_back_whole() {
+        let (_dir, listener, channel) = listening();
+        let mut caller = MmapMut::map_anon(4 * MIB).unwrap();
+        let bytes = &mut caller[..3 * MIB + 10];
+        let mut table = SharedTable::default();
+        assert!(table.share(bytes).unwrap());
+        bytes.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 251) as u8);
+        let mut pages = table.take(bytes);
+        let mut request = Payload::Given { bytes, pages: &mut pages };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut pending = channel.send(&mut request, deadline, TraceContext::new_span(None)).unwrap();
+        drop(listener);
+        match pending.wait() {
+            Err(CallError::NotDelivered { request, .. }) => {
+                assert_eq!(request.len(), 3 * MIB + 10);
+                assert!(request.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 }

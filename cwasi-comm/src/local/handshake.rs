@@ -1,6 +1,7 @@
-//! The one exchange on a local connection's socket: the caller's hello
+//! What travels on a local connection's socket: the caller's hello
 //! (carrying its segment's fd) and the server's welcome (carrying the
-//! doorbell's fd). After it the socket only carries hang-ups.
+//! doorbell's fd); after them, only the sealed pages of requests given as
+//! pages (to a server that takes them), and hang-ups.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -14,6 +15,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 const HELLO_MAGIC: &[u8; 8] = b"cwasiHI\0";
+const PAGES_MAGIC: &[u8; 8] = b"cwasiPG\0";
 const WELCOME_MAGIC: &[u8; 8] = b"cwasiOK\0";
 const VERSION: u32 = 1;
 const MAX_NAME: usize = 253;
@@ -80,6 +82,28 @@ pub(crate) fn recv_welcome(socket: &OwnedFd) -> io::Result<OwnedFd> {
         return Err(bad("not a cwasi welcome"));
     }
     fd.ok_or_else(|| bad("welcome carries no doorbell"))
+}
+
+/// Caller -> server: the sealed pages of the request numbered `seq` on
+/// this connection, sent before the request itself.
+pub(crate) fn send_pages(socket: &OwnedFd, seq: u64, pages: &OwnedFd) -> io::Result<()> {
+    let mut msg = Vec::with_capacity(20);
+    msg.extend_from_slice(PAGES_MAGIC);
+    msg.extend_from_slice(&VERSION.to_le_bytes());
+    msg.extend_from_slice(&seq.to_le_bytes());
+    send_with_fd(socket, &msg, pages)
+}
+
+/// Server side: the pages message waiting on `socket` (call only when it is
+/// readable with data); anything else is an error that ends the connection.
+pub(crate) fn recv_pages(socket: &OwnedFd) -> io::Result<(u64, OwnedFd)> {
+    let mut buf = [0u8; 24];
+    let (len, fd) = recv_with_fd(socket, &mut buf)?;
+    if len != 20 || &buf[..8] != PAGES_MAGIC || buf[8..12] != VERSION.to_le_bytes() {
+        return Err(bad("not a cwasi pages message"));
+    }
+    let fd = fd.ok_or_else(|| bad("pages message carries no file"))?;
+    Ok((u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes")), fd))
 }
 
 fn send_with_fd(socket: &OwnedFd, msg: &[u8], fd: &OwnedFd) -> io::Result<()> {

@@ -22,6 +22,7 @@ use nix::sys::socket::{
     AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, accept4, bind, listen, recv, socket,
 };
 
+use super::given::{GIVEN_HEADER, GIVEN_PAGES_WAIT, GivenRequest, STATUS_PAGES};
 use super::handshake;
 use super::ring::{MessageHeader, Sent};
 use super::segment::{Doorbell, Segment};
@@ -30,6 +31,7 @@ use crate::{CallError, MAX_PAYLOAD};
 
 /// Status a reply carries when the handler failed; its payload is the message.
 pub(crate) const STATUS_HANDLER_FAILED: u32 = 1;
+
 /// Longest failure message carried back to a caller.
 pub(crate) const MAX_FAILURE_MESSAGE: usize = 4096;
 /// How long a handler waits for a caller to take reply slots before it
@@ -69,6 +71,9 @@ struct Connection {
     gone: AtomicBool,
     /// Set while the guest works on this connection's request.
     busy: AtomicBool,
+    /// The sealed pages of the request given as pages, with its number, as
+    /// the poll loop took them off the socket.
+    given_pages: Mutex<Option<(u64, OwnedFd)>>,
 }
 
 impl Connection {
@@ -86,6 +91,22 @@ impl Connection {
         self.busy.store(false, Ordering::Release);
     }
 
+    /// Takes the given pages waiting on the socket; anything else there, or
+    /// a second set before the first was used, is an error (the caller
+    /// broke the protocol).
+    fn take_given_pages(&self) -> io::Result<()> {
+        let (seq, fd) = handshake::recv_pages(&self.socket).inspect_err(|e| {
+            tracing::warn!(caller = %self.caller, error = %e, "dropping a caller that wrote to its socket what is not given pages");
+        })?;
+        let mut slot = self.given_pages.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            tracing::warn!(caller = %self.caller, "dropping a caller that sent given pages twice");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "given pages twice"));
+        }
+        *slot = Some((seq, fd));
+        Ok(())
+    }
+
     fn check_alive(&self) -> Result<(), CallError> {
         // Ordering: `gone` is a flag (see `finish_call`).
         if self.gone.load(Ordering::Acquire) || hung_up(&self.socket) {
@@ -96,11 +117,17 @@ impl Connection {
     }
 }
 
-/// True when the peer closed its end or sent anything (both end a connection:
-/// after the handshake nothing may travel on the socket).
+/// True when the peer closed its end (or the socket failed). A message
+/// waiting (given pages) is not a hang-up: the poll loop reads it, and ends
+/// the connection if it is anything else.
 pub(crate) fn hung_up(socket: &OwnedFd) -> bool {
-    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
-    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    let mut byte = [0u8; 1];
+    match recv(socket.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+        Err(_) => true,
+    }
 }
 
 /// A request taken by the guest; reply (or fail) to finish it.
@@ -108,15 +135,70 @@ pub struct LocalRequest {
     connection: Arc<Connection>,
     shared: Arc<Shared>,
     header: MessageHeader,
+    /// Set when its caller gave it as pages.
+    given: Option<GivenRequest>,
 }
 
 impl LocalRequest {
     pub fn len(&self) -> u64 {
-        self.header.len
+        self.given.as_ref().map_or(self.header.len, GivenRequest::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.header.len == 0
+        self.len() == 0
+    }
+
+    /// Reads the ring part of a request given as pages.
+    fn read_given(&mut self) -> Result<(), CallError> {
+        let limit = GIVEN_HEADER + 2 * crate::pages::page_size();
+        if self.header.len > limit as u64 {
+            return Err(CallError::Protocol("given request with an oversized header".into()));
+        }
+        let mut message = vec![0u8; self.header.len as usize];
+        let connection = &self.connection;
+        connection.segment.request().recv_into(&mut message, &mut || connection.check_alive())?;
+        self.given = Some(GivenRequest::parse(&message)?);
+        Ok(())
+    }
+
+    /// The sealed pages of `given`, once the poll loop took them off the
+    /// socket, checked.
+    fn given_pages(&self, given: &GivenRequest) -> Result<OwnedFd, CallError> {
+        let connection = &self.connection;
+        let until = std::time::Instant::now() + GIVEN_PAGES_WAIT;
+        let fd = loop {
+            let taken = connection.given_pages.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match taken {
+                Some((seq, fd)) if seq == given.seq => break fd,
+                Some(_) => return Err(CallError::Protocol("given pages of another request".into())),
+                None if std::time::Instant::now() >= until => {
+                    return Err(CallError::Protocol("the given pages never came".into()));
+                }
+                None => {
+                    connection.check_alive()?;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        };
+        crate::pages::check_received(&fd, given.pages)
+            .map_err(|e| CallError::Protocol(format!("given pages refused: {e}")))?;
+        Ok(fd)
+    }
+
+    /// Puts a request given as pages into `out`: the pages mapped, the
+    /// bytes around them copied.
+    fn read_given_into(&self, given: &GivenRequest, out: &mut [u8]) -> Result<(), CallError> {
+        if out.len() as u64 != given.len() {
+            return Err(CallError::Protocol("request length mismatch".into()));
+        }
+        let fd = self.given_pages(given)?;
+        let (before, after) = given.around.split_at(given.head);
+        out[..given.head].copy_from_slice(before);
+        out[given.head + given.pages..].copy_from_slice(after);
+        // SAFETY: `out` is the handler's buffer in its memory, which waits
+        // in this host call; the file was checked sealed and as long.
+        unsafe { crate::pages::map_received(&fd, &mut out[given.head..given.head + given.pages]) }
+            .map_err(CallError::Io)
     }
 
     /// The caller's trace context (a caller may send none).
@@ -124,10 +206,14 @@ impl LocalRequest {
         self.header.trace
     }
 
-    /// Copies the request into `out` (exactly `len()` bytes).
+    /// Copies the request into `out` (exactly `len()` bytes), or maps its
+    /// pages there when its caller gave it as pages.
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
         let connection = &self.connection;
-        let result = connection.segment.request().recv_into(out, &mut || connection.check_alive());
+        let result = match &self.given {
+            Some(given) => self.read_given_into(given, out),
+            None => connection.segment.request().recv_into(out, &mut || connection.check_alive()),
+        };
         self.mark_broken_on_error(result)
     }
 
@@ -232,9 +318,18 @@ impl LocalListener {
         Ok(Self { shared, poller: Some(poller) })
     }
 
-    /// A request waiting from any caller, without blocking.
+    /// A request waiting from any caller, without blocking (but for the
+    /// header of a request given as pages, which its caller sent whole).
     pub fn take_request(&self) -> Option<LocalRequest> {
-        self.shared.take_request()
+        let mut request = self.shared.take_request()?;
+        if request.header.status == STATUS_PAGES
+            && let Err(e) = request.read_given()
+        {
+            tracing::warn!(caller = %request.connection.caller, error = %e, "dropping a caller that sent a bad given request");
+            request.connection.finish_call(true);
+            return None;
+        }
+        Some(request)
     }
 
     /// A counter that changes whenever something may be waiting: a new
@@ -325,7 +420,7 @@ impl Shared {
             // with the caller's `was_taken` (ring.rs).
             connection.busy.store(true, Ordering::Release);
             connection.segment.request().mark_taken();
-            return Some(LocalRequest { connection: connection.clone(), shared: self.clone(), header });
+            return Some(LocalRequest { connection: connection.clone(), shared: self.clone(), header, given: None });
         }
         None
     }
@@ -352,11 +447,10 @@ impl Shared {
             }
             let mut changed = false;
             for (connection, _) in live.iter().zip(&ready[1..]).filter(|(_, ready)| **ready) {
-                let mut byte = [0u8; 1];
-                if let Ok(n) = recv(connection.socket.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT)
-                    && n > 0
-                {
-                    tracing::warn!(function = %self.function, caller = %connection.caller, "dropping a caller that wrote to its socket after the handshake");
+                if !hung_up(&connection.socket) && connection.take_given_pages().is_ok() {
+                    // Its handler may wait for them.
+                    self.doorbell.counter().bump();
+                    continue;
                 }
                 connection.gone.store(true, Ordering::Release);
                 changed = true;
@@ -408,7 +502,15 @@ impl Shared {
         handshake::set_timeouts(&socket, Some(handshake::HANDSHAKE_TIMEOUT))?;
         let (caller, segment_fd) = handshake::recv_hello(&socket)?;
         let segment = Segment::open(segment_fd)?;
+        segment.offer_pages();
         handshake::send_welcome(&socket, &self.doorbell_fd)?;
-        Ok(Connection { caller, socket, segment, gone: AtomicBool::new(false), busy: AtomicBool::new(false) })
+        Ok(Connection {
+            caller,
+            socket,
+            segment,
+            gone: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+            given_pages: Mutex::new(None),
+        })
     }
 }

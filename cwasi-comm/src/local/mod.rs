@@ -11,6 +11,7 @@
 
 mod client;
 mod futex;
+mod given;
 mod handshake;
 mod listener;
 mod ring;

@@ -61,7 +61,14 @@ struct SegmentHeader {
     slot_count: AtomicU32,
     request: RingControl,
     reply: RingControl,
+    /// What the server takes besides bytes ([`CAN_TAKE_PAGES`]), set before
+    /// its welcome. Zero in a new memfd, so a server that predates it offers
+    /// nothing and callers copy.
+    server_takes: AtomicU32,
 }
+
+/// The server maps requests given as sealed pages (`Segment::takes_pages`).
+const CAN_TAKE_PAGES: u32 = 1;
 
 const _: () = assert!(size_of::<SegmentHeader>() <= HEADER_BYTES);
 // The layout of version 2: the trace words must fit in its padding.
@@ -144,6 +151,18 @@ impl Segment {
         // alignment; every field is an atomic, so the peer writing it
         // concurrently is not a data race.
         unsafe { &*(self.map.as_ptr() as *const SegmentHeader) }
+    }
+
+    /// Server side, before its welcome: it takes requests given as pages.
+    pub(crate) fn offer_pages(&self) {
+        // Ordering: Release, paired with the caller's Acquire in
+        // `takes_pages` (the welcome's sendmsg orders them anyway).
+        self.header().server_takes.fetch_or(CAN_TAKE_PAGES, Ordering::Release);
+    }
+
+    /// Caller side, after the welcome: whether the server takes pages.
+    pub(crate) fn takes_pages(&self) -> bool {
+        self.header().server_takes.load(Ordering::Acquire) & CAN_TAKE_PAGES != 0
     }
 
     pub(crate) fn request(&self) -> Ring<'_> {

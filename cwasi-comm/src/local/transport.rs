@@ -54,7 +54,7 @@ impl LocalTransport {
     fn send_to_one(
         &self,
         peer: &str,
-        request: &[u8],
+        request: &mut Payload<'_>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
@@ -120,11 +120,11 @@ impl Transport for LocalTransport {
     fn send(
         &self,
         peer: &str,
-        request: Payload<'_>,
+        mut request: Payload<'_>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
-        let Some(pending) = self.send_to_one(peer, request.bytes(), deadline, trace)? else { return Ok(None) };
+        let Some(pending) = self.send_to_one(peer, &mut request, deadline, trace)? else { return Ok(None) };
         // Made only by `new`, inside an `Arc` that lives while its router can send.
         let transport = self.me.upgrade().expect("a LocalTransport lives in an Arc");
         let routed = RoutedCall { transport, peer: peer.to_owned(), deadline, trace, inner: pending };
@@ -157,7 +157,7 @@ impl PendingReply for RoutedCall {
                     self.transport.forget_stale(&self.peer);
                     self.inner = self
                         .transport
-                        .send_to_one(&self.peer, &request, self.deadline, self.trace)?
+                        .send_to_one(&self.peer, &mut Payload::Lent(&request), self.deadline, self.trace)?
                         .ok_or_else(|| CallError::PeerGone(format!("{peer} (no other instance serves it)")))?;
                 }
                 other => return other,

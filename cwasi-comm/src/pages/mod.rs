@@ -39,6 +39,11 @@
 use std::io;
 use std::sync::OnceLock;
 
+mod reaper;
+mod shared;
+
+pub use shared::{SealedPages, SharedPages, SharedTable, check_received, map_received};
+
 /// Payloads with fewer bytes of whole pages than this are copied: below it
 /// the system calls and TLB flushes of a move cost more than the copy
 /// (`cwasi-bench matrix` measures both by size; see the README).
@@ -221,53 +226,6 @@ impl Aside {
     fn free(self) {
         // SAFETY: a mapping this module made and nothing else knows.
         unsafe { libc::munmap(self.at as *mut libc::c_void, self.len) };
-    }
-}
-
-/// Frees pages set aside, on a thread of its own.
-mod reaper {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::mpsc::{self, Sender};
-
-    use super::Aside;
-
-    /// Past this many bytes waiting to be freed, a receiver frees its old
-    /// pages itself: resident memory stays bounded however fast calls come.
-    const MAX_WAITING: usize = 1 << 30;
-
-    static WAITING: AtomicUsize = AtomicUsize::new(0);
-
-    fn reaper() -> Option<&'static Sender<Aside>> {
-        static REAPER: OnceLock<Option<Sender<Aside>>> = OnceLock::new();
-        REAPER
-            .get_or_init(|| {
-                let (send, receive) = mpsc::channel::<Aside>();
-                let started = crate::threads::spawn("cwasi-page-reaper", move || {
-                    for aside in receive {
-                        let len = aside.len;
-                        aside.free();
-                        WAITING.fetch_sub(len, Ordering::Relaxed);
-                    }
-                });
-                started.ok().map(|_| send)
-            })
-            .as_ref()
-    }
-
-    pub(super) fn free(aside: Aside) {
-        let len = aside.len;
-        let Some(reaper) = reaper() else { return aside.free() };
-        let aside = if WAITING.fetch_add(len, Ordering::Relaxed) + len <= MAX_WAITING {
-            match reaper.send(aside) {
-                Ok(()) => return,
-                Err(mpsc::SendError(aside)) => aside,
-            }
-        } else {
-            aside
-        };
-        WAITING.fetch_sub(len, Ordering::Relaxed);
-        aside.free();
     }
 }
 
