@@ -136,7 +136,7 @@ fn every_import_answers_bad_pointers_and_handles_with_a_status() {
     let (ctd, images) = containerd_with(&["abi-abuse"]);
     let out = ctd.run("abi-abuse", &images[0], &["--rm"], &[]).unwrap();
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(out.stdout.lines().filter(|l| l.starts_with("ok ")).count(), 21, "{out:?}");
+    assert_eq!(out.stdout.lines().filter(|l| l.starts_with("ok ")).count(), 23, "{out:?}");
     assert!(!out.stdout.contains("WRONG"), "{out:?}");
     assert!(!ctd.log().contains("panicked"), "{}", ctd.log());
 }

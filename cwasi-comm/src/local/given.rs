@@ -18,6 +18,10 @@ pub(crate) const GIVEN_HEADER: usize = 24;
 /// taken off the socket yet (the caller sent them before the request).
 pub(crate) const GIVEN_PAGES_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a handler waits for the rest of a given request's ring part,
+/// which a caller publishes whole (it fits in one slot).
+pub(crate) const GIVEN_HEADER_WAIT: Duration = Duration::from_millis(100);
+
 /// The ring part of a request given as pages: its number on the connection
 /// (the pages carry it too), and less than a page on either side of them.
 pub(crate) struct GivenRequest {

@@ -22,7 +22,7 @@ use nix::sys::socket::{
     AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, accept4, bind, listen, recv, socket,
 };
 
-use super::given::{GIVEN_HEADER, GIVEN_PAGES_WAIT, GivenRequest, STATUS_PAGES};
+use super::given::{GIVEN_HEADER, GIVEN_HEADER_WAIT, GIVEN_PAGES_WAIT, GivenRequest, STATUS_PAGES};
 use super::handshake;
 use super::ring::{MessageHeader, Sent};
 use super::segment::{Doorbell, Segment};
@@ -156,7 +156,16 @@ impl LocalRequest {
         }
         let mut message = vec![0u8; self.header.len as usize];
         let connection = &self.connection;
-        connection.segment.request().recv_into(&mut message, &mut || connection.check_alive())?;
+        // Sent whole before its first slot was published: a caller that
+        // holds the rest back is not waited for.
+        let until = std::time::Instant::now() + GIVEN_HEADER_WAIT;
+        connection.segment.request().recv_into(&mut message, &mut || {
+            connection.check_alive()?;
+            match std::time::Instant::now() < until {
+                true => Ok(()),
+                false => Err(CallError::Protocol("a given request's header came in pieces".into())),
+            }
+        })?;
         self.given = Some(GivenRequest::parse(&message)?);
         Ok(())
     }

@@ -177,7 +177,9 @@ pub struct SharedTable {
 }
 
 impl SharedTable {
-    pub const MAX: usize = 256;
+    /// Each holds a file descriptor until given; a guest rarely has more
+    /// than a few large buffers in the making.
+    pub const MAX: usize = 64;
 
     /// Shares `buf`'s pages ([`SharedPages::share`]); false when there are
     /// too few. A buffer shared before over the same pages is forgotten.

@@ -75,6 +75,8 @@ fn main() {
         );
         expect("serve_reply_owned past the end", raw::serve_reply_owned(end - 8, 1 << 21), Status::BadPointer);
         expect("serve_reply_owned without a request", raw::serve_reply_owned(out_ptr, 8), Status::NoRequest);
+        expect("pages_share past the end", raw::pages_share(end - 4096, 1 << 21), Status::BadPointer);
+        expect("pages_share wrapping", raw::pages_share(-4096, 1 << 21), Status::BadPointer);
     }
     std::process::exit(if wrong == 0 { 0 } else { 1 });
 }
