@@ -43,11 +43,11 @@
 //! it is its own again, whatever it reads. A given request whose call fails
 //! may be gone: its pages may have reached the peer.
 //!
-//! A request given to a function in another container on this node (local
-//! mode) moves by pages when its buffer was shared with `pages_share`
-//! before it was written (the SDK's large `PageBuf`s are): the pages then
-//! travel as a sealed file the peer maps privately. Only 2 MiB or more of
-//! whole pages is shared; smaller buffers and replies are copied.
+//! A request or reply given to a function in another container on this
+//! node (local mode) moves by pages when its buffer was shared with
+//! `pages_share` before it was written (the SDK's large `PageBuf`s are):
+//! the pages then travel as a sealed file the receiver maps privately. Only
+//! 2 MiB or more of whole pages is shared; smaller buffers are copied.
 
 #![no_std]
 

@@ -169,9 +169,7 @@ impl GuestHost {
         mut request: Payload<'_>,
         timeout: Option<Duration>,
     ) -> Result<u32, Status> {
-        if let Payload::Given { bytes, pages } = &mut request {
-            **pages = self.shared_pages.take(bytes);
-        }
+        self.find_shared_pages(&mut request);
         // A name no function can have is refused before it reaches a log line.
         let peer = std::str::from_utf8(peer).ok().filter(|p| crate::annotations::is_function_name(p));
         let peer = peer.ok_or(Status::BadName)?;
@@ -338,8 +336,16 @@ impl GuestHost {
         }
     }
 
-    pub fn serve_reply(&mut self, reply: Payload<'_>) -> Result<(), Status> {
+    /// A given payload carries the pages the guest shared for it, if any.
+    fn find_shared_pages(&mut self, payload: &mut Payload<'_>) {
+        if let Payload::Given { bytes, pages } = payload {
+            **pages = self.shared_pages.take(bytes);
+        }
+    }
+
+    pub fn serve_reply(&mut self, mut reply: Payload<'_>) -> Result<(), Status> {
         let (request, ended) = self.current.take().ok_or(Status::NoRequest)?.end();
+        self.find_shared_pages(&mut reply);
         let bytes = reply.len();
         self.answered(ended, true, bytes, request.reply(reply))
     }

@@ -100,7 +100,7 @@ impl IncomingRequest {
 
     pub fn reply(self, reply: Payload<'_>) -> Result<(), CallError> {
         match self.source {
-            Source::Local(r) => r.reply(reply.bytes()),
+            Source::Local(r) => r.reply(reply),
             Source::Remote(r) => r.reply(reply.bytes()),
             Source::InProcess(r) => r.reply(reply),
         }

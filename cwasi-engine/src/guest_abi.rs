@@ -143,6 +143,7 @@ pub fn serve_reply(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i
 pub fn serve_reply_owned(host: &mut GuestHost, memory: &mut [u8], buf: i32, buf_len: i32) -> i32 {
     status(
         guest_slice_mut(memory, buf, buf_len)
+            // The host fills `pages` with those the guest shared for it.
             .and_then(|reply| host.serve_reply(Payload::Given { bytes: reply, pages: &mut None })),
     )
 }

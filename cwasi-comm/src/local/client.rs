@@ -1,10 +1,12 @@
 //! The calling side of local mode: a pool of connections to one serving
 //! function instance on this node.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::given::{GivenRequest, STATUS_PAGES};
 use super::handshake;
@@ -98,7 +100,7 @@ impl LocalChannel {
         trace: TraceContext,
     ) -> Result<Box<dyn PendingReply>, CallError> {
         let connection = self.connection()?;
-        if connection.segment.takes_pages()
+        if connection.segment.server_takes_pages()
             && let Payload::Given { bytes, pages } = request
             && let Some(shared) = pages.take()
         {
@@ -138,7 +140,8 @@ impl LocalChannel {
     ) -> Box<dyn PendingReply> {
         let idle = self.idle.clone();
         let peer = self.peer.clone();
-        Box::new(LocalPending { connection: Some(connection), idle, peer, header: None, start, deadline, given })
+        let connection = Some(connection);
+        Box::new(LocalPending { connection, idle, peer, header: None, start, deadline, given, given_reply: None })
     }
 
     /// Sends a request given as pages: the caller's pages are replaced with
@@ -188,6 +191,8 @@ struct LocalPending {
     /// A request given as pages, kept to send it elsewhere as bytes should
     /// its server vanish before taking it.
     given: Option<(GivenRequest, SealedPages)>,
+    /// A reply given as pages, checked, until it is read.
+    given_reply: Option<(GivenRequest, OwnedFd)>,
 }
 
 impl LocalPending {
@@ -247,6 +252,16 @@ impl PendingReply for LocalPending {
             self.release();
             return Err(CallError::PeerFailed(String::from_utf8_lossy(&message).into_owned()));
         }
+        if header.status == STATUS_PAGES {
+            let given = match self.receive_given_reply(header) {
+                Ok(given) => given,
+                Err(e) => return Err(self.fail(e)),
+            };
+            let len = given.0.len();
+            self.given_reply = Some(given);
+            self.header = Some(MessageHeader { len, ..header });
+            return Ok(len as usize);
+        }
         if header.status != 0 || header.len > MAX_PAYLOAD {
             return Err(self.fail(CallError::Protocol(format!("bad reply header {header:?}"))));
         }
@@ -259,13 +274,43 @@ impl PendingReply for LocalPending {
         if out.len() != len {
             return Err(CallError::Protocol(format!("reply is {len} bytes, buffer {}", out.len())));
         }
+        let given_reply = self.given_reply.take();
         let connection = self.connection()?;
         let (peer, deadline) = (&*self.peer, self.deadline);
-        if let Err(e) = connection.segment.reply().recv_into(out, &mut || connection.check(peer, deadline)) {
+        let read = match given_reply {
+            Some((given, fd)) => given.put_into(&fd, out),
+            None => connection.segment.reply().recv_into(out, &mut || connection.check(peer, deadline)),
+        };
+        if let Err(e) = read {
             return Err(self.fail(e));
         }
         self.release();
         Ok(())
+    }
+}
+
+impl LocalPending {
+    /// The ring part of a reply given as pages, and its pages, which the
+    /// server sent on the socket before it; both checked.
+    fn receive_given_reply(&self, header: MessageHeader) -> Result<(GivenRequest, OwnedFd), CallError> {
+        let connection = self.connection()?;
+        let (peer, deadline) = (&*self.peer, self.deadline);
+        if header.len > GivenRequest::max_ring_part() as u64 {
+            return Err(CallError::Protocol("given reply with an oversized header".into()));
+        }
+        let mut message = vec![0u8; header.len as usize];
+        connection.segment.reply().recv_into(&mut message, &mut || connection.check(peer, deadline))?;
+        let given = GivenRequest::parse(&message)?;
+        let fd = loop {
+            let mut fds = [PollFd::new(connection.socket.as_fd(), PollFlags::POLLIN)];
+            if matches!(poll(&mut fds, PollTimeout::from(20u16)), Ok(n) if n > 0) && !hung_up(&connection.socket) {
+                break handshake::recv_pages(&connection.socket)?.1;
+            }
+            connection.check(peer, deadline)?;
+        };
+        crate::pages::check_received(&fd, given.pages)
+            .map_err(|e| CallError::Protocol(format!("given reply refused: {e}")))?;
+        Ok((given, fd))
     }
 }
 
@@ -372,5 +417,26 @@ mod tests {
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn a_reply_given_as_pages_reaches_the_caller_and_leaves_the_server_zeros() {
+        let (_dir, listener, channel) = listening();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut pending = channel.send(&mut Payload::Lent(b"ask"), deadline, TraceContext::new_span(None)).unwrap();
+        let request = next_request(&listener);
+        request.read_into(&mut [0u8; 3]).unwrap();
+        let mut server = MmapMut::map_anon(4 * MIB).unwrap();
+        let reply = &mut server[..3 * MIB + 7];
+        let mut table = SharedTable::default();
+        assert!(table.share(reply).unwrap());
+        reply.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 253) as u8);
+        let mut pages = table.take(reply);
+        request.reply(Payload::Given { bytes: reply, pages: &mut pages }).unwrap();
+        assert!(server[..3 * MIB].iter().all(|&b| b == 0), "the server's pages are zeros");
+        assert_eq!(pending.wait().unwrap(), 3 * MIB + 7);
+        let mut caller = MmapMut::map_anon(4 * MIB).unwrap();
+        pending.read_into(&mut caller[..3 * MIB + 7]).unwrap();
+        assert!(caller[..3 * MIB + 7].iter().enumerate().all(|(i, &b)| b == (i % 253) as u8));
     }
 }

@@ -1,8 +1,9 @@
-//! A request given as pages in local mode (`STATUS_PAGES`): the ring
-//! carries a small header and the bytes around the pages, the connection's
-//! socket the pages themselves, sealed (`crate::pages::SealedPages`),
-//! before the request.
+//! A message given as pages in local mode (`STATUS_PAGES`), a request or a
+//! reply: the ring carries a small header and the bytes around the pages,
+//! the connection's socket the pages themselves, sealed
+//! (`crate::pages::SealedPages`), sent before the ring part.
 
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crate::pages::SealedPages;
@@ -63,9 +64,30 @@ impl GivenRequest {
         Ok(Self { seq, head, pages, around: around.to_vec() })
     }
 
-    /// The whole request's length.
+    /// The whole message's length.
     pub(crate) fn len(&self) -> u64 {
         (self.around.len() + self.pages) as u64
+    }
+
+    /// The longest ring part: the header and less than a page on either
+    /// side of the pages.
+    pub(crate) fn max_ring_part() -> usize {
+        GIVEN_HEADER + 2 * crate::pages::page_size()
+    }
+
+    /// Puts the whole message into `out` (as long): the bytes around the
+    /// pages copied, the pages `fd` (checked by `check_received`) mapped.
+    pub(crate) fn put_into(&self, fd: &OwnedFd, out: &mut [u8]) -> Result<(), CallError> {
+        if out.len() as u64 != self.len() {
+            return Err(CallError::Protocol("message length mismatch".into()));
+        }
+        let (before, after) = self.around.split_at(self.head);
+        out[..self.head].copy_from_slice(before);
+        out[self.head + self.pages..].copy_from_slice(after);
+        // SAFETY: `out` is a guest's buffer in its memory, the guest waiting
+        // in the host call that receives; the file was checked sealed and
+        // as long as the pages.
+        unsafe { crate::pages::map_received(fd, &mut out[self.head..self.head + self.pages]) }.map_err(CallError::Io)
     }
 
     /// The whole request, its pages read from `sealed` (to send it again,

@@ -22,12 +22,13 @@ use nix::sys::socket::{
     AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, accept4, bind, listen, recv, socket,
 };
 
-use super::given::{GIVEN_HEADER, GIVEN_HEADER_WAIT, GIVEN_PAGES_WAIT, GivenRequest, STATUS_PAGES};
+use super::given::{GIVEN_HEADER_WAIT, GIVEN_PAGES_WAIT, GivenRequest, STATUS_PAGES};
 use super::handshake;
 use super::ring::{MessageHeader, Sent};
 use super::segment::{Doorbell, Segment};
+use crate::pages::SharedPages;
 use crate::trace::TraceContext;
-use crate::{CallError, MAX_PAYLOAD};
+use crate::{CallError, MAX_PAYLOAD, Payload};
 
 /// Status a reply carries when the handler failed; its payload is the message.
 pub(crate) const STATUS_HANDLER_FAILED: u32 = 1;
@@ -121,13 +122,18 @@ impl Connection {
 /// waiting (given pages) is not a hang-up: the poll loop reads it, and ends
 /// the connection if it is anything else.
 pub(crate) fn hung_up(socket: &OwnedFd) -> bool {
-    let mut byte = [0u8; 1];
-    match recv(socket.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
-        Err(_) => true,
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+    let Ok(n) = poll(&mut fds, PollTimeout::ZERO) else { return false };
+    let events = fds[0].revents().unwrap_or(PollFlags::empty());
+    if n == 0 || events.is_empty() {
+        return false;
     }
+    // Closed, even with pages still unread; else data waiting is no hang-up.
+    if events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    matches!(recv(socket.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT), Ok(0) | Err(_))
 }
 
 /// A request taken by the guest; reply (or fail) to finish it.
@@ -150,8 +156,7 @@ impl LocalRequest {
 
     /// Reads the ring part of a request given as pages.
     fn read_given(&mut self) -> Result<(), CallError> {
-        let limit = GIVEN_HEADER + 2 * crate::pages::page_size();
-        if self.header.len > limit as u64 {
+        if self.header.len > GivenRequest::max_ring_part() as u64 {
             return Err(CallError::Protocol("given request with an oversized header".into()));
         }
         let mut message = vec![0u8; self.header.len as usize];
@@ -194,22 +199,6 @@ impl LocalRequest {
         Ok(fd)
     }
 
-    /// Puts a request given as pages into `out`: the pages mapped, the
-    /// bytes around them copied.
-    fn read_given_into(&self, given: &GivenRequest, out: &mut [u8]) -> Result<(), CallError> {
-        if out.len() as u64 != given.len() {
-            return Err(CallError::Protocol("request length mismatch".into()));
-        }
-        let fd = self.given_pages(given)?;
-        let (before, after) = given.around.split_at(given.head);
-        out[..given.head].copy_from_slice(before);
-        out[given.head + given.pages..].copy_from_slice(after);
-        // SAFETY: `out` is the handler's buffer in its memory, which waits
-        // in this host call; the file was checked sealed and as long.
-        unsafe { crate::pages::map_received(&fd, &mut out[given.head..given.head + given.pages]) }
-            .map_err(CallError::Io)
-    }
-
     /// The caller's trace context (a caller may send none).
     pub fn trace(&self) -> Option<TraceContext> {
         self.header.trace
@@ -220,14 +209,41 @@ impl LocalRequest {
     pub fn read_into(&self, out: &mut [u8]) -> Result<(), CallError> {
         let connection = &self.connection;
         let result = match &self.given {
-            Some(given) => self.read_given_into(given, out),
+            Some(given) => self.given_pages(given).and_then(|fd| given.put_into(&fd, out)),
             None => connection.segment.request().recv_into(out, &mut || connection.check_alive()),
         };
         self.mark_broken_on_error(result)
     }
 
-    pub fn reply(self, reply: &[u8]) -> Result<(), CallError> {
-        self.send(reply, 0)
+    /// Answers with `reply`: copied, or its pages sent when the handler gave
+    /// it up with shared pages and the caller takes pages.
+    pub fn reply(self, mut reply: Payload<'_>) -> Result<(), CallError> {
+        if self.connection.segment.caller_takes_pages()
+            && let Payload::Given { bytes, pages } = &mut reply
+            && let Some(shared) = pages.take()
+        {
+            return self.reply_given(bytes, shared);
+        }
+        self.send(reply.bytes(), 0)
+    }
+
+    /// Sends a reply given as pages: sealed pages over the socket, then the
+    /// bytes around them through the ring (the caller reads them in order).
+    fn reply_given(self, bytes: &mut [u8], shared: SharedPages) -> Result<(), CallError> {
+        // SAFETY: `bytes` is the handler's memory; it waits in this host
+        // call. Its host took `shared` for exactly these bytes.
+        let sealed = unsafe { shared.seal_given(bytes) };
+        let sent = sealed.and_then(|sealed| {
+            handshake::send_pages(&self.connection.socket, 0, &sealed.fd)?;
+            Ok(GivenRequest::encode(0, bytes, &sealed))
+        });
+        match sent {
+            Ok(message) => self.send(&message, STATUS_PAGES),
+            Err(e) => {
+                self.connection.finish_call(true);
+                Err(CallError::PeerGone(format!("{} (given reply not sent: {e})", self.connection.caller)))
+            }
+        }
     }
 
     /// Finishes the request with an error the caller receives as `PeerFailed`.
@@ -511,7 +527,7 @@ impl Shared {
         handshake::set_timeouts(&socket, Some(handshake::HANDSHAKE_TIMEOUT))?;
         let (caller, segment_fd) = handshake::recv_hello(&socket)?;
         let segment = Segment::open(segment_fd)?;
-        segment.offer_pages();
+        segment.set_server_takes_pages();
         handshake::send_welcome(&socket, &self.doorbell_fd)?;
         Ok(Connection {
             caller,

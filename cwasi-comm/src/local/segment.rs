@@ -65,9 +65,12 @@ struct SegmentHeader {
     /// its welcome. Zero in a new memfd, so a server that predates it offers
     /// nothing and callers copy.
     server_takes: AtomicU32,
+    /// What the caller takes besides bytes, set when it made the segment;
+    /// zero from a caller that predates it, so its server copies replies.
+    caller_takes: AtomicU32,
 }
 
-/// The server maps requests given as sealed pages (`Segment::takes_pages`).
+/// Maps messages given as sealed pages (`local/given.rs`).
 const CAN_TAKE_PAGES: u32 = 1;
 
 const _: () = assert!(size_of::<SegmentHeader>() <= HEADER_BYTES);
@@ -107,6 +110,7 @@ impl Segment {
         header.version.store(VERSION, Ordering::Relaxed);
         header.slot_bytes.store(slot_bytes as u32, Ordering::Relaxed);
         header.slot_count.store(slot_count as u32, Ordering::Relaxed);
+        header.caller_takes.store(CAN_TAKE_PAGES, Ordering::Relaxed);
         header.magic.store(MAGIC, Ordering::Release);
         Ok((segment, file.into()))
     }
@@ -154,15 +158,22 @@ impl Segment {
     }
 
     /// Server side, before its welcome: it takes requests given as pages.
-    pub(crate) fn offer_pages(&self) {
+    pub(crate) fn set_server_takes_pages(&self) {
         // Ordering: Release, paired with the caller's Acquire in
-        // `takes_pages` (the welcome's sendmsg orders them anyway).
+        // `server_takes_pages` (the welcome's sendmsg orders them anyway).
         self.header().server_takes.fetch_or(CAN_TAKE_PAGES, Ordering::Release);
     }
 
-    /// Caller side, after the welcome: whether the server takes pages.
-    pub(crate) fn takes_pages(&self) -> bool {
+    /// Caller side, after the welcome: whether the server takes requests
+    /// given as pages.
+    pub(crate) fn server_takes_pages(&self) -> bool {
         self.header().server_takes.load(Ordering::Acquire) & CAN_TAKE_PAGES != 0
+    }
+
+    /// Server side: whether the caller takes replies given as pages.
+    pub(crate) fn caller_takes_pages(&self) -> bool {
+        // Ordering: Relaxed, released with the geometry by `magic` (`open`).
+        self.header().caller_takes.load(Ordering::Relaxed) & CAN_TAKE_PAGES != 0
     }
 
     pub(crate) fn request(&self) -> Ring<'_> {

@@ -3,17 +3,23 @@
 //! Anonymous pages cannot leave their process, so a buffer a guest means to
 //! give is backed, before it is written, by a memfd of its own, mapped
 //! shared over its whole pages (`pages_share`, [`SharedPages::share`]).
-//! Giving it ([`SharedPages::seal_given`]) maps fresh zero pages over the
-//! giver's range and seals the memfd against writes, shrinking and growing;
-//! the memfd then travels over the connection's socket and the receiver
-//! maps it privately over its buffer ([`map_received`]).
+//! Giving it ([`SharedPages::seal_given`]) moves the giver's shared mapping
+//! aside, out of its guest's memory (page tables move: microseconds), maps
+//! fresh zero pages in its place and seals the memfd against new writes,
+//! shrinking and growing; a thread of the host unmaps the set-aside mapping
+//! next (unmapping 100 MiB of file pages takes milliseconds, which the call
+//! no longer waits for). The memfd travels over the connection's socket and
+//! the receiver maps it privately over its buffer ([`map_received`]).
 //!
 //! Why this is safe, across processes:
-//! - **Nobody can change the pages any more.** The kernel grants
-//!   `F_SEAL_WRITE` only when no writable shared mapping of the file is
-//!   left, so the seal proves the giver's own mapping is gone; from then on
-//!   neither `write` nor any mapping can change the file, and it can never
-//!   shrink under a mapping (which would fault the receiver).
+//! - **Nobody can change the pages any more.** `F_SEAL_FUTURE_WRITE` stops
+//!   every new way to write the file (`write`, new writable mappings); the
+//!   one writable mapping left is the set-aside one, outside every linear
+//!   memory, so no guest can reach it, and its host unmaps it without
+//!   writing. When the mapping cannot be set aside it is unmapped at once
+//!   and the file sealed with `F_SEAL_WRITE`, which the kernel grants only
+//!   when no writable mapping is left. The file can never shrink under a
+//!   mapping (which would fault the receiver).
 //! - **The receiver's writes stay its own.** It maps the file
 //!   `MAP_PRIVATE`: a write copies the page first, privately.
 //! - **The receiver trusts nothing it is sent.** It checks the seals and
@@ -36,9 +42,10 @@ use nix::sys::memfd::{MemFdCreateFlag, memfd_create};
 
 use super::{Aside, MOVE_AT_LEAST, map_zero_pages, page_size, whole_pages};
 
-/// Seals a given memfd carries: nothing can write, shrink or grow it.
+/// Seals every given memfd carries: it cannot shrink or grow, and no new
+/// way to write it can be opened.
 fn given_seals() -> SealFlag {
-    SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
+    SealFlag::F_SEAL_FUTURE_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
 }
 
 /// The whole pages of a guest buffer, backed by a memfd of their own.
@@ -108,9 +115,27 @@ impl SharedPages {
     /// `bytes` is the giver's memory, which nothing else touches meanwhile.
     pub unsafe fn seal_given(self, bytes: &mut [u8]) -> io::Result<SealedPages> {
         debug_assert!(self.covers(bytes));
+        let at = self.at as *mut libc::c_void;
+        let seal = |seals: SealFlag| fcntl(self.fd.as_fd().as_raw_fd(), FcntlArg::F_ADD_SEALS(seals));
         // SAFETY: our shared mapping, inside `bytes`, which no one touches.
-        unsafe { map_zero_pages(self.at as *mut libc::c_void, self.len) }?;
-        fcntl(self.fd.as_fd().as_raw_fd(), FcntlArg::F_ADD_SEALS(given_seals())).map_err(io::Error::from)?;
+        match unsafe { Aside::take(at, self.len) } {
+            Some(aside) => {
+                // SAFETY: the hole `take` left.
+                if let Err(e) = unsafe { map_zero_pages(at, self.len) } {
+                    // SAFETY: still that hole.
+                    unsafe { aside.put_back(at) };
+                    return Err(e);
+                }
+                let sealed = seal(given_seals());
+                super::reaper::free(aside);
+                sealed?;
+            }
+            None => {
+                // SAFETY: as above; unmapped here, so writes can be sealed for good.
+                unsafe { map_zero_pages(at, self.len) }?;
+                seal(given_seals() | SealFlag::F_SEAL_WRITE)?;
+            }
+        }
         Ok(SealedPages { head: self.at - bytes.as_ptr() as usize, len: self.len, fd: self.fd })
     }
 }
@@ -129,7 +154,9 @@ impl SealedPages {
 pub fn check_received(fd: &OwnedFd, len: usize) -> io::Result<()> {
     let seals = SealFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).map_err(io::Error::from)?);
     let size = File::from(fd.try_clone()?).metadata()?.len();
-    if !seals.contains(given_seals()) || size != len as u64 || !len.is_multiple_of(page_size()) {
+    let sealed = seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW)
+        && seals.intersects(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_FUTURE_WRITE);
+    if !sealed || size != len as u64 || !len.is_multiple_of(page_size()) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "given pages are not a sealed file of their length"));
     }
     Ok(())
