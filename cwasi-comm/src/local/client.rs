@@ -439,4 +439,21 @@ mod tests {
         pending.read_into(&mut caller[..3 * MIB + 7]).unwrap();
         assert!(caller[..3 * MIB + 7].iter().enumerate().all(|(i, &b)| b == (i % 253) as u8));
     }
+
+    /// A given request whose ring part no caller could send is dropped
+    /// with its connection, and the next caller's request is taken at once.
+    #[test]
+    fn a_given_request_with_a_bad_layout_is_skipped_for_the_next_caller() {
+        let (_dir, listener, channel) = listening();
+        let evil = channel.connection().unwrap();
+        // Pages of 5 bytes: not whole pages.
+        let message = [1u64, 0, 5].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+        let ring = evil.segment.request();
+        ring.send(&message, STATUS_PAGES, &mut || Ok(()), || evil.doorbell.counter().bump()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let _pending = channel.send(&mut Payload::Lent(b"honest"), deadline, TraceContext::new_span(None)).unwrap();
+        let mut honest = [0u8; 6];
+        next_request(&listener).read_into(&mut honest).unwrap();
+        assert_eq!(&honest, b"honest");
+    }
 }

@@ -346,15 +346,20 @@ impl LocalListener {
     /// A request waiting from any caller, without blocking (but for the
     /// header of a request given as pages, which its caller sent whole).
     pub fn take_request(&self) -> Option<LocalRequest> {
-        let mut request = self.shared.take_request()?;
-        if request.header.status == STATUS_PAGES
-            && let Err(e) = request.read_given()
-        {
-            tracing::warn!(caller = %request.connection.caller, error = %e, "dropping a caller that sent a bad given request");
-            request.connection.finish_call(true);
-            return None;
+        loop {
+            let mut request = self.shared.take_request()?;
+            match request.header.status {
+                STATUS_PAGES => match request.read_given() {
+                    Ok(()) => return Some(request),
+                    Err(e) => {
+                        tracing::warn!(caller = %request.connection.caller, error = %e, "dropping a caller that sent a bad given request");
+                        // Its connection takes no more requests; look at the others.
+                        request.connection.finish_call(true);
+                    }
+                },
+                _ => return Some(request),
+            }
         }
-        Some(request)
     }
 
     /// A counter that changes whenever something may be waiting: a new

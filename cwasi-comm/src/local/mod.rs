@@ -3,7 +3,8 @@
 //!
 //! A caller connects to the serving function's Unix socket once, passing a
 //! sealed memfd [`segment`] with two [`ring`]s (request, reply) of fixed-size
-//! slots; the socket then only tells each side when the other is gone. Bytes
+//! slots; the socket then tells each side when the other is gone, and
+//! carries the sealed pages of messages given as pages ([`given`]). Bytes
 //! go caller memory -> slot -> callee memory, chunk by chunk, so the two
 //! copies of a large payload run at the same time on two cores. Wake-ups are
 //! a short spin then a futex on a shared counter: a small call costs no
