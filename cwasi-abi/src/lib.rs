@@ -38,10 +38,10 @@
 //! that lie whole inside both buffers move, so both should start at the
 //! same offset within a page (the guest SDK's `PageBuf` starts on one); the
 //! bytes around them, small payloads and other modes are copied, and copied
-//! bytes stay as they were. Until `call_wait` returns (a request) or the
-//! next `serve_next` (a reply), the giver must not touch the buffer; after,
-//! it is its own again, whatever it reads. A given request whose call fails
-//! may be gone: its pages may have reached the peer.
+//! bytes stay as they were. Until `call_start_owned` returns (a request)
+//! or the next `serve_next` (a reply), the giver must not touch the buffer;
+//! after, it is its own again, whatever it reads. A given request whose
+//! call fails may be gone: its pages may have reached the peer.
 //!
 //! A request or reply given to a function in another container on this
 //! node (local mode) moves by pages when its buffer was shared with

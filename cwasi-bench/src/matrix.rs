@@ -80,8 +80,7 @@ pub fn run(quick: bool, payloads: Option<Vec<usize>>) -> anyhow::Result<Matrix> 
             }
         }
     }
-    // Pages move only within a process (embedded); local mode copies a
-    // given payload, shown beside it.
+    // Given payloads move by pages in embedded and local mode.
     for &payload in payloads.iter().filter(|&&p| p >= MIB) {
         for mode in [BenchMode::Embedded, BenchMode::Local] {
             cells.push((mode, Shape::SequentialGiven, payload));

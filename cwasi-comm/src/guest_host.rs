@@ -233,6 +233,8 @@ impl GuestHost {
         }
         self.count(&mut call, Status::Ok, len);
         let trace = call.trace;
+        // The reply's pages may be mapped over `out`.
+        self.shared_pages.forget(out);
         call.pending.read_into(out).map_err(|e| self.report("reply", "", Some(&trace), e))
     }
 
@@ -314,6 +316,9 @@ impl GuestHost {
         if serving.request.len() != out.len() as u64 {
             return Err(Status::LengthMismatch);
         }
+        // The request's pages may be mapped over `out`.
+        self.shared_pages.forget(out);
+        let serving = self.current.as_ref().ok_or(Status::NoRequest)?;
         if let Err(e) = serving.request.read_into(out) {
             let trace = serving.trace;
             self.current = None;

@@ -62,17 +62,18 @@ impl RawBytes {
     /// # Safety
     /// The bytes are readable now, under the module's rules, and nothing
     /// else touches them or `out` meanwhile; `out` lies in another memory.
-    unsafe fn deliver(self, out: &mut [u8]) {
+    unsafe fn deliver(self, out: &mut [u8]) -> Result<(), CallError> {
         debug_assert_eq!(self.len, out.len());
         if self.given {
             // SAFETY: given bytes came from a `&mut` borrow of a linear
-            // memory (a private mapping) whose guest waits; `out` is another
-            // linear memory's, in the host call that receives.
-            unsafe { pages::hand_over(self.ptr, out.as_mut_ptr(), self.len) };
+            // memory whose guest waits; `out` is another linear memory's, in
+            // the host call that receives.
+            unsafe { pages::hand_over(self.ptr, out.as_mut_ptr(), self.len) }?;
         } else {
             // SAFETY: as promised by the caller; distinct memories.
             unsafe { std::ptr::copy_nonoverlapping(self.ptr, out.as_mut_ptr(), self.len) };
         }
+        Ok(())
     }
 }
 
@@ -101,6 +102,9 @@ struct State {
     offered: Option<Offer>,
     /// The peer took the offered request.
     taken: bool,
+    /// The peer read the offered request, which was given: its pages are
+    /// gone from the caller, a second read would see zeros.
+    given_read: bool,
     reply: Option<RawBytes>,
     failure: Option<String>,
     /// The peer waits for a request.
@@ -245,8 +249,7 @@ impl InProcessSource {
         // (checked above, under the lock that offering takes): it cannot run,
         // write or grow its memory until the next offer; `out` is the
         // caller's memory, another instance's, so they do not overlap.
-        unsafe { reply.deliver(out) };
-        Ok(())
+        unsafe { reply.deliver(out) }
     }
 
     /// The peer's side: the offered request, if there is one not taken yet;
@@ -335,15 +338,16 @@ impl InProcessRequest {
         if out.len() != request.len {
             return Err(CallError::Protocol("request length mismatch".into()));
         }
-        let standing = self.standing()?;
+        let mut standing = self.standing()?;
+        if request.given && std::mem::replace(&mut standing.given_read, true) {
+            return Err(CallError::Protocol("a given request is read once".into()));
+        }
         // SAFETY: the offer stands (checked under the lock held until the
         // delivery ends), and its caller withdraws it, under that lock,
         // before `request` can go away (it waits in its call meanwhile);
         // `out` is the peer's memory, another instance's, so they do not
         // overlap.
-        unsafe { request.deliver(out) };
-        drop(standing);
-        Ok(())
+        unsafe { request.deliver(out) }
     }
 
     /// Keeps where the reply lies: the caller reads it once the peer parks

@@ -105,9 +105,6 @@ fn check(code: i32) -> Result<(), Error> {
 #[must_use = "a call's reply is only received by finish()"]
 pub struct Call {
     handle: u32,
-    /// A request given up: the host may take its pages until the reply
-    /// came, so it lives until then.
-    given: Option<PageBuf>,
 }
 
 impl Call {
@@ -125,15 +122,16 @@ impl Call {
                 abi(&raw mut handle),
             )
         })?;
-        Ok(Call { handle, given: None })
+        Ok(Call { handle })
     }
 
-    /// Like [`Call::start`], giving `request` up: in embedded mode its whole
-    /// pages move to the peer instead of being copied.
+    /// Like [`Call::start`], giving `request` up: its whole pages move to
+    /// the peer instead of being copied where the mode can (embedded, and
+    /// local when it was shared, as large `PageBuf`s are).
     pub fn start_owned(peer: &str, mut request: PageBuf) -> Result<Call, Error> {
         let mut handle = 0u32;
-        // SAFETY: as in `start`; `request` is kept, untouched, until the
-        // reply came (the host may take its pages meanwhile).
+        // SAFETY: as in `start`; the host is done with `request` when the
+        // call returns (its pages may be gone), and it is dropped then.
         check(unsafe {
             raw::call_start_owned(
                 abi(peer.as_ptr()),
@@ -144,7 +142,7 @@ impl Call {
                 abi(&raw mut handle),
             )
         })?;
-        Ok(Call { handle, given: Some(request) })
+        Ok(Call { handle })
     }
 
     /// Like [`Call::start`], with a deadline for this call: past `timeout`
@@ -163,21 +161,20 @@ impl Call {
                 abi(&raw mut handle),
             )
         })?;
-        Ok(Call { handle, given: None })
+        Ok(Call { handle })
     }
 
     /// Waits for the reply; its length.
-    fn wait(&mut self) -> Result<u32, Error> {
+    fn wait(&self) -> Result<u32, Error> {
         let mut len = 0u32;
         // SAFETY: `len` is a valid u32 for the host to write.
-        let waited = check(unsafe { raw::call_wait(abi(self.handle), abi(&raw mut len)) });
-        self.given = None;
-        waited.map(|()| len)
+        check(unsafe { raw::call_wait(abi(self.handle), abi(&raw mut len)) })?;
+        Ok(len)
     }
 
     /// Waits for the reply and returns it on pages of its own: a reply its
     /// peer gave up ([`serve_pages`]) moves there in embedded mode.
-    pub fn finish_pages(mut self) -> Result<PageBuf, Error> {
+    pub fn finish_pages(self) -> Result<PageBuf, Error> {
         let len = self.wait()?;
         PageBuf::filled_by(len as usize, |buf| {
             // SAFETY: the buffer has room for `len` bytes; the host writes
@@ -187,7 +184,7 @@ impl Call {
     }
 
     /// Waits for the reply and returns it.
-    pub fn finish(mut self) -> Result<Vec<u8>, Error> {
+    pub fn finish(self) -> Result<Vec<u8>, Error> {
         let len = self.wait()?;
         let mut reply = Vec::with_capacity(len as usize);
         // SAFETY: the buffer has capacity for `len` bytes; the host writes
@@ -196,16 +193,6 @@ impl Call {
         // SAFETY: call_read succeeded, so the first `len` bytes are initialised.
         unsafe { reply.set_len(len as usize) };
         Ok(reply)
-    }
-}
-
-impl Drop for Call {
-    fn drop(&mut self) {
-        // A call dropped before its reply came keeps its given request: the
-        // host may still take its pages, so the memory is never reused.
-        if let Some(request) = self.given.take() {
-            std::mem::forget(request);
-        }
     }
 }
 

@@ -66,8 +66,9 @@ impl PageBuf {
         }
         let (mut buf, shared) = Self::to_give(len);
         // Shared pages read zero already (and are not touched here, so not
-        // made resident); a large buffer starts on a page, its tail may not.
-        let zero_from = if shared { len / PAGE * PAGE } else { 0 };
+        // made resident). The buffer starts on 2 MiB, so whatever the host's
+        // page size (at most 2 MiB), its whole pages cover every whole 2 MiB.
+        let zero_from = if shared { len / LARGE * LARGE } else { 0 };
         buf[zero_from..].fill(0);
         buf
     }

@@ -100,7 +100,12 @@ impl LocalChannel {
         trace: TraceContext,
     ) -> Result<Box<dyn PendingReply>, CallError> {
         let connection = self.connection()?;
+        // Pages go only on a live connection whose server took all sent
+        // before: a stale pooled connection then fails before anything is
+        // given up, and the request goes elsewhere as it is.
         if connection.segment.server_takes_pages()
+            && !hung_up(&connection.socket)
+            && handshake::nothing_unread(&connection.socket)
             && let Payload::Given { bytes, pages } = request
             && let Some(shared) = pages.take()
         {
@@ -146,9 +151,9 @@ impl LocalChannel {
 
     /// Sends a request given as pages: the caller's pages are replaced with
     /// zeros, sealed, sent over the socket, and the bytes around them
-    /// through the ring. From here on the request exists only as sent: a
-    /// failure is `PeerGone`, never the caller's bytes sent elsewhere (a
-    /// request no server took is rebuilt from the pages, see `fail`).
+    /// through the ring. From here on the request exists only as sent: one
+    /// no server took comes back rebuilt from its pages (`NotDelivered`,
+    /// here or from the pending call), to go elsewhere as bytes.
     fn send_given(
         &self,
         mut connection: Connection,
@@ -163,20 +168,25 @@ impl LocalChannel {
         connection.given += 1;
         let seq = connection.given;
         let message = GivenRequest::encode(seq, bytes, &sealed);
-        let gone =
-            |e: &dyn std::fmt::Display| CallError::PeerGone(format!("{} (given pages not sent: {e})", self.peer));
-        handshake::send_pages(&connection.socket, seq, &sealed.fd).map_err(|e| gone(&e))?;
+        let given = GivenRequest::parse(&message)?;
         let ring = connection.segment.request();
         let start = ring.head();
-        ring.set_trace(Some(trace));
-        // Ordering: as in `send`.
-        ring.clear_taken();
-        ring.send(&message, STATUS_PAGES, &mut || connection.check(&self.peer, deadline), || {
-            connection.doorbell.counter().bump()
-        })
-        .map_err(|e| gone(&e))?;
-        let given = GivenRequest::parse(&message)?;
-        Ok(self.pending(connection, start, deadline, Some((given, sealed))))
+        let sent = handshake::send_pages(&connection.socket, seq, &sealed.fd).map_err(CallError::from).and_then(|()| {
+            ring.set_trace(Some(trace));
+            // Ordering: as in `send`.
+            ring.clear_taken();
+            ring.send(&message, STATUS_PAGES, &mut || connection.check(&self.peer, deadline), || {
+                connection.doorbell.counter().bump()
+            })
+        });
+        match sent {
+            Ok(()) => Ok(self.pending(connection, start, deadline, Some((given, sealed)))),
+            Err(e) if !ring.was_taken() => match given.rebuild(&sealed) {
+                Ok(request) => Err(CallError::NotDelivered { peer: self.peer.to_string(), request }),
+                Err(_) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -295,16 +305,19 @@ impl LocalPending {
     fn receive_given_reply(&self, header: MessageHeader) -> Result<(GivenRequest, OwnedFd), CallError> {
         let connection = self.connection()?;
         let (peer, deadline) = (&*self.peer, self.deadline);
-        if header.len > GivenRequest::max_ring_part() as u64 {
-            return Err(CallError::Protocol("given reply with an oversized header".into()));
-        }
-        let mut message = vec![0u8; header.len as usize];
-        connection.segment.reply().recv_into(&mut message, &mut || connection.check(peer, deadline))?;
-        let given = GivenRequest::parse(&message)?;
+        let check = &mut || connection.check(peer, deadline);
+        let given = GivenRequest::receive(&connection.segment.reply(), header.len, check)?;
+        // Sent before the ring part, so it waits on the socket even when the
+        // server closed right after.
         let fd = loop {
             let mut fds = [PollFd::new(connection.socket.as_fd(), PollFlags::POLLIN)];
-            if matches!(poll(&mut fds, PollTimeout::from(20u16)), Ok(n) if n > 0) && !hung_up(&connection.socket) {
-                break handshake::recv_pages(&connection.socket)?.1;
+            let polled = poll(&mut fds, PollTimeout::from(20u16));
+            if matches!(polled, Ok(n) if n > 0) && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+                match handshake::recv_pages(&connection.socket) {
+                    Ok((_, fd)) => break fd,
+                    Err(_) if hung_up(&connection.socket) => return Err(CallError::PeerGone(peer.to_owned())),
+                    Err(e) => return Err(e.into()),
+                }
             }
             connection.check(peer, deadline)?;
         };

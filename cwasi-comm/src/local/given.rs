@@ -6,6 +6,7 @@
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use super::ring::Ring;
 use crate::pages::SealedPages;
 use crate::{CallError, MAX_PAYLOAD};
 
@@ -58,10 +59,26 @@ impl GivenRequest {
         let (seq, head, pages) = (word(0), word(1), word(2));
         let head = usize::try_from(head).ok().filter(|&h| h < page && h <= around.len()).ok_or_else(bad)?;
         let pages = usize::try_from(pages).ok().filter(|&p| p > 0 && p.is_multiple_of(page)).ok_or_else(bad)?;
-        if around.len() - head >= page || (around.len() + pages) as u64 > MAX_PAYLOAD {
+        let total = (around.len() as u64).checked_add(pages as u64);
+        if around.len() - head >= page || total.is_none_or(|total| total > MAX_PAYLOAD) {
             return Err(bad());
         }
         Ok(Self { seq, head, pages, around: around.to_vec() })
+    }
+
+    /// Reads the ring part of the current message of `ring`, `len` bytes as
+    /// its header says, and parses it.
+    pub(crate) fn receive(
+        ring: &Ring<'_>,
+        len: u64,
+        check: &mut dyn FnMut() -> Result<(), CallError>,
+    ) -> Result<Self, CallError> {
+        if len > Self::max_ring_part() as u64 {
+            return Err(CallError::Protocol("given message with an oversized ring part".into()));
+        }
+        let mut message = vec![0u8; len as usize];
+        ring.recv_into(&mut message, check)?;
+        Self::parse(&message)
     }
 
     /// The whole message's length.

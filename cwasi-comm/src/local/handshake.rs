@@ -106,6 +106,16 @@ pub(crate) fn recv_pages(socket: &OwnedFd) -> io::Result<(u64, OwnedFd)> {
     Ok((u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes")), fd))
 }
 
+/// Whether the peer has taken off `socket` everything sent on it: a side
+/// sends pages only then, so at most one set per connection waits, however
+/// slow or hostile the peer.
+pub(crate) fn nothing_unread(socket: &OwnedFd) -> bool {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ's number) writes one int to the pointer given.
+    let asked = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    asked == 0 && queued == 0
+}
+
 fn send_with_fd(socket: &OwnedFd, msg: &[u8], fd: &OwnedFd) -> io::Result<()> {
     let fds = [fd.as_raw_fd()];
     sendmsg::<()>(

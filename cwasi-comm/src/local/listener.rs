@@ -85,6 +85,8 @@ impl Connection {
             // Acquire where it is read, more than it needs.
             self.gone.store(true, Ordering::Release);
         }
+        // Pages of a request its handler never read are not the next one's.
+        self.given_pages.lock().unwrap_or_else(|e| e.into_inner()).take();
         // Ordering: Release, paired with the Acquire load of `busy` in
         // `take_request`: the thread that takes the next request (another
         // handler thread) then sees this thread's positions in the rings
@@ -133,7 +135,12 @@ pub(crate) fn hung_up(socket: &OwnedFd) -> bool {
         return true;
     }
     let mut byte = [0u8; 1];
-    matches!(recv(socket.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT), Ok(0) | Err(_))
+    match recv(socket.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => true,
+        // Data, or nothing any more (the poll loop took a message meanwhile).
+        Ok(_) | Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+        Err(_) => true,
+    }
 }
 
 /// A request taken by the guest; reply (or fail) to finish it.
@@ -143,6 +150,18 @@ pub struct LocalRequest {
     header: MessageHeader,
     /// Set when its caller gave it as pages.
     given: Option<GivenRequest>,
+    /// Its call was finished, or handed to a reply pump that finishes it.
+    finished: bool,
+}
+
+impl Drop for LocalRequest {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Dropped unanswered (its read failed): the connection takes no
+            // more requests and goes once nothing uses it.
+            self.connection.finish_call(true);
+        }
+    }
 }
 
 impl LocalRequest {
@@ -156,22 +175,18 @@ impl LocalRequest {
 
     /// Reads the ring part of a request given as pages.
     fn read_given(&mut self) -> Result<(), CallError> {
-        if self.header.len > GivenRequest::max_ring_part() as u64 {
-            return Err(CallError::Protocol("given request with an oversized header".into()));
-        }
-        let mut message = vec![0u8; self.header.len as usize];
         let connection = &self.connection;
         // Sent whole before its first slot was published: a caller that
         // holds the rest back is not waited for.
         let until = std::time::Instant::now() + GIVEN_HEADER_WAIT;
-        connection.segment.request().recv_into(&mut message, &mut || {
+        let given = GivenRequest::receive(&connection.segment.request(), self.header.len, &mut || {
             connection.check_alive()?;
             match std::time::Instant::now() < until {
                 true => Ok(()),
                 false => Err(CallError::Protocol("a given request's header came in pieces".into())),
             }
         })?;
-        self.given = Some(GivenRequest::parse(&message)?);
+        self.given = Some(given);
         Ok(())
     }
 
@@ -219,6 +234,7 @@ impl LocalRequest {
     /// it up with shared pages and the caller takes pages.
     pub fn reply(self, mut reply: Payload<'_>) -> Result<(), CallError> {
         if self.connection.segment.caller_takes_pages()
+            && handshake::nothing_unread(&self.connection.socket)
             && let Payload::Given { bytes, pages } = &mut reply
             && let Some(shared) = pages.take()
         {
@@ -252,7 +268,8 @@ impl LocalRequest {
         self.send(message, STATUS_HANDLER_FAILED)
     }
 
-    fn send(self, data: &[u8], status: u32) -> Result<(), CallError> {
+    fn send(mut self, data: &[u8], status: u32) -> Result<(), CallError> {
+        self.finished = true;
         let connection = &self.connection;
         let sent = connection.segment.reply().send_patiently(
             data,
@@ -450,7 +467,8 @@ impl Shared {
             // with the caller's `was_taken` (ring.rs).
             connection.busy.store(true, Ordering::Release);
             connection.segment.request().mark_taken();
-            return Some(LocalRequest { connection: connection.clone(), shared: self.clone(), header, given: None });
+            let (connection, shared) = (connection.clone(), self.clone());
+            return Some(LocalRequest { connection, shared, header, given: None, finished: false });
         }
         None
     }

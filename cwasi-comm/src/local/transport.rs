@@ -58,13 +58,30 @@ impl LocalTransport {
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<Option<Box<dyn PendingReply>>, CallError> {
+        // A request given as pages that an instance never took comes back
+        // as bytes: those go to the next one (the caller's are zeros now).
+        let mut returned: Option<Vec<u8>> = None;
         for _ in 0..LOCAL_ATTEMPTS {
-            let Some(channel) = self.next_instance(peer) else { return Ok(None) };
-            match channel.send(request, deadline, trace) {
+            let Some(channel) = self.next_instance(peer) else {
+                return match returned {
+                    Some(_) => Err(CallError::PeerGone(format!("{peer} (no other instance serves it)"))),
+                    None => Ok(None),
+                };
+            };
+            let sent = match &returned {
+                Some(bytes) => channel.send(&mut Payload::Lent(bytes), deadline, trace),
+                None => channel.send(request, deadline, trace),
+            };
+            match sent {
                 Ok(pending) => return Ok(Some(pending)),
                 Err(CallError::Unreachable(reason)) => {
                     tracing::info!(peer = %peer, %reason, "local instance unreachable; trying another");
                     self.forget(peer, channel.socket_path());
+                }
+                Err(CallError::NotDelivered { request, .. }) => {
+                    tracing::info!(peer = %peer, "instance went away before taking the request; sending it to another");
+                    self.forget(peer, channel.socket_path());
+                    returned = Some(request);
                 }
                 Err(e) => return Err(e),
             }

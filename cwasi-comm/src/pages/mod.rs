@@ -13,28 +13,32 @@
 //!   buffers, each bounds-checked against its own linear memory before they
 //!   get here; only whole pages strictly inside both are remapped, and a
 //!   page is never split, so no byte outside either buffer changes owner.
-//! - **No sharing afterwards.** `mremap` *moves* a mapping: after it the
-//!   pages are mapped once, in the receiver's memory, and the giver's range
-//!   is a new private anonymous mapping. Nothing is mapped twice, so neither
-//!   side can see a later write of the other. Pages the giver never wrote
-//!   that come from a module's data image (a private file mapping) move as
-//!   that mapping: a write to them copies on write, as it did before.
+//! - **Never a hole.** Every step replaces a mapping in one system call
+//!   (`MREMAP_DONTUNMAP` leaves the old range mapped, `MAP_FIXED` and
+//!   `MREMAP_FIXED` replace at once), so no other thread's `mmap` can land
+//!   inside a linear memory, and host code never touches an unmapped page.
+//! - **No sharing afterwards.** The giver's pages are moved, then its range
+//!   gets fresh private zero pages: nothing is mapped twice, so neither side
+//!   can see a later write of the other. Pages the giver never wrote that
+//!   come from a module's data image (a private file mapping) move as that
+//!   mapping: a write to them copies on write, as it did before.
 //! - **The memory limit holds.** Both memories keep their sizes: the
 //!   receiver's buffer was grown (and charged) by the receiver, and the
 //!   giver's range is as large as before, only not resident until touched.
-//!   The pages stay in the same process and cgroup.
+//!   The pages stay in the same process and cgroup; the receiver's old
+//!   pages wait for the reaper thread (at most [`reaper::MAX_WAITING`]).
 //! - **Nobody runs on them meanwhile.** The caller of [`hand_over`] makes
 //!   sure that neither guest runs while their pages move (the giver waits
 //!   in its call, the receiver is in the host call that receives).
-//! - **Failures lose nothing.** The kernel refuses a remap before it
-//!   changes anything (it checks the map count first); the bytes are then
-//!   copied. The one failure after a move, no fresh pages for the giver's
-//!   range, is logged and leaves that range unmapped: its guest traps when
-//!   it touches it, which is its own memory only.
+//! - **Failures are plain.** When the kernel refuses to move the pages the
+//!   receiver's range gets zero pages and the call fails: a move that went
+//!   part way cannot be told from one that did not start, so nothing is
+//!   copied from a range that may have changed (a given payload may be lost
+//!   with its call, as the ABI says).
 //!
 //! Each move may split the receiver's mappings in two more places; a guest
 //! that receives into ever-new places raises its own process's map count,
-//! bounded by `vm.max_map_count`, past which moves fall back to copying.
+//! by at most two per 2 MiB of its memory, bounded by `vm.max_map_count`.
 
 use std::io;
 use std::sync::OnceLock;
@@ -79,14 +83,16 @@ fn whole_pages(src: usize, dst: usize, len: usize, page: usize) -> Option<(usize
 /// Gives the `len` bytes at `src` to `dst`: their whole pages move when
 /// there are at least [`MOVE_AT_LEAST`] bytes of them, and the rest is
 /// copied. Moved pages read as zeros at `src` afterwards; copied bytes stay.
+/// An error means the pages could not move: `dst`'s pages then read zero
+/// and the payload may be gone.
 ///
 /// # Safety
 /// - `src` and `dst` are valid for `len` bytes each and do not overlap;
-/// - the pages of both ranges belong to private mappings of this process
-///   (anonymous or private file mappings, as linear memories are) that may
-///   be remapped: nothing holds on to their identity;
+/// - the pages of both ranges belong to mappings of this process (linear
+///   memories: private anonymous, private file or shared memfd mappings)
+///   that may be remapped: nothing holds on to their identity;
 /// - nothing else reads or writes either range while this runs.
-pub unsafe fn hand_over(src: *mut u8, dst: *mut u8, len: usize) -> HandedOver {
+pub unsafe fn hand_over(src: *mut u8, dst: *mut u8, len: usize) -> io::Result<HandedOver> {
     // SAFETY: the caller's promise, passed on.
     unsafe { hand_over_from(src, dst, len, MOVE_AT_LEAST) }
 }
@@ -96,32 +102,45 @@ pub unsafe fn hand_over(src: *mut u8, dst: *mut u8, len: usize) -> HandedOver {
 ///
 /// # Safety
 /// As [`hand_over`].
-pub unsafe fn hand_over_from(src: *mut u8, dst: *mut u8, len: usize, move_at_least: usize) -> HandedOver {
+pub unsafe fn hand_over_from(src: *mut u8, dst: *mut u8, len: usize, move_at_least: usize) -> io::Result<HandedOver> {
     let copy = |from: usize, to: usize| {
         // SAFETY: a part of the ranges the caller vouches for.
         unsafe { std::ptr::copy_nonoverlapping(src.add(from), dst.add(from), to - from) }
     };
-    let Some((head, body)) =
-        whole_pages(src as usize, dst as usize, len, page_size()).filter(|&(_, body)| body >= move_at_least)
-    else {
+    let whole = whole_pages(src as usize, dst as usize, len, page_size());
+    let Some((head, body)) = whole.filter(|&(_, body)| body >= move_at_least && moves_supported()) else {
         copy(0, len);
-        return HandedOver { moved: 0, copied: len };
+        return Ok(HandedOver { moved: 0, copied: len });
     };
     copy(0, head);
     copy(head + body, len);
     // SAFETY: page-aligned whole pages inside both ranges (`whole_pages`).
-    match unsafe { move_pages(src.add(head), dst.add(head), body) } {
-        Ok(()) => HandedOver { moved: body, copied: len - body },
-        Err(Unmoved(e)) => {
-            tracing::debug!(error = %e, bytes = body, "pages not moved, copied instead");
-            copy(head, head + body);
-            HandedOver { moved: 0, copied: len }
-        }
-    }
+    unsafe { move_pages(src.add(head), dst.add(head), body) }?;
+    Ok(HandedOver { moved: body, copied: len - body })
 }
 
-/// The kernel refused to move the pages; nothing changed.
-struct Unmoved(io::Error);
+/// Whether this kernel moves pages of every kind of mapping and leaves the
+/// old range mapped (`MREMAP_DONTUNMAP` beyond private anonymous memory,
+/// Linux 5.13); elsewhere everything is copied.
+fn moves_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let len = page_size();
+        let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+        // SAFETY: a new one-page mapping of our own, placed by the kernel.
+        let probe = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+        if probe == libc::MAP_FAILED {
+            return false;
+        }
+        // SAFETY: moves our probe to a place the kernel picks, leaving it mapped.
+        let moved = unsafe { remap_anywhere(probe, len) };
+        for at in [probe, moved].into_iter().filter(|&at| at != libc::MAP_FAILED) {
+            // SAFETY: mappings this probe made and nothing else knows.
+            unsafe { libc::munmap(at, len) };
+        }
+        moved != libc::MAP_FAILED
+    })
+}
 
 /// Moves `len` bytes of whole pages from `src` to `dst` and maps zero pages
 /// at `src`. The pages `dst` held are set aside first and freed on the
@@ -131,34 +150,32 @@ struct Unmoved(io::Error);
 /// # Safety
 /// As [`hand_over`]; both addresses are page-aligned and `len` is a whole
 /// number of pages.
-unsafe fn move_pages(src: *mut u8, dst: *mut u8, len: usize) -> Result<(), Unmoved> {
+unsafe fn move_pages(src: *mut u8, dst: *mut u8, len: usize) -> io::Result<()> {
     let (src, dst) = (src.cast::<libc::c_void>(), dst.cast::<libc::c_void>());
-    // SAFETY: `dst` is page-aligned whole pages of a private mapping that
-    // nothing touches now; it is a hole from here until it is filled below.
+    // SAFETY: `dst`'s pages go aside; the range itself stays mapped.
     let aside = unsafe { Aside::take(dst, len) };
-    // SAFETY: page-aligned ranges of private mappings no one else touches
-    // now (the caller's promise); MREMAP_FIXED replaces what is at `dst`.
-    let moved = unsafe { libc::mremap(src, len, len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dst) };
-    if moved == libc::MAP_FAILED {
-        let refused = io::Error::last_os_error();
-        if let Some(aside) = aside {
-            // SAFETY: `dst` is the hole `take` left; the old pages go back.
-            unsafe { aside.put_back(dst) };
-        }
-        return Err(Unmoved(refused));
-    }
-    // SAFETY: `src` is a hole now (its pages moved); this fills exactly it.
-    if unsafe { map_zero_pages(src, len) }.is_err() {
-        tracing::error!(
-            error = %io::Error::last_os_error(),
-            bytes = len,
-            "pages moved, but the giver's range could not be mapped again: its guest traps when it touches it"
-        );
+    let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP;
+    // SAFETY: page-aligned ranges of mappings no one else touches now (the
+    // caller's promise); the move replaces `dst` at once and leaves `src`
+    // mapped.
+    let moved = unsafe { libc::mremap(src, len, len, flags, dst) };
+    let mut failed = (moved == libc::MAP_FAILED).then(io::Error::last_os_error);
+    // The giver's range gets zero pages whatever happened: after a move it
+    // may still map a shared file, which the receiver now maps too.
+    // SAFETY: exactly the giver's pages, which it gave up.
+    if let Err(e) = unsafe { map_zero_pages(src, len) } {
+        failed.get_or_insert(e);
     }
     if let Some(aside) = aside {
         reaper::free(aside);
     }
-    Ok(())
+    let Some(error) = failed else { return Ok(()) };
+    // SAFETY: exactly the receiver's pages: zeros rather than anything the
+    // failed steps may have left.
+    if let Err(e) = unsafe { map_zero_pages(dst, len) } {
+        tracing::error!(error = %e, bytes = len, "a receiver's buffer could not be mapped again after a failed page move");
+    }
+    Err(error)
 }
 
 /// Maps fresh private zero pages over `len` bytes at `at`.
@@ -175,6 +192,20 @@ unsafe fn map_zero_pages(at: *mut libc::c_void, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Moves the pages of `len` bytes at `at` to a place the kernel picks and
+/// leaves `at` mapped (`MREMAP_DONTUNMAP`); the new place, or `MAP_FAILED`.
+///
+/// # Safety
+/// `at` is a page-aligned range of this process that may be remapped.
+unsafe fn remap_anywhere(at: *mut libc::c_void, len: usize) -> *mut libc::c_void {
+    // The fifth argument is read by the kernel with DONTUNMAP even without
+    // MREMAP_FIXED (a hint, which must be page-aligned): null, no hint.
+    // SAFETY: as promised by the caller.
+    unsafe {
+        libc::mremap(at, len, len, libc::MREMAP_MAYMOVE | libc::MREMAP_DONTUNMAP, std::ptr::null_mut::<libc::c_void>())
+    }
+}
+
 /// The pages a receiver's buffer held, moved out of its way to be freed.
 struct Aside {
     at: usize,
@@ -182,45 +213,16 @@ struct Aside {
 }
 
 impl Aside {
-    /// Moves the pages at `dst` to a new place of their own; `None` (and
-    /// `dst` as it was) when the kernel refuses.
+    /// Moves the pages at `dst` to a place the kernel picks, leaving `dst`
+    /// mapped (to fresh zero pages, or its file); `None` when the kernel
+    /// refuses (its pages are then freed when `dst` is replaced).
     ///
     /// # Safety
     /// As `move_pages`'s `dst`.
     unsafe fn take(dst: *mut libc::c_void, len: usize) -> Option<Aside> {
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        // SAFETY: a new inaccessible mapping, placed by the kernel.
-        let place = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_NONE, flags, -1, 0) };
-        if place == libc::MAP_FAILED {
-            return None;
-        }
-        // SAFETY: `place` is ours and empty; `dst` is the caller's to move.
-        let moved = unsafe { libc::mremap(dst, len, len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, place) };
-        let aside = Aside { at: place as usize, len };
-        if moved == libc::MAP_FAILED {
-            aside.free();
-            return None;
-        }
-        Some(aside)
-    }
-
-    /// Moves the pages back to `dst` (a move that failed), or else maps
-    /// zero pages there: the caller copies over them next.
-    ///
-    /// # Safety
-    /// `dst` is the hole `take` left.
-    unsafe fn put_back(self, dst: *mut libc::c_void) {
-        let from = self.at as *mut libc::c_void;
-        // SAFETY: our pages back to the hole they came from.
-        let back = unsafe { libc::mremap(from, self.len, self.len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dst) };
-        if back != libc::MAP_FAILED {
-            return;
-        }
-        // SAFETY: the hole `take` left.
-        if let Err(e) = unsafe { map_zero_pages(dst, self.len) } {
-            tracing::error!(error = %e, bytes = self.len, "a receiver's buffer could not be mapped again: its guest traps when it touches it");
-        }
-        self.free();
+        // SAFETY: the kernel picks the new place; `dst` stays mapped.
+        let moved = unsafe { remap_anywhere(dst, len) };
+        (moved != libc::MAP_FAILED).then_some(Aside { at: moved as usize, len })
     }
 
     fn free(self) {
@@ -264,7 +266,7 @@ mod tests {
         let at = 100;
         giver[at..at + len].copy_from_slice(&bytes);
         // SAFETY: both ranges lie in private anonymous maps owned here.
-        let done = unsafe { hand_over(giver.as_mut_ptr().add(at), receiver.as_mut_ptr().add(at), len) };
+        let done = unsafe { hand_over(giver.as_mut_ptr().add(at), receiver.as_mut_ptr().add(at), len) }.unwrap();
         assert_eq!(done, HandedOver { moved: 4 * MIB - 4096, copied: 4096 + 300 });
         assert_eq!(&receiver[at..at + len], &bytes[..]);
         assert!(receiver[..at].iter().chain(&receiver[at + len..]).all(|&b| b == 0xee), "no byte outside moved");
@@ -285,7 +287,7 @@ mod tests {
         giver[..3 * MIB].copy_from_slice(&bytes);
         for (to, len) in [(0, MOVE_AT_LEAST - 1), (8, 3 * MIB)] {
             // SAFETY: both ranges lie in private anonymous maps owned here.
-            let done = unsafe { hand_over(giver.as_mut_ptr(), receiver.as_mut_ptr().add(to), len) };
+            let done = unsafe { hand_over(giver.as_mut_ptr(), receiver.as_mut_ptr().add(to), len) }.unwrap();
             assert_eq!(done, HandedOver { moved: 0, copied: len });
             assert_eq!(&receiver[to..to + len], &bytes[..len]);
             assert_eq!(&giver[..3 * MIB], &bytes[..], "a copy leaves the giver's bytes");
@@ -305,7 +307,7 @@ mod tests {
         giver[..MIB].fill(5);
         let mut receiver = MmapMut::map_anon(len).unwrap();
         // SAFETY: both ranges lie in private maps owned here.
-        let done = unsafe { hand_over(giver.as_mut_ptr(), receiver.as_mut_ptr(), len) };
+        let done = unsafe { hand_over(giver.as_mut_ptr(), receiver.as_mut_ptr(), len) }.unwrap();
         assert_eq!(done.moved, len);
         assert!(receiver[..MIB].iter().all(|&b| b == 5));
         assert_eq!(&receiver[MIB..], &image[MIB..]);

@@ -8,7 +8,7 @@ use super::Aside;
 
 /// Past this many bytes waiting to be freed, a receiver frees its old
 /// pages itself: resident memory stays bounded however fast calls come.
-const MAX_WAITING: usize = 1 << 30;
+pub(super) const MAX_WAITING: usize = 256 << 20;
 
 static WAITING: AtomicUsize = AtomicUsize::new(0);
 

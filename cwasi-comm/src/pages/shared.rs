@@ -3,34 +3,34 @@
 //! Anonymous pages cannot leave their process, so a buffer a guest means to
 //! give is backed, before it is written, by a memfd of its own, mapped
 //! shared over its whole pages (`pages_share`, [`SharedPages::share`]).
-//! Giving it ([`SharedPages::seal_given`]) moves the giver's shared mapping
-//! aside, out of its guest's memory (page tables move: microseconds), maps
-//! fresh zero pages in its place and seals the memfd against new writes,
-//! shrinking and growing; a thread of the host unmaps the set-aside mapping
-//! next (unmapping 100 MiB of file pages takes milliseconds, which the call
-//! no longer waits for). The memfd travels over the connection's socket and
-//! the receiver maps it privately over its buffer ([`map_received`]).
+//! Giving it ([`SharedPages::seal_given`]) maps fresh zero pages over the
+//! giver's range and seals the memfd against writes, shrinking and growing;
+//! the memfd then travels over the connection's socket and the receiver
+//! maps it privately over its buffer ([`map_received`]).
 //!
 //! Why this is safe, across processes:
-//! - **Nobody can change the pages any more.** `F_SEAL_FUTURE_WRITE` stops
-//!   every new way to write the file (`write`, new writable mappings); the
-//!   one writable mapping left is the set-aside one, outside every linear
-//!   memory, so no guest can reach it, and its host unmaps it without
-//!   writing. When the mapping cannot be set aside it is unmapped at once
-//!   and the file sealed with `F_SEAL_WRITE`, which the kernel grants only
-//!   when no writable mapping is left. The file can never shrink under a
-//!   mapping (which would fault the receiver).
+//! - **Nobody can change the pages any more.** The kernel grants
+//!   `F_SEAL_WRITE` only when no writable shared mapping of the file is
+//!   left, so the seal proves the giver's own mapping is gone; from then on
+//!   neither `write` nor any mapping can change the file, and it can never
+//!   shrink under a mapping (which would fault the receiver). This is what
+//!   a local move costs: unmapping the giver's 100 MiB of file pages takes
+//!   milliseconds, and the seal cannot come before it.
 //! - **The receiver's writes stay its own.** It maps the file
 //!   `MAP_PRIVATE`: a write copies the page first, privately.
 //! - **The receiver trusts nothing it is sent.** It checks the seals and
 //!   the exact size before mapping, maps only whole pages inside its own
 //!   buffer, and a file that fails the checks ends the connection.
 //! - **The giver's memory stays its own.** A share covers only whole pages
-//!   inside the buffer the guest named, bounds-checked in its memory.
+//!   inside the buffer the guest named, bounds-checked in its memory; the
+//!   host forgets a share once it maps anything else over those pages.
+//! - **Never a hole.** As in [`super`]: each step replaces a mapping at
+//!   once.
 //!
 //! The pages stay charged to the giver's cgroup (which first touched them)
-//! until the receiver drops its mapping; the receiver's memory size bounds
-//! how many it can hold.
+//! until the receiver drops its mapping. A connection carries at most one
+//! set of pages not yet taken off its socket (`local/given.rs`), so a peer
+//! that never takes them holds at most one payload.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -42,10 +42,9 @@ use nix::sys::memfd::{MemFdCreateFlag, memfd_create};
 
 use super::{Aside, MOVE_AT_LEAST, map_zero_pages, page_size, whole_pages};
 
-/// Seals every given memfd carries: it cannot shrink or grow, and no new
-/// way to write it can be opened.
+/// Seals a given memfd carries: nothing can write, shrink or grow it.
 fn given_seals() -> SealFlag {
-    SealFlag::F_SEAL_FUTURE_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
+    SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
 }
 
 /// The whole pages of a guest buffer, backed by a memfd of their own.
@@ -115,27 +114,10 @@ impl SharedPages {
     /// `bytes` is the giver's memory, which nothing else touches meanwhile.
     pub unsafe fn seal_given(self, bytes: &mut [u8]) -> io::Result<SealedPages> {
         debug_assert!(self.covers(bytes));
-        let at = self.at as *mut libc::c_void;
-        let seal = |seals: SealFlag| fcntl(self.fd.as_fd().as_raw_fd(), FcntlArg::F_ADD_SEALS(seals));
-        // SAFETY: our shared mapping, inside `bytes`, which no one touches.
-        match unsafe { Aside::take(at, self.len) } {
-            Some(aside) => {
-                // SAFETY: the hole `take` left.
-                if let Err(e) = unsafe { map_zero_pages(at, self.len) } {
-                    // SAFETY: still that hole.
-                    unsafe { aside.put_back(at) };
-                    return Err(e);
-                }
-                let sealed = seal(given_seals());
-                super::reaper::free(aside);
-                sealed?;
-            }
-            None => {
-                // SAFETY: as above; unmapped here, so writes can be sealed for good.
-                unsafe { map_zero_pages(at, self.len) }?;
-                seal(given_seals() | SealFlag::F_SEAL_WRITE)?;
-            }
-        }
+        // SAFETY: our shared mapping, inside `bytes`, which no one touches;
+        // replaced at once by zero pages.
+        unsafe { map_zero_pages(self.at as *mut libc::c_void, self.len) }?;
+        fcntl(self.fd.as_fd().as_raw_fd(), FcntlArg::F_ADD_SEALS(given_seals())).map_err(io::Error::from)?;
         Ok(SealedPages { head: self.at - bytes.as_ptr() as usize, len: self.len, fd: self.fd })
     }
 }
@@ -154,8 +136,7 @@ impl SealedPages {
 pub fn check_received(fd: &OwnedFd, len: usize) -> io::Result<()> {
     let seals = SealFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).map_err(io::Error::from)?);
     let size = File::from(fd.try_clone()?).metadata()?.len();
-    let sealed = seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW)
-        && seals.intersects(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_FUTURE_WRITE);
+    let sealed = seals.contains(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW);
     if !sealed || size != len as u64 || !len.is_multiple_of(page_size()) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "given pages are not a sealed file of their length"));
     }
@@ -176,24 +157,18 @@ pub unsafe fn map_received(fd: &OwnedFd, out: &mut [u8]) -> io::Result<()> {
         out.copy_from_slice(&bytes);
         return Ok(());
     }
-    // The old pages of `out` go aside, to be freed off the call's path.
-    // SAFETY: whole pages of the receiver's buffer; a hole until mapped.
+    // The old pages of `out` go aside, to be freed off the call's path;
+    // `out` stays mapped until the file replaces it.
+    // SAFETY: whole pages of the receiver's buffer.
     let aside = unsafe { Aside::take(at.cast(), len) };
     let flags = libc::MAP_PRIVATE | libc::MAP_FIXED;
     // SAFETY: exactly the buffer's pages; the file is sealed and `len` long.
     let mapped = unsafe { libc::mmap(at.cast(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd.as_raw_fd(), 0) };
-    if mapped == libc::MAP_FAILED {
-        let error = io::Error::last_os_error();
-        if let Some(aside) = aside {
-            // SAFETY: the hole `take` left.
-            unsafe { aside.put_back(at.cast()) };
-        }
-        return Err(error);
-    }
+    let failed = (mapped == libc::MAP_FAILED).then(io::Error::last_os_error);
     if let Some(aside) = aside {
         super::reaper::free(aside);
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// A guest's shared buffers, by address, until given (at most
@@ -220,10 +195,21 @@ impl SharedTable {
         Ok(true)
     }
 
-    /// The shared pages of `bytes`, if it was shared whole.
+    /// The shared pages of `bytes`, if it was shared whole. Any other share
+    /// over its pages is forgotten: they are given up with it.
     pub fn take(&mut self, bytes: &[u8]) -> Option<SharedPages> {
-        let index = self.shared.iter().position(|shared| shared.covers(bytes))?;
-        self.shared.remove(index)
+        let index = self.shared.iter().position(|shared| shared.covers(bytes));
+        let taken = index.and_then(|index| self.shared.remove(index));
+        self.forget(bytes);
+        taken
+    }
+
+    /// Forgets every share over `bytes`' pages, which the host is about to
+    /// map something else over (a payload received into them): giving them
+    /// later must not send the memfd they no longer show.
+    pub fn forget(&mut self, bytes: &[u8]) {
+        let (at, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+        self.shared.retain(|shared| shared.at + shared.len <= at || end <= shared.at);
     }
 }
 
@@ -280,7 +266,11 @@ mod tests {
         assert!(table.take(&memory[..MIB]).is_none());
         table.share(&mut memory[..4 * MIB]).unwrap();
         table.share(&mut memory[2 * MIB..6 * MIB]).unwrap();
-        assert!(table.take(&memory[..4 * MIB]).is_none(), "forgotten when overlapped");
         assert!(table.take(&memory[2 * MIB..6 * MIB]).is_some());
+        assert!(table.take(&memory[..4 * MIB]).is_none(), "forgotten when overlapped");
+        // A payload received over shared pages makes the host forget them.
+        assert!(table.share(&mut memory[4 * MIB..8 * MIB]).unwrap());
+        table.forget(&memory[5 * MIB..5 * MIB + 1]);
+        assert!(table.take(&memory[4 * MIB..8 * MIB]).is_none());
     }
 }
