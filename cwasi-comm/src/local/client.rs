@@ -171,10 +171,11 @@ impl LocalChannel {
         let given = GivenRequest::parse(&message)?;
         let ring = connection.segment.request();
         let start = ring.head();
+        // Ordering: as in `send`. Before the pages go, so that a failure
+        // from here on tells whether a server took this request.
+        ring.clear_taken();
         let sent = handshake::send_pages(&connection.socket, seq, &sealed.fd).map_err(CallError::from).and_then(|()| {
             ring.set_trace(Some(trace));
-            // Ordering: as in `send`.
-            ring.clear_taken();
             ring.send(&message, STATUS_PAGES, &mut || connection.check(&self.peer, deadline), || {
                 connection.doorbell.counter().bump()
             })
@@ -468,5 +469,42 @@ mod tests {
         let mut honest = [0u8; 6];
         next_request(&listener).read_into(&mut honest).unwrap();
         assert_eq!(&honest, b"honest");
+    }
+
+    /// A given request its handler answered without reading leaves its
+    /// pages behind; the next given request on the connection still gets
+    /// its own.
+    #[test]
+    fn pages_left_unread_do_not_stand_in_for_the_next_requests() {
+        let (_dir, listener, channel) = listening();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut table = SharedTable::default();
+        let mut caller = MmapMut::map_anon(4 * MIB).unwrap();
+        for (round, fill) in [(0, 1u8), (1, 2u8)] {
+            let bytes = &mut caller[..3 * MIB];
+            assert!(table.share(bytes).unwrap());
+            bytes.fill(fill);
+            let mut pages = table.take(bytes);
+            let mut request = Payload::Given { bytes, pages: &mut pages };
+            let mut pending = channel.send(&mut request, deadline, TraceContext::new_span(None)).unwrap();
+            let taken = next_request(&listener);
+            if round == 0 {
+                taken.fail("not reading this one").unwrap();
+                assert!(matches!(pending.wait(), Err(CallError::PeerFailed(_))));
+                // The server's poll loop takes the unread pages off the socket
+                // (the next given request goes by pages only then).
+                let until = Instant::now() + Duration::from_secs(5);
+                while !handshake::nothing_unread(&channel.idle.lock().unwrap()[0].socket) {
+                    assert!(Instant::now() < until, "the unread pages stayed on the socket");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                continue;
+            }
+            let mut server = MmapMut::map_anon(4 * MIB).unwrap();
+            taken.read_into(&mut server[..3 * MIB]).unwrap();
+            assert!(server[..3 * MIB].iter().all(|&b| b == 2), "the second request's own pages");
+            taken.reply(Payload::Lent(b"ok")).unwrap();
+            assert_eq!(pending.wait().unwrap(), 2);
+        }
     }
 }

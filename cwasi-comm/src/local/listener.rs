@@ -62,6 +62,20 @@ struct Shared {
     /// Told when a caller connects (a remote reader blocked in Redis must
     /// come back to the doorbell).
     on_connect: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// A pipe that wakes the poll loop when a connection is added, so that
+    /// it watches the new socket at once (given pages may wait on it).
+    wake: (OwnedFd, OwnedFd),
+}
+
+/// A non-blocking pipe: (read end, write end).
+fn wake_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `ends`.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just made these descriptors; nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) })
 }
 
 struct Connection {
@@ -85,8 +99,6 @@ impl Connection {
             // Acquire where it is read, more than it needs.
             self.gone.store(true, Ordering::Release);
         }
-        // Pages of a request its handler never read are not the next one's.
-        self.given_pages.lock().unwrap_or_else(|e| e.into_inner()).take();
         // Ordering: Release, paired with the Acquire load of `busy` in
         // `take_request`: the thread that takes the next request (another
         // handler thread) then sees this thread's positions in the rings
@@ -95,16 +107,17 @@ impl Connection {
     }
 
     /// Takes the given pages waiting on the socket; anything else there, or
-    /// a second set before the first was used, is an error (the caller
-    /// broke the protocol).
+    /// pages numbered no later than those kept, is an error (the caller
+    /// broke the protocol). Later pages replace earlier ones, whose request
+    /// ended without reading them.
     fn take_given_pages(&self) -> io::Result<()> {
         let (seq, fd) = handshake::recv_pages(&self.socket).inspect_err(|e| {
             tracing::warn!(caller = %self.caller, error = %e, "dropping a caller that wrote to its socket what is not given pages");
         })?;
         let mut slot = self.given_pages.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_some() {
-            tracing::warn!(caller = %self.caller, "dropping a caller that sent given pages twice");
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "given pages twice"));
+        if slot.as_ref().is_some_and(|(kept, _)| *kept >= seq) {
+            tracing::warn!(caller = %self.caller, "dropping a caller that sent given pages out of order");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "given pages out of order"));
         }
         *slot = Some((seq, fd));
         Ok(())
@@ -152,6 +165,8 @@ pub struct LocalRequest {
     given: Option<GivenRequest>,
     /// Its call was finished, or handed to a reply pump that finishes it.
     finished: bool,
+    /// Its given pages were taken (they are read once).
+    given_read: AtomicBool,
 }
 
 impl Drop for LocalRequest {
@@ -193,13 +208,19 @@ impl LocalRequest {
     /// The sealed pages of `given`, once the poll loop took them off the
     /// socket, checked.
     fn given_pages(&self, given: &GivenRequest) -> Result<OwnedFd, CallError> {
-        let connection = &self.connection;
+        let (connection, given_read) = (&self.connection, &self.given_read);
         let until = std::time::Instant::now() + GIVEN_PAGES_WAIT;
+        if given_read.swap(true, Ordering::AcqRel) {
+            return Err(CallError::Protocol("a given request is read once".into()));
+        }
         let fd = loop {
-            let taken = connection.given_pages.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let mut slot = connection.given_pages.lock().unwrap_or_else(|e| e.into_inner());
+            // Pages of an earlier request that ended unread are dropped.
+            let taken = slot.take_if(|(seq, _)| *seq <= given.seq);
+            drop(slot);
             match taken {
                 Some((seq, fd)) if seq == given.seq => break fd,
-                Some(_) => return Err(CallError::Protocol("given pages of another request".into())),
+                Some(_) => continue,
                 None if std::time::Instant::now() >= until => {
                     return Err(CallError::Protocol("the given pages never came".into()));
                 }
@@ -352,6 +373,7 @@ impl LocalListener {
             stop: AtomicBool::new(false),
             pumps: AtomicUsize::new(0),
             on_connect: OnceLock::new(),
+            wake: wake_pipe()?,
         });
         let poller = {
             let shared = shared.clone();
@@ -468,7 +490,8 @@ impl Shared {
             connection.busy.store(true, Ordering::Release);
             connection.segment.request().mark_taken();
             let (connection, shared) = (connection.clone(), self.clone());
-            return Some(LocalRequest { connection, shared, header, given: None, finished: false });
+            let given_read = AtomicBool::new(false);
+            return Some(LocalRequest { connection, shared, header, given: None, finished: false, given_read });
         }
         None
     }
@@ -482,8 +505,9 @@ impl Shared {
             // make every poll return at once.
             let (live, gone): (Vec<Arc<Connection>>, Vec<Arc<Connection>>) =
                 self.lock_connections().iter().cloned().partition(|c| !c.gone.load(Ordering::Acquire));
-            let mut fds = Vec::with_capacity(live.len() + 1);
+            let mut fds = Vec::with_capacity(live.len() + 2);
             fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(self.wake.0.as_fd(), PollFlags::POLLIN));
             fds.extend(live.iter().map(|c| PollFd::new(c.socket.as_fd(), PollFlags::POLLIN)));
             if poll(&mut fds, PollTimeout::from(100u16)).is_err() {
                 continue;
@@ -493,8 +517,13 @@ impl Shared {
             if ready[0] {
                 self.accept_all(&listener);
             }
+            if ready[1] {
+                // A connection was added: the next round polls it.
+                let mut drained = [0u8; 64];
+                while matches!(nix::unistd::read(self.wake.0.as_raw_fd(), &mut drained), Ok(n) if n > 0) {}
+            }
             let mut changed = false;
-            for (connection, _) in live.iter().zip(&ready[1..]).filter(|(_, ready)| **ready) {
+            for (connection, _) in live.iter().zip(&ready[2..]).filter(|(_, ready)| **ready) {
                 if !hung_up(&connection.socket) && connection.take_given_pages().is_ok() {
                     // Its handler may wait for them.
                     self.doorbell.counter().bump();
@@ -531,6 +560,7 @@ impl Shared {
                 Ok(connection) => {
                     tracing::debug!(function = %shared.function, caller = %connection.caller, "caller connected");
                     shared.lock_connections().push(Arc::new(connection));
+                    let _ = nix::unistd::write(&shared.wake.1, &[1]);
                     shared.doorbell.counter().bump();
                     if let Some(hook) = shared.on_connect.get() {
                         hook();

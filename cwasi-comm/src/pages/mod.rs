@@ -115,8 +115,14 @@ pub unsafe fn hand_over_from(src: *mut u8, dst: *mut u8, len: usize, move_at_lea
     copy(0, head);
     copy(head + body, len);
     // SAFETY: page-aligned whole pages inside both ranges (`whole_pages`).
-    unsafe { move_pages(src.add(head), dst.add(head), body) }?;
-    Ok(HandedOver { moved: body, copied: len - body })
+    match unsafe { move_pages(src.add(head), dst.add(head), body) } {
+        Ok(()) => Ok(HandedOver { moved: body, copied: len - body }),
+        Err(refused) => {
+            tracing::debug!(error = %refused, bytes = body, "pages not moved, copied instead");
+            copy(head, head + body);
+            Ok(HandedOver { moved: 0, copied: len })
+        }
+    }
 }
 
 /// Whether this kernel moves pages of every kind of mapping and leaves the
@@ -143,39 +149,89 @@ fn moves_supported() -> bool {
 }
 
 /// Moves `len` bytes of whole pages from `src` to `dst` and maps zero pages
-/// at `src`. The pages `dst` held are set aside first and freed on the
-/// reaper thread: freeing 100 MiB of them takes milliseconds, the move
-/// itself tens of microseconds.
+/// at `src`; an error means the kernel refused and nothing changed. The
+/// pages `dst` held are set aside first and freed on the reaper thread:
+/// freeing 100 MiB of them takes milliseconds, the move tens of
+/// microseconds.
 ///
 /// # Safety
 /// As [`hand_over`]; both addresses are page-aligned and `len` is a whole
 /// number of pages.
 unsafe fn move_pages(src: *mut u8, dst: *mut u8, len: usize) -> io::Result<()> {
     let (src, dst) = (src.cast::<libc::c_void>(), dst.cast::<libc::c_void>());
+    // The giver's pages go to a place of their own: then they are one
+    // mapping, ours, whatever `src` spanned. Refused: nothing changed.
+    // SAFETY: the giver's whole pages, which it gave up; `src` stays mapped.
+    let taken = unsafe { remap_anywhere(src, len) };
+    if taken == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: exactly the giver's range, replaced at once: after the move it
+    // may still map its file, or a shared memfd the receiver gets next.
+    let zeroed = unsafe { map_zero_pages(src, len) };
     // SAFETY: `dst`'s pages go aside; the range itself stays mapped.
     let aside = unsafe { Aside::take(dst, len) };
-    let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP;
-    // SAFETY: page-aligned ranges of mappings no one else touches now (the
-    // caller's promise); the move replaces `dst` at once and leaves `src`
-    // mapped.
-    let moved = unsafe { libc::mremap(src, len, len, flags, dst) };
-    let mut failed = (moved == libc::MAP_FAILED).then(io::Error::last_os_error);
-    // The giver's range gets zero pages whatever happened: after a move it
-    // may still map a shared file, which the receiver now maps too.
-    // SAFETY: exactly the giver's pages, which it gave up.
-    if let Err(e) = unsafe { map_zero_pages(src, len) } {
-        failed.get_or_insert(e);
+    match zeroed {
+        // SAFETY: `taken` is ours; `dst` is the receiver's buffer.
+        Ok(()) => unsafe { land(taken, dst, len) },
+        Err(e) => {
+            // The giver still maps what it gave: the receiver gets a copy.
+            tracing::error!(error = %e, bytes = len, "a giver's range could not be mapped again; copying");
+            // SAFETY: `taken` is ours, `len` long; `dst` is mapped.
+            unsafe { std::ptr::copy_nonoverlapping(taken.cast::<u8>(), dst.cast::<u8>(), len) };
+            // SAFETY: our mapping, which nothing else knows.
+            unsafe { libc::munmap(taken, len) };
+        }
     }
     if let Some(aside) = aside {
         reaper::free(aside);
     }
-    let Some(error) = failed else { return Ok(()) };
-    // SAFETY: exactly the receiver's pages: zeros rather than anything the
-    // failed steps may have left.
-    if let Err(e) = unsafe { map_zero_pages(dst, len) } {
-        tracing::error!(error = %e, bytes = len, "a receiver's buffer could not be mapped again after a failed page move");
+    Ok(())
+}
+
+/// Moves our own mapping `place` onto `dst` at once. When the kernel
+/// refuses (rare: memory accounting), `dst` gets back whatever it lost, the
+/// bytes are copied from `place`, and `place` is unmapped.
+///
+/// # Safety
+/// `place` is a mapping of this module's, `len` long; `dst` is a
+/// page-aligned range the caller may replace.
+unsafe fn land(place: *mut libc::c_void, dst: *mut libc::c_void, len: usize) {
+    let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+    // SAFETY: as promised by the caller; replaces `dst` at once.
+    if unsafe { libc::mremap(place, len, len, flags, dst) } != libc::MAP_FAILED {
+        return;
     }
-    Err(error)
+    tracing::debug!(error = %io::Error::last_os_error(), bytes = len, "pages not landed, copied instead");
+    // SAFETY: the caller's range.
+    unsafe { refill(dst, len) };
+    // SAFETY: `place` is ours and `dst` is mapped again.
+    unsafe { std::ptr::copy_nonoverlapping(place.cast::<u8>(), dst.cast::<u8>(), len) };
+    // SAFETY: our mapping, which nothing else knows.
+    unsafe { libc::munmap(place, len) };
+}
+
+/// After a fixed move failed: the kernel may have unmapped all of `at`
+/// first. Maps zero pages there again, without replacing anything another
+/// thread mapped meanwhile; if one did, the linear memory is no longer
+/// whole, and the guest's process stops rather than let its guest reach
+/// that mapping.
+///
+/// # Safety
+/// `at` is a page-aligned range the caller may replace.
+unsafe fn refill(at: *mut libc::c_void, len: usize) {
+    let mut resident = 0u8;
+    // SAFETY: mincore only reports on the first page of our range.
+    if unsafe { libc::mincore(at, page_size(), &mut resident) } == 0 {
+        return;
+    }
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+    // SAFETY: fills only a hole; never replaces a mapping.
+    let filled = unsafe { libc::mmap(at, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+    if filled != at {
+        tracing::error!(bytes = len, "a linear memory lost pages to another mapping during a page move; stopping");
+        std::process::abort();
+    }
 }
 
 /// Maps fresh private zero pages over `len` bytes at `at`.

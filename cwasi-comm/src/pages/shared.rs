@@ -39,8 +39,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MemFdCreateFlag, memfd_create};
+use nix::sys::statfs::{TMPFS_MAGIC, fstatfs};
 
-use super::{Aside, MOVE_AT_LEAST, map_zero_pages, page_size, whole_pages};
+use super::{Aside, MOVE_AT_LEAST, land, map_zero_pages, page_size, whole_pages};
 
 /// Seals a given memfd carries: nothing can write, shrink or grow it.
 fn given_seals() -> SealFlag {
@@ -137,7 +138,9 @@ pub fn check_received(fd: &OwnedFd, len: usize) -> io::Result<()> {
     let seals = SealFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).map_err(io::Error::from)?);
     let size = File::from(fd.try_clone()?).metadata()?.len();
     let sealed = seals.contains(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW);
-    if !sealed || size != len as u64 || !len.is_multiple_of(page_size()) {
+    // A memfd of huge pages would leave a mapping no later move can split.
+    let plain = fstatfs(fd).is_ok_and(|fs| fs.filesystem_type() == TMPFS_MAGIC);
+    if !sealed || !plain || size != len as u64 || !len.is_multiple_of(page_size()) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "given pages are not a sealed file of their length"));
     }
     Ok(())
@@ -157,18 +160,23 @@ pub unsafe fn map_received(fd: &OwnedFd, out: &mut [u8]) -> io::Result<()> {
         out.copy_from_slice(&bytes);
         return Ok(());
     }
-    // The old pages of `out` go aside, to be freed off the call's path;
-    // `out` stays mapped until the file replaces it.
-    // SAFETY: whole pages of the receiver's buffer.
+    // Mapped at a place of its own first: refused, nothing changed.
+    // SAFETY: a new private mapping of a sealed file, placed by the kernel.
+    let place = unsafe {
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE, fd.as_raw_fd(), 0)
+    };
+    if place == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // The old pages of `out` go aside, to be freed off the call's path.
+    // SAFETY: whole pages of the receiver's buffer, which stays mapped.
     let aside = unsafe { Aside::take(at.cast(), len) };
-    let flags = libc::MAP_PRIVATE | libc::MAP_FIXED;
-    // SAFETY: exactly the buffer's pages; the file is sealed and `len` long.
-    let mapped = unsafe { libc::mmap(at.cast(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd.as_raw_fd(), 0) };
-    let failed = (mapped == libc::MAP_FAILED).then(io::Error::last_os_error);
+    // SAFETY: `place` is ours; `out` is the receiver's buffer.
+    unsafe { land(place, at.cast(), len) };
     if let Some(aside) = aside {
         super::reaper::free(aside);
     }
-    failed.map_or(Ok(()), Err)
+    Ok(())
 }
 
 /// A guest's shared buffers, by address, until given (at most
