@@ -17,6 +17,11 @@
 //!   (`MREMAP_DONTUNMAP` leaves the old range mapped, `MAP_FIXED` and
 //!   `MREMAP_FIXED` replace at once), so no other thread's `mmap` can land
 //!   inside a linear memory, and host code never touches an unmapped page.
+//!   The giver's pages first go to a mapping of their own (one mapping,
+//!   ours, whatever the giver's range spanned), which then lands on the
+//!   receiver's range; should a landing fail after the kernel unmapped the
+//!   range, it is refilled without replacing anything (`MAP_FIXED_NOREPLACE`;
+//!   if another thread got there first, the guest's process stops).
 //! - **No sharing afterwards.** The giver's pages are moved, then its range
 //!   gets fresh private zero pages: nothing is mapped twice, so neither side
 //!   can see a later write of the other. Pages the giver never wrote that
@@ -30,11 +35,9 @@
 //! - **Nobody runs on them meanwhile.** The caller of [`hand_over`] makes
 //!   sure that neither guest runs while their pages move (the giver waits
 //!   in its call, the receiver is in the host call that receives).
-//! - **Failures are plain.** When the kernel refuses to move the pages the
-//!   receiver's range gets zero pages and the call fails: a move that went
-//!   part way cannot be told from one that did not start, so nothing is
-//!   copied from a range that may have changed (a given payload may be lost
-//!   with its call, as the ABI says).
+//! - **Failures lose nothing.** When the kernel refuses to take the giver's
+//!   pages nothing changed, and they are copied; when it refuses to land
+//!   them, they are copied from the mapping they wait in.
 //!
 //! Each move may split the receiver's mappings in two more places; a guest
 //! that receives into ever-new places raises its own process's map count,
