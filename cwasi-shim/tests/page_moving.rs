@@ -16,6 +16,19 @@ fn assert_saw(stdout: &str, expected: &[(&str, bool)]) {
     }
 }
 
+/// What `page-giver` prints when every page moved both ways and neither
+/// side saw the other's later writes.
+const MOVED_BOTH_WAYS: [(&str, bool); 5] = [
+    // The request's pages moved: the caller's buffer reads zeros...
+    ("given_zeroed", true),
+    ("kept_match", true),
+    // ...and its later writes do not reach the keeper's pages.
+    ("kept_intact", true),
+    // The reply's pages moved the other way.
+    ("reply_ok", true),
+    ("reply_zeroed", true),
+];
+
 const EMBEDDED: [&str; 5] =
     ["--rm", "--annotation", "cwasi.io/embed=keeper=/page-keeper.wasm", "--annotation", "cwasi.io/peers=keeper"];
 
@@ -31,19 +44,7 @@ fn give_embedded(mib: usize) {
     let id = format!("page-giver-embedded-{mib}");
     let out = ctd.run(&id, &image, &EMBEDDED, &["/page-giver.wasm", "keeper", &mib.to_string()]).unwrap();
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_saw(
-        &out.stdout,
-        &[
-            // The request's pages moved: the caller's buffer reads zeros...
-            ("given_zeroed", true),
-            ("kept_match", true),
-            // ...and its later writes do not reach the keeper's pages.
-            ("kept_intact", true),
-            // The reply's pages moved the other way.
-            ("reply_ok", true),
-            ("reply_zeroed", true),
-        ],
-    );
+    assert_saw(&out.stdout, &MOVED_BOTH_WAYS);
     assert!(ctd.logged_call("keeper", "embedded"), "no mode=embedded in the log:\n{}", ctd.log());
 }
 
@@ -103,16 +104,7 @@ fn give_local(mib: usize) {
     let id = format!("page-giver-local-{mib}");
     let out = ctd.run(&id, &images[1], &flags, &["/page-giver.wasm", "keeper", &mib.to_string()]).unwrap();
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_saw(
-        &out.stdout,
-        &[
-            ("given_zeroed", true),
-            ("kept_match", true),
-            ("kept_intact", true),
-            ("reply_ok", true),
-            ("reply_zeroed", true),
-        ],
-    );
+    assert_saw(&out.stdout, &MOVED_BOTH_WAYS);
     assert!(ctd.logged_call("keeper", "local"), "no mode=local in the log:\n{}", ctd.log());
 }
 

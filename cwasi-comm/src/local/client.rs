@@ -103,10 +103,12 @@ impl LocalChannel {
         // Pages go only on a live connection whose server took all sent
         // before: a stale pooled connection then fails before anything is
         // given up, and the request goes elsewhere as it is.
-        if connection.segment.server_takes_pages()
+        // The payload is looked at first: a lent one costs no system call.
+        if let Payload::Given { bytes, pages } = request
+            && pages.is_some()
+            && connection.segment.server_takes_pages()
             && !hung_up(&connection.socket)
             && handshake::nothing_unread(&connection.socket)
-            && let Payload::Given { bytes, pages } = request
             && let Some(shared) = pages.take()
         {
             return self.send_given(connection, bytes, shared, deadline, trace);

@@ -254,9 +254,11 @@ impl LocalRequest {
     /// Answers with `reply`: copied, or its pages sent when the handler gave
     /// it up with shared pages and the caller takes pages.
     pub fn reply(self, mut reply: Payload<'_>) -> Result<(), CallError> {
-        if self.connection.segment.caller_takes_pages()
+        // The payload is looked at first: a lent reply costs no system call.
+        if let Payload::Given { bytes, pages } = &mut reply
+            && pages.is_some()
+            && self.connection.segment.caller_takes_pages()
             && handshake::nothing_unread(&self.connection.socket)
-            && let Payload::Given { bytes, pages } = &mut reply
             && let Some(shared) = pages.take()
         {
             return self.reply_given(bytes, shared);

@@ -104,10 +104,6 @@ impl SharedPages {
         whole_pages(at, at, bytes.len(), page_size()) == Some((self.at.wrapping_sub(at), self.len))
     }
 
-    fn overlaps(&self, other: &SharedPages) -> bool {
-        self.at < other.at + other.len && other.at < self.at + self.len
-    }
-
     /// Gives the pages of `bytes` (which these cover) up: the giver gets
     /// zero pages in their place and the memfd is sealed.
     ///
@@ -195,7 +191,7 @@ impl SharedTable {
     /// too few. A buffer shared before over the same pages is forgotten.
     pub fn share(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         let Some(shared) = SharedPages::share(buf)? else { return Ok(false) };
-        self.shared.retain(|old| !old.overlaps(&shared));
+        self.forget_range(shared.at, shared.at + shared.len);
         if self.shared.len() == Self::MAX {
             self.shared.pop_front();
         }
@@ -216,7 +212,12 @@ impl SharedTable {
     /// map something else over (a payload received into them): giving them
     /// later must not send the memfd they no longer show.
     pub fn forget(&mut self, bytes: &[u8]) {
-        let (at, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+        let at = bytes.as_ptr() as usize;
+        self.forget_range(at, at + bytes.len());
+    }
+
+    /// Forgets every share with a page in `at..end`.
+    fn forget_range(&mut self, at: usize, end: usize) {
         self.shared.retain(|shared| shared.at + shared.len <= at || end <= shared.at);
     }
 }
